@@ -1,0 +1,116 @@
+"""RMSNorm forward, one kernel family for every feature.
+
+    h   = fp32(x)                   (or fp32(round(res, x + residual)) with the fused add)
+    r   = 1 / sqrt(sum(h*h) / N + eps)
+    y   = h * r * (fp32(w) + WEIGHT_OFFSET) [+ fp32(b)]
+    out = round(out, y)             (or round(out, fp32(out) + y) when ACCUMULATE)
+
+Features are constexpr flags, so a disabled one costs no instruction. A program owns BLOCK_M
+whole rows. When a row fits in one BLOCK_N tile it is read once and held in registers
+(LOOPED=False); otherwise the row is streamed twice in BLOCK_N chunks: once for the sum of
+squares, once to normalize (LOOPED=True).
+"""
+import triton
+import triton.language as tl
+
+FP16_MAX = 65504.0
+
+
+@triton.jit
+def _load_h(
+    x_rows, r_rows, cols, mask,
+    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, CLAMP_FP16: tl.constexpr,
+):
+    """fp32 values that the norm sees for one [BLOCK_M, BLOCK_N] tile."""
+    h = tl.load(x_rows + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        s = h + tl.load(r_rows + cols, mask=mask, other=0.0).to(tl.float32)
+        s = s.to(r_rows.dtype.element_ty)
+        if STORE_RESIDUAL:
+            tl.store(r_rows + cols, s, mask=mask)
+        # The norm sees the rounded residual, so fused == unfused bit for bit.
+        h = s.to(tl.float32)
+    if CLAMP_FP16:
+        # exllamav2's guard against fp16 overflow: +-inf become +-65504; NaN stays NaN.
+        c = tl.minimum(tl.maximum(h, -FP16_MAX), FP16_MAX)
+        h = tl.where(h != h, h, c)
+    return h
+
+
+@triton.jit
+def _normalize_store(
+    y_rows, w_ptr, b_ptr, cols, col_mask, mask, h, rstd,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACCUMULATE: tl.constexpr,
+    WEIGHT_OFFSET: tl.constexpr,
+):
+    """y = h * rstd * (w + WEIGHT_OFFSET) [+ b] [+ out], stored with one rounding."""
+    y = h * rstd
+    if HAS_WEIGHT:
+        # Loaded once per tile and broadcast over its rows; the offset is added in fp32.
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        y = y * (w + WEIGHT_OFFSET)
+    elif WEIGHT_OFFSET != 0.0:
+        y = y * (1.0 + WEIGHT_OFFSET)
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if ACCUMULATE:
+        y = y + tl.load(y_rows + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_rows + cols, y.to(y_rows.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rmsnorm_fwd_kernel(
+    x_ptr,                        # [M, N] input; rows stride_x_row apart, columns contiguous
+    r_ptr,                        # [M, N] residual, updated in place (HAS_RESIDUAL), else unused
+    w_ptr,                        # [N] weight (HAS_WEIGHT), any float dtype
+    b_ptr,                        # [N] bias (HAS_BIAS)
+    y_ptr,                        # [M, N] output; its dtype decides the store cast
+    n_rows, n_cols,
+    stride_x_row, stride_r_row, stride_y_row,
+    eps,                          # a Python float, so Triton types it fp32 (never fp64)
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACCUMULATE: tl.constexpr,     # out += norm(x): the post-norm residual form
+    CLAMP_FP16: tl.constexpr,
+    WEIGHT_OFFSET: tl.constexpr,  # 0.0 Llama, 1.0 Gemma; constexpr so the add folds away
+    BLOCK_M: tl.constexpr,        # rows per program: >1 only for short rows
+    BLOCK_N: tl.constexpr,        # columns per tile: next_power_of_2(N), or the chunk when LOOPED
+    LOOPED: tl.constexpr,
+):
+    # int64 row offsets: M * stride can pass 2**31 elements.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    row_mask = (rows < n_rows)[:, None]
+    x_rows = x_ptr + rows[:, None] * stride_x_row
+    r_rows = r_ptr + rows[:, None] * stride_r_row
+    y_rows = y_ptr + rows[:, None] * stride_y_row
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    inv_n = 1.0 / n_cols          # n_cols may arrive as the constexpr 1 (Triton specializes it)
+
+    if not LOOPED:
+        col_mask = cols < n_cols
+        mask = row_mask & col_mask
+        h = _load_h(x_rows, r_rows, cols, mask, HAS_RESIDUAL, True, CLAMP_FP16)
+        rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
+        _normalize_store(y_rows, w_ptr, b_ptr, cols, col_mask, mask, h, rstd,
+                         HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for start in range(0, n_cols, BLOCK_N):
+            mask = row_mask & (start + cols < n_cols)
+            h = _load_h(x_rows + start, r_rows + start, cols, mask,
+                        HAS_RESIDUAL, True, CLAMP_FP16)
+            acc += h * h
+        rstd = tl.rsqrt(tl.sum(acc, axis=1) * inv_n + eps)[:, None]
+        for start in range(0, n_cols, BLOCK_N):
+            col_mask = start + cols < n_cols
+            mask = row_mask & col_mask
+            # Second pass: the updated residual already holds round(x + residual).
+            if HAS_RESIDUAL:
+                h = tl.load(r_rows + start + cols, mask=mask, other=0.0).to(tl.float32)
+            else:
+                h = _load_h(x_rows + start, r_rows + start, cols, mask,
+                            False, False, CLAMP_FP16)
+            _normalize_store(y_rows + start, w_ptr + start, b_ptr + start, cols, col_mask, mask,
+                             h, rstd,
+                             HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)

@@ -1,0 +1,7 @@
+"""rmsnorm_triton: fused RMSNorm Triton kernels for inference engines."""
+from .ops import fused_add_rms_norm, rms_norm
+from .reference import rms_norm_reference
+
+__version__ = "0.1.0"
+
+__all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_reference", "__version__"]

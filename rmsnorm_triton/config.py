@@ -1,0 +1,125 @@
+"""Every launch decision: block shapes, warps, looped or single-tile rows.
+
+`pick_config` answers from the tuned table that `rmsnorm-triton tune` writes (one JSON file per
+GPU name and Triton version) and falls back to an analytical heuristic. Answers are memoized, so a
+forward call pays one dict lookup; nothing here times or tunes anything.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import triton
+
+# A row of up to this many elements is held in registers and read once. Beyond it the row is
+# streamed twice in chunks, which moves 1.5x the bytes but never spills.
+MAX_SINGLE_TILE_N = 32768
+LOOP_CHUNK_N = 8192
+# Short rows are packed several to a program so that a tile carries >= this many elements:
+# a 128-wide row alone would leave most of a warp's 16-byte lanes idle.
+MIN_TILE_ELEMS = 4096
+MAX_BLOCK_M = 64
+# Hidden sizes past this are refused: beyond every model we know of, and the looped path's
+# fp32 sum of squares over more terms would lose precision it does not need to.
+MAX_N = 1 << 24
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_m: int      # rows per program
+    block_n: int      # tile width: next_power_of_2(N) for single-tile rows, the chunk if looped
+    num_warps: int
+    looped: bool
+
+
+def row_bucket(n_rows: int) -> int:
+    """Row counts are tuned per power-of-two bucket, capped at 65536."""
+    return min(triton.next_power_of_2(max(n_rows, 1)), 65536)
+
+
+def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int) -> LaunchConfig:
+    block_n = triton.next_power_of_2(n_cols)
+    if block_n > MAX_SINGLE_TILE_N:
+        return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
+    block_m = 1
+    while block_m * block_n < MIN_TILE_ELEMS and block_m < MAX_BLOCK_M and block_m < n_rows:
+        block_m *= 2
+    # About 16 elements per thread: two 16-byte loads of 16-bit data in flight per thread.
+    elems_per_thread = 16 if x_itemsize <= 2 else 8
+    num_warps = max(1, min(32, block_m * block_n // (32 * elems_per_thread)))
+    return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RMSNORM_TRITON_CACHE", Path.home() / ".cache" / "rmsnorm_triton"))
+
+
+def cache_path(gpu_name: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in gpu_name)
+    return cache_dir() / f"{safe}__triton-{triton.__version__}.json"
+
+
+def table_key(n_cols: int, bucket: int, x_dtype, out_dtype, has_residual: bool) -> str:
+    return f"{n_cols}|{bucket}|{str(x_dtype)[6:]}|{str(out_dtype)[6:]}|{int(has_residual)}"
+
+
+def load_table(path: Path, gpu_name: str) -> dict[str, LaunchConfig]:
+    """The tuned table at `path`, or {} (with one warning) if it is unreadable or foreign."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != CACHE_VERSION or data.get("gpu") != gpu_name \
+                or data.get("triton") != triton.__version__:
+            raise ValueError("written for another GPU, Triton or cache version")
+        return {k: LaunchConfig(**v) for k, v in data["configs"].items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        warnings.warn(f"rmsnorm_triton: ignoring tuned-config cache {path}: {e}", stacklevel=2)
+        return {}
+
+
+def save_table(path: Path, gpu_name: str, configs: dict[str, LaunchConfig]) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"version": CACHE_VERSION, "gpu": gpu_name, "triton": triton.__version__,
+            "configs": {k: asdict(v) for k, v in sorted(configs.items())}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    tuned_table.cache_clear()
+    pick_config.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def device_name(device_index: int) -> str:
+    """One query per device per process; never on the hot path after the first call."""
+    if device_index < 0:
+        return "cpu"
+    return torch.cuda.get_device_name(device_index)
+
+
+@functools.lru_cache(maxsize=None)
+def tuned_table(gpu_name: str) -> dict[str, LaunchConfig]:
+    return load_table(cache_path(gpu_name), gpu_name)
+
+
+@functools.lru_cache(maxsize=4096)
+def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch.dtype,
+                has_residual: bool, device_index: int) -> LaunchConfig:
+    """The launch config for rows of `n_cols` elements, `bucket` = row_bucket(n_rows)."""
+    tuned = tuned_table(device_name(device_index)).get(
+        table_key(n_cols, bucket, x_dtype, out_dtype, has_residual))
+    return tuned or heuristic_config(n_cols, bucket, x_dtype.itemsize)

@@ -1,0 +1,170 @@
+"""Launchers: rms_norm and fused_add_rms_norm, and their torch.library custom ops.
+
+Eager calls go straight to `_launch` (no dispatcher hop on the hot path); under torch.compile
+the public functions call the registered custom ops, whose fake implementations let Dynamo
+trace through without a graph break.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel
+
+from .config import pick_config, row_bucket
+from .reference import fused_add_rms_norm_reference, rms_norm_reference
+from .validate import Prepared, check_inputs
+
+# Read once: Triton itself decides interpreter mode when the kernel module is imported.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _use_reference(x, *tensors) -> bool:
+    """CPU tensors without the interpreter, and autograd, take the torch path."""
+    if x.device.type != "cuda" and not INTERPRET:
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, *tensors))
+
+
+def _launch(p: Prepared, weight, bias, eps, weight_offset, accumulate, clamp_fp16_input):
+    x, res, out = p.x, p.residual, p.out
+    n_rows, n_cols = x.shape
+    if n_rows > 0:
+        dev = x.device
+        cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
+                          dev.index if dev.type == "cuda" else -1)
+        grid = (triton_cdiv(n_rows, cfg.block_m),)
+        args = (x, x if res is None else res, x if weight is None else weight,
+                x if bias is None else bias, out, n_rows, n_cols,
+                x.stride(0), 0 if res is None else res.stride(0), out.stride(0), float(eps))
+        meta = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+                    HAS_RESIDUAL=res is not None, ACCUMULATE=bool(accumulate),
+                    CLAMP_FP16=bool(clamp_fp16_input) and x.dtype == torch.float16,
+                    WEIGHT_OFFSET=float(weight_offset), BLOCK_M=cfg.block_m,
+                    BLOCK_N=cfg.block_n, LOOPED=cfg.looped, num_warps=cfg.num_warps)
+        # Triton launches on the current device: follow the tensors (tensor parallelism).
+        if dev.type == "cuda" and dev.index != torch.cuda.current_device():
+            with torch.cuda.device(dev):
+                rmsnorm_fwd_kernel[grid](*args, **meta)
+        else:
+            rmsnorm_fwd_kernel[grid](*args, **meta)
+    if p.residual_user is not None:
+        p.residual_user.copy_(res.view(p.shape))
+    if p.out_user is not None:
+        return p.out_user.copy_(out.view(p.shape))
+    return out.view(p.shape)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
+                   clamp_fp16_input):
+    if _use_reference(x, weight, bias):
+        return rms_norm_reference(x, weight, eps, bias=bias, weight_offset=weight_offset,
+                                  out_dtype=out_dtype, out=out, accumulate=accumulate,
+                                  clamp_fp16_input=clamp_fp16_input)
+    p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
+                     weight_offset=weight_offset, accumulate=accumulate)
+    return _launch(p, weight, bias, eps, weight_offset, accumulate, clamp_fp16_input)
+
+
+def _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out):
+    if _use_reference(x, residual, weight, bias):
+        return fused_add_rms_norm_reference(x, residual, weight, eps, bias=bias,
+                                            weight_offset=weight_offset, out_dtype=out_dtype,
+                                            out=out)[0]
+    p = check_inputs(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype,
+                     eps=eps, weight_offset=weight_offset)
+    return _launch(p, weight, bias, eps, weight_offset, False, False)
+
+
+# ---- torch.library custom ops: what torch.compile sees ----------------------------------------
+
+@torch.library.custom_op("rmsnorm_triton::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                 eps: float, weight_offset: float, out_dtype: Optional[torch.dtype],
+                 clamp_fp16_input: bool) -> torch.Tensor:
+    return _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, None, False,
+                          clamp_fp16_input)
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
+    return torch.empty_like(x, dtype=out_dtype or x.dtype, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("rmsnorm_triton::rms_norm_out", mutates_args=("out",))
+def _rms_norm_out_op(x: torch.Tensor, weight: Optional[torch.Tensor],
+                     bias: Optional[torch.Tensor], out: torch.Tensor, eps: float,
+                     weight_offset: float, accumulate: bool, clamp_fp16_input: bool) -> None:
+    _rms_norm_impl(x, weight, eps, bias, weight_offset, None, out, accumulate, clamp_fp16_input)
+
+
+@_rms_norm_out_op.register_fake
+def _(x, weight, bias, out, eps, weight_offset, accumulate, clamp_fp16_input):
+    return None
+
+
+@torch.library.custom_op("rmsnorm_triton::fused_add_rms_norm", mutates_args=("residual",))
+def _fused_add_op(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor], eps: float, weight_offset: float,
+                  out_dtype: Optional[torch.dtype]) -> torch.Tensor:
+    return _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, None)
+
+
+@_fused_add_op.register_fake
+def _(x, residual, weight, bias, eps, weight_offset, out_dtype):
+    return torch.empty_like(x, dtype=out_dtype or x.dtype, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("rmsnorm_triton::fused_add_rms_norm_out",
+                         mutates_args=("residual", "out"))
+def _fused_add_out_op(x: torch.Tensor, residual: torch.Tensor, weight: Optional[torch.Tensor],
+                      bias: Optional[torch.Tensor], out: torch.Tensor, eps: float,
+                      weight_offset: float) -> None:
+    _fused_add_impl(x, residual, weight, eps, bias, weight_offset, None, out)
+
+
+@_fused_add_out_op.register_fake
+def _(x, residual, weight, bias, out, eps, weight_offset):
+    return None
+
+
+# ---- public API --------------------------------------------------------------------------------
+
+def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtype=None,
+             out=None, accumulate=False, clamp_fp16_input=False):
+    """RMSNorm over the last dim of x [..., N], fp32 math, one rounding to the output dtype.
+
+    y = x / sqrt(mean(x**2) + eps) * (weight + weight_offset) [+ bias]; written to `out`
+    (which may be x itself) or a new tensor of `out_dtype` (default x.dtype). With
+    accumulate=True, out += y (rounded once). clamp_fp16_input clamps fp16 x to +-65504 first.
+    """
+    if torch.compiler.is_compiling():
+        eps, weight_offset = float(eps), float(weight_offset)
+        if out is None:
+            return _rms_norm_op(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
+        _rms_norm_out_op(x, weight, bias, out, eps, weight_offset, accumulate, clamp_fp16_input)
+        return out
+    return _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
+                          clamp_fp16_input)
+
+
+def fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0,
+                       out_dtype=None, out=None):
+    """residual <- round(residual.dtype, x + residual) in place; returns (norm(residual), residual).
+
+    Equals the unfused two steps bit for bit; residual may be fp32 under fp16/bf16 x.
+    """
+    if torch.compiler.is_compiling():
+        eps, weight_offset = float(eps), float(weight_offset)
+        if out is None:
+            return _fused_add_op(x, residual, weight, bias, eps, weight_offset, out_dtype), residual
+        _fused_add_out_op(x, residual, weight, bias, out, eps, weight_offset)
+        return out, residual
+    return _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out), residual

@@ -1,0 +1,146 @@
+"""Every shape, dtype, device, stride and value check, in one place.
+
+`check_inputs` turns the user's tensors into 2-D row views the kernel can address (copying only
+layouts that no single row stride describes) and raises TypeError/ValueError naming the argument
+and the values it saw.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .config import MAX_N
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_DTYPE_NAMES = "float16, bfloat16 or float32"
+
+
+@dataclass
+class Prepared:
+    """2-D views for the kernel, and where results must be copied back afterwards."""
+    x: torch.Tensor                        # [M, N], column stride 1
+    residual: Optional[torch.Tensor]       # [M, N] the kernel updates in place
+    out: torch.Tensor                      # [M, N] the kernel writes
+    shape: torch.Size                      # the caller's x.shape
+    out_user: Optional[torch.Tensor]       # caller's out, when `out` is a staging copy of it
+    residual_user: Optional[torch.Tensor]  # caller's residual, when `residual` is a copy
+
+
+def _check_float(name: str, t, allow_none: bool = True) -> None:
+    if t is None and allow_none:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be {_DTYPE_NAMES}, got {t.dtype}")
+
+
+def check_scalars(eps, weight_offset) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__} ({eps!r})")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if isinstance(weight_offset, bool) or not isinstance(weight_offset, (int, float)):
+        raise TypeError(f"weight_offset must be a float, got {type(weight_offset).__name__}")
+    if not math.isfinite(weight_offset):
+        raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
+
+
+def as_rows(t: torch.Tensor, n_cols: int, writable: bool) -> Optional[torch.Tensor]:
+    """A [M, N] view of t with one row stride and unit column stride, or None if none exists.
+
+    Writable views also need rows that do not overlap (an expanded input may repeat a row).
+    """
+    if t.dim() == 0 or (t.stride(-1) != 1 and n_cols > 1):
+        return None
+    try:
+        rows = t.view(-1, n_cols)
+    except RuntimeError:
+        return None
+    if n_cols == 1 and rows.stride(1) != 1:
+        rows = rows.as_strided(rows.shape, (rows.stride(0), 1))
+    if writable and rows.shape[0] > 1 and rows.stride(0) < n_cols:
+        return None
+    return rows
+
+
+def _byte_range(t: torch.Tensor) -> tuple[int, int]:
+    extent = sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1
+    return t.data_ptr(), t.data_ptr() + extent * t.element_size()
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    a0, a1 = _byte_range(a)
+    b0, b1 = _byte_range(b)
+    return a0 < b1 and b0 < a1
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)
+
+
+def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
+                 eps=1e-6, weight_offset=0.0, accumulate=False) -> Prepared:
+    _check_float("x", x, allow_none=False)
+    _check_float("weight", weight)
+    _check_float("bias", bias)
+    _check_float("residual", residual)
+    _check_float("out", out)
+    check_scalars(eps, weight_offset)
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be {_DTYPE_NAMES} or None, got {out_dtype}")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the hidden size), got a scalar")
+    n_cols = x.shape[-1]
+    if not 1 <= n_cols <= MAX_N:
+        raise ValueError(f"x's last dimension (hidden size) must be in [1, {MAX_N}], "
+                         f"got {n_cols} (x.shape={tuple(x.shape)})")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (n_cols,):
+            raise ValueError(f"{name} must have shape ({n_cols},) to match x.shape="
+                             f"{tuple(x.shape)}, got {tuple(t.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("residual", residual), ("out", out)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}: "
+                             "all tensors must be on one device")
+    for name, t in (("residual", residual), ("out", out)):
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"{name} must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    if out is not None and out_dtype is not None and out.dtype != out_dtype:
+        raise ValueError(f"out has dtype {out.dtype} but out_dtype={out_dtype}; pass one of them")
+    if accumulate and out is None:
+        raise ValueError("accumulate=True adds into out: pass out=")
+    if out is not None and x.numel() > 0:
+        if _overlaps(out, x) and not _same_view(out, x):
+            raise ValueError("out overlaps x without being the same view of it; pass out=x for "
+                             "in place, or a separate buffer")
+        if residual is not None and _overlaps(out, residual):
+            raise ValueError("out overlaps residual, which must keep round(x + residual)")
+    n_rows = x.numel() // n_cols
+
+    x2d = as_rows(x, n_cols, writable=False)
+    if x2d is None:
+        x2d = x.contiguous().view(n_rows, n_cols)
+
+    res2d, res_user = None, None
+    if residual is not None:
+        res2d = as_rows(residual, n_cols, writable=True)
+        if res2d is None:
+            res2d, res_user = residual.contiguous().view(n_rows, n_cols), residual
+
+    out_user = None
+    if out is None:
+        out2d = torch.empty((n_rows, n_cols), dtype=out_dtype or x.dtype, device=x.device)
+    else:
+        out2d = as_rows(out, n_cols, writable=True)
+        if out2d is None:
+            out_user = out
+            out2d = (out.contiguous() if accumulate else torch.empty_like(out, memory_format=
+                     torch.contiguous_format)).view(n_rows, n_cols)
+    return Prepared(x2d, res2d, out2d, x.shape, out_user, res_user)
