@@ -1,0 +1,58 @@
+"""torch.compile(fullgraph=True) traces through the custom ops without a graph break."""
+import pytest
+import torch
+
+import rmsnorm_triton as rt
+from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
+
+
+def _compile(fn, device):
+    # aot_eager runs the fake implementations and functionalization without needing a C++ or
+    # GPU compiler; on a GPU the full inductor backend is used.
+    return torch.compile(fn, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+
+
+def test_rms_norm_compiles_fullgraph(device):
+    x, w = rand_x((4, 256), torch.bfloat16, device), rand_w(256, torch.bfloat16, device)
+
+    def f(x, w):
+        return rt.rms_norm(x * 2, w, 1e-5, weight_offset=1.0, out_dtype=torch.float32) + 1
+
+    torch._dynamo.reset()
+    y = _compile(f, device)(x, w)
+    assert y.dtype == torch.float32
+    assert_close(y - 1, rmsnorm_ref(x * 2, w, 1e-5, weight_offset=1.0), torch.float32)
+
+
+def test_out_and_fused_add_compile_fullgraph(device):
+    x, w = rand_x((3, 128), torch.float16, device), rand_w(128, torch.float16, device)
+    residual = rand_x((3, 128), torch.float32, device)
+    want_res = x.float() + residual
+
+    def f(x, residual, w, out):
+        y, r = rt.fused_add_rms_norm(x, residual, w)
+        rt.rms_norm(r, w, out=out, accumulate=True)
+        return y
+
+    torch._dynamo.reset()
+    out = torch.zeros(3, 128, dtype=torch.float32, device=device)
+    y = _compile(f, device)(x, residual, w, out)
+    torch.testing.assert_close(residual, want_res, rtol=0, atol=0)
+    assert_close(y, rmsnorm_ref(want_res, w))
+    assert_close(out, rmsnorm_ref(want_res, w), torch.float32)
+
+
+def test_ops_are_registered():
+    for name in ("rms_norm", "rms_norm_out", "fused_add_rms_norm", "fused_add_rms_norm_out"):
+        assert hasattr(torch.ops.rmsnorm_triton, name)
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+def test_opcheck(device, op):
+    x, w = rand_x((2, 64), torch.bfloat16, device), rand_w(64, torch.bfloat16, device)
+    if op == "rms_norm":
+        args = (x, w, None, 1e-6, 0.0, torch.float32, False)
+    else:
+        args = (x, rand_x((2, 64), torch.float32, device), w, None, 1e-6, 0.0, None)
+    torch.library.opcheck(getattr(torch.ops.rmsnorm_triton, op).default, args,
+                          test_utils=("test_schema", "test_faketensor"))

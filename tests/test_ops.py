@@ -1,0 +1,206 @@
+"""rms_norm and fused_add_rms_norm against the fp64 oracle, on CPU (interpreter) and GPU."""
+import pytest
+import torch
+
+import rmsnorm_triton as rt
+from helpers import (DTYPES, assert_close, assert_guard_intact, poisoned, rand_w, rand_x,
+                     rmsnorm_ref)
+
+ON_GPU = torch.cuda.is_available()
+INTERPRET = rt.ops.INTERPRET
+
+
+def assert_rounded_like(got, want):
+    """Equal bit for bit; the interpreter truncates bf16 stores, so there one ulp is allowed."""
+    if INTERPRET and got.dtype == torch.bfloat16:
+        torch.testing.assert_close(got, want, rtol=2 ** -7, atol=0)
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+
+
+def _name(d):
+    return str(d).replace("torch.", "")
+
+
+# Every (x, weight, out) dtype triple on a shape that exercises multi-row programs and masking.
+DTYPE_CASES = [pytest.param(xd, wd, od, id=f"x{_name(xd)}-w{_name(wd)}-o{_name(od)}")
+               for xd in DTYPES for wd in DTYPES for od in DTYPES]
+
+
+@pytest.mark.parametrize("x_dtype,w_dtype,out_dtype", DTYPE_CASES)
+def test_dtype_pairings(device, x_dtype, w_dtype, out_dtype):
+    M, N = 7, 1000
+    x, w = rand_x((M, N), x_dtype, device), rand_w(N, w_dtype, device)
+    buf, out = poisoned(M, N, out_dtype, device)
+    rt.rms_norm(x, w, 1e-5, out=out)
+    assert_close(out, rmsnorm_ref(x, w, 1e-5))
+    assert_guard_intact(buf, N)
+
+
+SHAPES = [(1, 128), (7, 1000), (4, 4095), (3, 8192), (2, 65536), (1, 1), (5, 3), (33, 96)]
+if ON_GPU:
+    SHAPES += [(4096, 128), (4096, 4096), (64, 262144), (4, 1 << 20), (8, 1000003)]
+
+
+@pytest.mark.parametrize("M,N", SHAPES, ids=[f"M{m}-N{n}" for m, n in SHAPES])
+@pytest.mark.parametrize("dtype", [BF16, FP16, FP32], ids=_name)
+def test_shapes(device, M, N, dtype):
+    x, w = rand_x((M, N), dtype, device), rand_w(N, dtype, device)
+    buf, out = poisoned(M, N, dtype, device)
+    y = rt.rms_norm(x, w, out=out)
+    assert y.data_ptr() == out.data_ptr()
+    assert_close(out, rmsnorm_ref(x, w))
+    assert_guard_intact(buf, N)
+
+
+@pytest.mark.parametrize("N", [1000, 40000], ids=["single-tile", "looped"])
+def test_huge_n_default_output(device, N):
+    x = rand_x((3, N), BF16, device)
+    y = rt.rms_norm(x, None)
+    assert y.dtype == BF16 and y.shape == x.shape
+    assert_close(y, rmsnorm_ref(x))
+
+
+@pytest.mark.parametrize("N", [1000, 40000], ids=["single-tile", "looped"])
+@pytest.mark.parametrize("with_weight", [True, False], ids=["weight", "no-weight"])
+def test_gemma_offset_added_in_fp32(device, N, with_weight):
+    x = rand_x((4, N), BF16, device)
+    # Small Gemma weights: adding 1 in bf16 before the product would erase them.
+    w = rand_w(N, BF16, device, gemma=True) if with_weight else None
+    out = rt.rms_norm(x, w, weight_offset=1.0, out_dtype=FP32)
+    assert_close(out, rmsnorm_ref(x, w, weight_offset=1.0), FP32, tol=1e-5)
+
+
+@pytest.mark.parametrize("N", [1000, 40000], ids=["single-tile", "looped"])
+def test_bias(device, N):
+    x, w = rand_x((5, N), FP16, device), rand_w(N, FP32, device)
+    b = torch.randn(N, device=device).to(BF16)
+    assert_close(rt.rms_norm(x, w, bias=b, out_dtype=FP32), rmsnorm_ref(x, w, bias=b), FP32)
+
+
+@pytest.mark.parametrize("N", [1000, 40000], ids=["single-tile", "looped"])
+@pytest.mark.parametrize("out_dtype", [FP16, FP32], ids=_name)
+def test_accumulate(device, N, out_dtype):
+    x, w = rand_x((3, N), FP16, device), rand_w(N, FP16, device)
+    buf, out = poisoned(3, N, out_dtype, device)
+    start = rand_x((3, N), out_dtype, device)
+    out.copy_(start)
+    rt.rms_norm(x, w, out=out, accumulate=True)
+    assert_close(out, start.double() + rmsnorm_ref(x, w))
+    assert_guard_intact(buf, N)
+
+
+def test_clamp_fp16_input(device):
+    x = rand_x((3, 512), FP16, device)
+    x[0, 7], x[1, 3], x[2, 100] = float("inf"), float("-inf"), 60000.0
+    w = rand_w(512, FP16, device)
+    y = rt.rms_norm(x, w, clamp_fp16_input=True, out_dtype=FP32)
+    assert_close(y, rmsnorm_ref(x, w, clamp=True), FP32)
+    # Without the clamp, an infinite input poisons its row as the formula says.
+    assert not torch.isfinite(rt.rms_norm(x, w)[0]).all()
+
+
+@pytest.mark.parametrize("N", [1000, 40000], ids=["single-tile", "looped"])
+@pytest.mark.parametrize("x_dtype,res_dtype", [(BF16, BF16), (BF16, FP32), (FP16, FP32),
+                                               (FP32, FP32), (FP16, FP16)],
+                         ids=lambda d: _name(d))
+def test_fused_add_equals_unfused(device, N, x_dtype, res_dtype):
+    M = 6
+    x, w = rand_x((M, N), x_dtype, device), rand_w(N, x_dtype, device)
+    residual = rand_x((M, N), res_dtype, device)
+    want_res = (x.float() + residual.float()).to(res_dtype)
+    buf, out = poisoned(M, N, x_dtype, device)
+    y, res = rt.fused_add_rms_norm(x, residual, w, out=out)
+    assert res is residual and y.data_ptr() == out.data_ptr()
+    assert_rounded_like(residual, want_res)
+    # Bit for bit the two-step result: the norm of the updated residual, same kernel family.
+    torch.testing.assert_close(out, rt.rms_norm(residual.clone(), w, out_dtype=x_dtype),
+                               rtol=0, atol=0)
+    assert_close(out, rmsnorm_ref(want_res, w))
+    assert_guard_intact(buf, N)
+
+
+def test_fused_add_writes_into_x(device):
+    """vLLM's convention: the normalized output may overwrite the input."""
+    x, residual = rand_x((4, 256), BF16, device), rand_x((4, 256), BF16, device)
+    w = rand_w(256, BF16, device)
+    want_res = (x.float() + residual.float()).to(BF16)
+    y, _ = rt.fused_add_rms_norm(x, residual, w, out=x)
+    assert y.data_ptr() == x.data_ptr()
+    assert_close(x, rmsnorm_ref(want_res, w))
+
+
+@pytest.mark.parametrize("N", [1000, 40000], ids=["single-tile", "looped"])
+def test_in_place(device, N):
+    x, w = rand_x((3, N), FP16, device), rand_w(N, FP16, device)
+    ref = rmsnorm_ref(x, w)
+    assert rt.rms_norm(x, w, out=x).data_ptr() == x.data_ptr()
+    assert_close(x, ref)
+
+
+def test_row_strided_views_run_without_copy(device):
+    big = rand_x((9, 1536), BF16, device)
+    x = big[:, 256:1280]                               # rows 1536 apart
+    w = rand_w(1024, BF16, device)
+    obig, out = poisoned(9, 1024, FP32, device)
+    rt.rms_norm(x, w, out=out)
+    assert_close(out, rmsnorm_ref(x, w))
+    assert_guard_intact(obig, 1024)
+    q, k = torch.split(rand_x((5, 3 * 64), FP16, device), [128, 64], dim=-1)
+    assert_close(rt.rms_norm(k, None), rmsnorm_ref(k))
+    assert_close(rt.rms_norm(q, None), rmsnorm_ref(q))
+
+
+def test_leading_dims_and_non_collapsible_layouts(device):
+    x3 = rand_x((2, 5, 96), BF16, device)
+    w = rand_w(96, BF16, device)
+    y = rt.rms_norm(x3, w)
+    assert y.shape == x3.shape
+    assert_close(y, rmsnorm_ref(x3, w))
+    xt = rand_x((5, 2, 96), BF16, device).transpose(0, 1)      # no single row stride
+    assert_close(rt.rms_norm(xt, w), rmsnorm_ref(xt, w))
+    xc = rand_x((96, 4), FP32, device).t()                      # column stride 4: copied once
+    assert_close(rt.rms_norm(xc, w), rmsnorm_ref(xc, w))
+    outt = torch.full((5, 2, 96), float("nan"), dtype=FP32, device=device).transpose(0, 1)
+    rt.rms_norm(xt, w, out=outt)
+    assert_close(outt, rmsnorm_ref(xt, w))
+    xe = rand_x((1, 96), FP16, device).expand(4, 96)            # stride-0 rows are fine to read
+    assert_close(rt.rms_norm(xe, w), rmsnorm_ref(xe, w))
+
+
+def test_non_collapsible_residual_is_updated_in_place(device):
+    x = rand_x((3, 2, 64), BF16, device)
+    residual = rand_x((2, 3, 64), FP32, device).transpose(0, 1)
+    want_res = (x.float() + residual.float())
+    w = rand_w(64, BF16, device)
+    y, res = rt.fused_add_rms_norm(x, residual, w)
+    assert res is residual
+    torch.testing.assert_close(residual, want_res, rtol=0, atol=0)
+    assert_close(y, rmsnorm_ref(want_res, w))
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (2, 0, 64), (0, 40000)], ids=str)
+def test_zero_rows(device, shape):
+    x = torch.empty(shape, dtype=BF16, device=device)
+    y = rt.rms_norm(x, rand_w(shape[-1], BF16, device), out_dtype=FP32)
+    assert y.shape == x.shape and y.dtype == FP32
+    y, r = rt.fused_add_rms_norm(x, torch.empty(shape, dtype=FP32, device=device))
+    assert y.shape == x.shape
+
+
+def test_reference_matches_kernel(device):
+    x, w = rand_x((4, 300), BF16, device), rand_w(300, FP32, device)
+    b = torch.randn(300, device=device)
+    kw = dict(bias=b, weight_offset=1.0, out_dtype=FP32)
+    torch.testing.assert_close(rt.rms_norm(x, w, **kw), rt.rms_norm_reference(x, w, **kw),
+                               rtol=2e-6, atol=2e-6)
+
+
+def test_autograd_inputs_take_the_differentiable_path(device):
+    x = rand_x((3, 64), FP32, device).requires_grad_()
+    w = rand_w(64, FP32, device).requires_grad_()
+    y = rt.rms_norm(x, w)
+    y.sum().backward()
+    assert x.grad is not None and w.grad is not None
+    assert_close(y.detach(), rmsnorm_ref(x.detach(), w.detach()))
