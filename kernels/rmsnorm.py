@@ -5,15 +5,19 @@
     y   = h * r * (fp32(w) + WEIGHT_OFFSET) [+ fp32(b)]
     out = round(out, y)             (or round(out, fp32(out) + y) when ACCUMULATE)
 
-Features are constexpr flags, so a disabled one costs no instruction. A program owns BLOCK_M
-whole rows. When a row fits in one BLOCK_N tile it is read once and held in registers
-(LOOPED=False); otherwise the row is streamed twice in BLOCK_N chunks: once for the sum of
-squares, once to normalize (LOOPED=True).
+Features are constexpr flags, so a disabled one costs no instruction. Three ways to cover a row:
+- rmsnorm_fwd_kernel, LOOPED=False: a program owns BLOCK_M whole rows, each read once and held
+  in registers (rows up to 32K elements).
+- rmsnorm_fwd_kernel, LOOPED=True: the row is streamed twice in BLOCK_N chunks, once for the sum
+  of squares and once to normalize. Never spills, but reads x twice; the interpreter's path for
+  long rows.
+- rmsnorm_fwd_split_kernel: SPLITS programs share a row, each holding one BLOCK_N slice in
+  registers; they publish partial sums and wait for each other, so x is read once at any N.
 """
 import triton
 import triton.language as tl
 
-FP16_MAX = 65504.0
+FP16_MAX = tl.constexpr(65504.0)
 
 
 @triton.jit
@@ -114,3 +118,51 @@ def rmsnorm_fwd_kernel(
             _normalize_store(y_rows + start, w_ptr + start, b_ptr + start, cols, col_mask, mask,
                              h, rstd,
                              HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
+
+
+@triton.jit
+def rmsnorm_fwd_split_kernel(
+    x_ptr, r_ptr, w_ptr, b_ptr, y_ptr,   # as in rmsnorm_fwd_kernel
+    part_ptr,                     # [n_rows, SPLITS] fp32, filled with -1.0 (= not yet published)
+    n_rows, n_cols,
+    stride_x_row, stride_r_row, stride_y_row,
+    eps,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    CLAMP_FP16: tl.constexpr,
+    WEIGHT_OFFSET: tl.constexpr,
+    BLOCK_N: tl.constexpr,        # slice of a row per program
+    SPLITS: tl.constexpr,         # cdiv(n_cols, BLOCK_N) programs per row
+    SPLITS_P2: tl.constexpr,      # next_power_of_2(SPLITS), for the partials vector
+):
+    # Programs of one row have consecutive ids. The GPU dispatches blocks in id order, so every
+    # program a waiting one depends on is resident or will be once earlier rows finish: the
+    # wait cannot deadlock. (The interpreter runs programs one by one: it never takes this path.)
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // SPLITS
+    part = pid % SPLITS
+    start = part * BLOCK_N
+    x_rows = x_ptr + row * stride_x_row + start
+    r_rows = r_ptr + row * stride_r_row + start
+    y_rows = y_ptr + row * stride_y_row + start
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    col_mask = start + cols < n_cols
+    h = _load_h(x_rows, r_rows, cols, col_mask, HAS_RESIDUAL, True, CLAMP_FP16)
+    partial = tl.sum(tl.sum(h * h, axis=1), axis=0)
+    # One release atomic publishes the partial (sums of squares are >= 0 or NaN, never -1).
+    tl.atomic_xchg(part_ptr + row * SPLITS + part, partial, sem="release")
+    slots = tl.arange(0, SPLITS_P2)
+    slot_ptrs = part_ptr + row * SPLITS + slots
+    slot_mask = slots < SPLITS
+    parts = tl.atomic_add(slot_ptrs, 0.0, mask=slot_mask, sem="acquire")
+    waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    while waiting > 0:
+        parts = tl.atomic_add(slot_ptrs, 0.0, mask=slot_mask, sem="acquire")
+        waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    # Every program of the row adds the same partials in the same order: one rstd, bit for bit.
+    total = tl.sum(tl.where(slot_mask, parts, 0.0), axis=0)
+    rstd = tl.rsqrt(total * (1.0 / n_cols) + eps)
+    _normalize_store(y_rows, w_ptr + start, b_ptr + start, cols, col_mask, col_mask, h, rstd,
+                     HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)

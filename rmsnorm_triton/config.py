@@ -21,6 +21,7 @@ import triton
 # streamed twice in chunks, which moves 1.5x the bytes but never spills.
 MAX_SINGLE_TILE_N = 32768
 LOOP_CHUNK_N = 8192
+SPLIT_SLICE_N = 8192
 # Short rows are packed several to a program so that a tile carries >= this many elements:
 # a 128-wide row alone would leave most of a warp's 16-byte lanes idle.
 MIN_TILE_ELEMS = 4096
@@ -31,13 +32,17 @@ MAX_N = 1 << 24
 
 CACHE_VERSION = 1
 
+# Read once: Triton itself decides interpreter mode when the kernel module is imported.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
 
 @dataclass(frozen=True)
 class LaunchConfig:
     block_m: int      # rows per program
-    block_n: int      # tile width: next_power_of_2(N) for single-tile rows, the chunk if looped
+    block_n: int      # tile width: next_power_of_2(N) for single-tile rows, else the chunk/slice
     num_warps: int
-    looped: bool
+    looped: bool      # stream the row twice in block_n chunks (one program per row)
+    splits: int = 1   # > 1: that many programs share a row, one block_n slice each (GPU only)
 
 
 def row_bucket(n_rows: int) -> int:
@@ -45,9 +50,12 @@ def row_bucket(n_rows: int) -> int:
     return min(triton.next_power_of_2(max(n_rows, 1)), 65536)
 
 
-def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int) -> LaunchConfig:
+def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = True) -> LaunchConfig:
     block_n = triton.next_power_of_2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
+        if on_gpu and not INTERPRET:
+            return LaunchConfig(block_m=1, block_n=SPLIT_SLICE_N, num_warps=8, looped=False,
+                                splits=triton.cdiv(n_cols, SPLIT_SLICE_N))
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
     block_m = 1
     while block_m * block_n < MIN_TILE_ELEMS and block_m < MAX_BLOCK_M and block_m < n_rows:
@@ -122,4 +130,4 @@ def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch
     """The launch config for rows of `n_cols` elements, `bucket` = row_bucket(n_rows)."""
     tuned = tuned_table(device_name(device_index)).get(
         table_key(n_cols, bucket, x_dtype, out_dtype, has_residual))
-    return tuned or heuristic_config(n_cols, bucket, x_dtype.itemsize)
+    return tuned or heuristic_config(n_cols, bucket, x_dtype.itemsize, device_index >= 0)

@@ -6,20 +6,16 @@ trace through without a graph break.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
+import triton
 
-from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel
+from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel, rmsnorm_fwd_split_kernel
 
-from .config import pick_config, row_bucket
+from .config import INTERPRET, LaunchConfig, pick_config, row_bucket
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .validate import Prepared, check_inputs
-
-# Read once: Triton itself decides interpreter mode when the kernel module is imported.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
 
 def _use_reference(x, *tensors) -> bool:
     """CPU tensors without the interpreter, and autograd, take the torch path."""
@@ -29,28 +25,31 @@ def _use_reference(x, *tensors) -> bool:
                                            for t in (x, *tensors))
 
 
-def _launch(p: Prepared, weight, bias, eps, weight_offset, accumulate, clamp_fp16_input):
+def _launch(p: Prepared, weight, bias, eps, weight_offset, accumulate, clamp_fp16_input,
+            cfg: Optional[LaunchConfig] = None):
+    """Run the kernel on prepared views; `cfg` overrides pick_config (the tuner passes one)."""
     x, res, out = p.x, p.residual, p.out
     n_rows, n_cols = x.shape
     if n_rows > 0:
         dev = x.device
-        cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
-                          dev.index if dev.type == "cuda" else -1)
-        grid = (triton_cdiv(n_rows, cfg.block_m),)
-        args = (x, x if res is None else res, x if weight is None else weight,
-                x if bias is None else bias, out, n_rows, n_cols,
-                x.stride(0), 0 if res is None else res.stride(0), out.stride(0), float(eps))
+        if cfg is None:
+            cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
+                              dev.index if dev.type == "cuda" else -1)
+        tensors = (x, x if res is None else res, x if weight is None else weight,
+                   x if bias is None else bias, out)
+        scalars = (n_rows, n_cols, x.stride(0), 0 if res is None else res.stride(0),
+                   out.stride(0), float(eps))
         meta = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
                     HAS_RESIDUAL=res is not None, ACCUMULATE=bool(accumulate),
                     CLAMP_FP16=bool(clamp_fp16_input) and x.dtype == torch.float16,
-                    WEIGHT_OFFSET=float(weight_offset), BLOCK_M=cfg.block_m,
-                    BLOCK_N=cfg.block_n, LOOPED=cfg.looped, num_warps=cfg.num_warps)
+                    WEIGHT_OFFSET=float(weight_offset), BLOCK_N=cfg.block_n,
+                    num_warps=cfg.num_warps)
         # Triton launches on the current device: follow the tensors (tensor parallelism).
         if dev.type == "cuda" and dev.index != torch.cuda.current_device():
             with torch.cuda.device(dev):
-                rmsnorm_fwd_kernel[grid](*args, **meta)
+                _run_kernel(cfg, tensors, scalars, meta)
         else:
-            rmsnorm_fwd_kernel[grid](*args, **meta)
+            _run_kernel(cfg, tensors, scalars, meta)
     if p.residual_user is not None:
         p.residual_user.copy_(res.view(p.shape))
     if p.out_user is not None:
@@ -58,8 +57,19 @@ def _launch(p: Prepared, weight, bias, eps, weight_offset, accumulate, clamp_fp1
     return out.view(p.shape)
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+def _run_kernel(cfg: LaunchConfig, tensors, scalars, meta):
+    n_rows = scalars[0]
+    if cfg.splits > 1:
+        # -1 marks a partial sum not yet published; allocated per call (stream-ordered by the
+        # caching allocator), so concurrent streams never share one.
+        parts = torch.full((n_rows, cfg.splits), -1.0, dtype=torch.float32,
+                           device=tensors[0].device)
+        rmsnorm_fwd_split_kernel[(n_rows * cfg.splits,)](
+            *tensors, parts, *scalars, SPLITS=cfg.splits,
+            SPLITS_P2=triton.next_power_of_2(cfg.splits), **meta)
+    else:
+        rmsnorm_fwd_kernel[(triton.cdiv(n_rows, cfg.block_m),)](
+            *tensors, *scalars, BLOCK_M=cfg.block_m, LOOPED=cfg.looped, **meta)
 
 
 def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,

@@ -3,6 +3,9 @@ import pytest
 import torch
 
 import rmsnorm_triton as rt
+from rmsnorm_triton.config import LaunchConfig
+from rmsnorm_triton.ops import _launch
+from rmsnorm_triton.validate import check_inputs
 from helpers import (DTYPES, assert_close, assert_guard_intact, poisoned, rand_w, rand_x,
                      rmsnorm_ref)
 
@@ -204,3 +207,36 @@ def test_autograd_inputs_take_the_differentiable_path(device):
     y.sum().backward()
     assert x.grad is not None and w.grad is not None
     assert_close(y.detach(), rmsnorm_ref(x.detach(), w.detach()))
+
+
+PATHS = [pytest.param(LaunchConfig(1, 32768, 16, False), id="single-tile"),
+         pytest.param(LaunchConfig(2, 32768, 16, False), id="two-rows-per-program"),
+         pytest.param(LaunchConfig(1, 4096, 8, True), id="looped"),
+         pytest.param(LaunchConfig(1, 4096, 4, False, splits=7), id="split-row",
+                      marks=pytest.mark.skipif(not ON_GPU, reason="the split-row path waits "
+                                               "across programs; the interpreter runs them "
+                                               "one at a time"))]
+
+
+@pytest.mark.parametrize("cfg", PATHS)
+@pytest.mark.parametrize("fused_add", [False, True], ids=["norm", "fused-add"])
+def test_every_kernel_path(device, cfg, fused_add):
+    """Each way of covering a row gives the oracle's answer, with every feature on."""
+    M, N = 3, 27001                                   # odd N, not a multiple of any chunk
+    x, w = rand_x((M, N), FP16, device), rand_w(N, BF16, device, gemma=True)
+    b = torch.randn(N, device=device)
+    residual = rand_x((M, N), FP32, device) if fused_add else None
+    want_in = (x.float() + residual) if fused_add else x
+    buf, out = poisoned(M, N, FP32, device)
+    start = rand_x((M, N), FP32, device)
+    out.copy_(start)
+    p = check_inputs(x, w, bias=b, residual=residual, out=out, weight_offset=1.0,
+                     accumulate=not fused_add)
+    _launch(p, w, b, 1e-6, 1.0, not fused_add, not fused_add, cfg)
+    want = rmsnorm_ref(want_in, w, 1e-6, weight_offset=1.0, bias=b)
+    if not fused_add:
+        want = want + start.double()
+    else:
+        torch.testing.assert_close(residual, want_in, rtol=0, atol=0)
+    assert_close(out, want)
+    assert_guard_intact(buf, N)
