@@ -1,7 +1,12 @@
 """rmsnorm_triton: fused RMSNorm Triton kernels for inference engines."""
 from .ops import fused_add_rms_norm, rms_norm
 from .reference import rms_norm_reference
+from .module import GemmaRMSNorm, RMSNorm
+from .hf import patch_model
+from .loading import open_model
+from .exllamav2 import ExLlamaV2RMSNorm
 
 __version__ = "0.1.0"
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_reference", "__version__"]
+__all__ += ["RMSNorm", "GemmaRMSNorm", "patch_model", "open_model", "ExLlamaV2RMSNorm"]

@@ -17,13 +17,21 @@ from pathlib import Path
 import torch
 import triton
 
-# A row of up to this many elements is held in registers and read once. Beyond it the row is
-# streamed twice in chunks, which moves 1.5x the bytes but never spills.
+# Thresholds below were read off bench/sweep_configs.py on an H100 (bench/RESULTS.md).
+# A row of up to this many elements is held in registers by one program and read once
+# (97.8% of the copy ceiling at 4096 x 32768; one program per 65536-row: 68%, spilling).
 MAX_SINGLE_TILE_N = 32768
+# Past it, on a GPU, the row is split over programs of one slice each (the split-row kernel):
+# 4096-element slices on 4 warps were fastest up to 131072 (90.7% at 2048 x 65536, against 68%
+# for one looped program per row), 8192 beyond (87.8% at 512 x 262144).
+SPLIT_SLICE_N = 4096
+SPLIT_SLICE_N_LONG = 8192
+# The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
+# long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
-SPLIT_SLICE_N = 8192
 # Short rows are packed several to a program so that a tile carries >= this many elements:
-# a 128-wide row alone would leave most of a warp's 16-byte lanes idle.
+# a 128-wide row alone would leave most of a warp's 16-byte lanes idle (65536 x 128: 64 rows
+# a program, 73%; 4 rows, 41%). Rows of 256 or fewer want twice that.
 MIN_TILE_ELEMS = 4096
 MAX_BLOCK_M = 64
 # Hidden sizes past this are refused: beyond every model we know of, and the looped path's
@@ -54,15 +62,20 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     block_n = triton.next_power_of_2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
         if on_gpu and not INTERPRET:
-            return LaunchConfig(block_m=1, block_n=SPLIT_SLICE_N, num_warps=8, looped=False,
-                                splits=triton.cdiv(n_cols, SPLIT_SLICE_N))
+            slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
+            return LaunchConfig(block_m=1, block_n=slice_n, num_warps=4, looped=False,
+                                splits=triton.cdiv(n_cols, slice_n))
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
     block_m = 1
-    while block_m * block_n < MIN_TILE_ELEMS and block_m < MAX_BLOCK_M and block_m < n_rows:
+    min_tile = MIN_TILE_ELEMS * (2 if block_n <= 256 else 1)
+    while block_m * block_n < min_tile and block_m < MAX_BLOCK_M and block_m < n_rows:
         block_m *= 2
+    if block_n <= 1024:
+        # Packed short rows: 4 warps won at N = 128..1024 (73-82%), 8 lost by 3-9 points.
+        return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=4, looped=False)
     # About 16 elements per thread: two 16-byte loads of 16-bit data in flight per thread.
     elems_per_thread = 16 if x_itemsize <= 2 else 8
-    num_warps = max(1, min(32, block_m * block_n // (32 * elems_per_thread)))
+    num_warps = max(4, min(32, block_m * block_n // (32 * elems_per_thread)))
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 
 

@@ -1,0 +1,177 @@
+"""RMSNorm as an nn.Module: a drop-in for torch.nn.RMSNorm and the HF *RMSNorm classes.
+
+The state_dict is {"weight"[, "bias"]}, the keys those classes use, so checkpoints load as they
+are. One numerical difference, by design: HF Llama rounds x * rstd to the input dtype before the
+weight multiply (two roundings); this module computes everything in fp32 and rounds once, so
+fp16/bf16 outputs can differ from HF Llama's by about one ulp, and are closer to the exact value.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .ops import rms_norm
+from .reference import rms_norm_reference
+from .validate import FLOAT_DTYPES, check_scalars
+
+# from_module runs an HF norm once to learn whether it scales by w or by (1 + w). Both candidates
+# are computed here in fp32 from the same weight; a genuine match differs by rounding only.
+_PROBE_TOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+_EPS_ATTRS = ("variance_epsilon", "eps")
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x**2) + eps) * (weight + weight_offset) [+ bias], over the last dim.
+
+    weight_offset=1.0 is Gemma's (1 + w) form. With a non-zero offset the weight starts at
+    zeros, as Gemma's does (so a fresh Gemma norm scales by 1); otherwise at ones, as Llama's.
+    out_dtype=None writes x's dtype.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, *, weight_offset: float = 0.0,
+                 bias: bool = False, out_dtype: Optional[torch.dtype] = None, device=None,
+                 dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size must be an int, got {type(hidden_size).__name__} "
+                            f"({hidden_size!r})")
+        if hidden_size < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+        check_scalars(eps, weight_offset)
+        for name, dt in (("out_dtype", out_dtype), ("dtype", dtype)):
+            if dt is not None and dt not in FLOAT_DTYPES:
+                raise TypeError(f"{name} must be float16, bfloat16, float32 or None, got {dt}")
+        self.hidden_size = hidden_size
+        self.eps = float(eps)
+        self.weight_offset = float(weight_offset)
+        self.out_dtype = out_dtype
+        self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.weight, 0.0 if self.weight_offset else 1.0)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def variance_epsilon(self) -> float:
+        """HF Llama's name for eps, for code that reads it off the norm it replaced."""
+        return self.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, bias=self.bias,
+                        weight_offset=self.weight_offset, out_dtype=self.out_dtype)
+
+    def extra_repr(self) -> str:
+        s = f"{self.hidden_size}, eps={self.eps}"
+        if self.weight_offset:
+            s += f", weight_offset={self.weight_offset}"
+        if self.bias is not None:
+            s += ", bias=True"
+        if self.out_dtype is not None:
+            s += f", out_dtype={self.out_dtype}"
+        return s
+
+    @classmethod
+    def from_module(cls, m: nn.Module) -> "RMSNorm":
+        """An RMSNorm computing what `m` computes, sharing m's weight (and bias) Parameters.
+
+        `m` is a torch.nn.RMSNorm or an HF-style norm with a 1-D `weight` and an `eps` or
+        `variance_epsilon` attribute. torch.nn.RMSNorm with eps=None uses the finfo eps of the
+        *input* dtype at run time; a fixed eps is needed here, so it becomes
+        torch.finfo(weight.dtype).eps, which is the same whenever inputs match the weight dtype.
+
+        Whether an HF norm scales by w or by (1 + w) (Gemma, Qwen3-Next, ...) is not knowable from
+        its name (Gemma3n's norm scales by w), so `m` is run once on a small fp32 probe and the
+        form that reproduces its output is taken; neither matching raises ValueError. Norms whose
+        weight is on the meta device cannot run, and fall back to the name: "Gemma" -> (1 + w).
+        """
+        if isinstance(m, RMSNorm):
+            return m
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"from_module expects an nn.Module, got {type(m).__name__}")
+        name = type(m).__name__
+        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+            raise ValueError(f"{name} must have a 1-D weight to convert (a scale over the last "
+                             f"dim), got weight={shape if shape is not None else weight!r}")
+        if weight.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name}.weight must be float16, bfloat16 or float32, "
+                            f"got {weight.dtype}")
+        if not isinstance(bias, torch.Tensor) or bias.shape != weight.shape:
+            bias = None
+
+        if isinstance(m, nn.RMSNorm):
+            eps = m.eps if m.eps is not None else torch.finfo(weight.dtype).eps
+            offset = 0.0
+        else:
+            eps = _hf_eps(m)
+            offset = _probe_offset(m, weight, bias, eps)
+
+        new = cls(weight.shape[0], eps, weight_offset=offset, bias=bias is not None,
+                  device="meta", dtype=weight.dtype)
+        # Share, not copy: tied or later-loaded weights stay one tensor.
+        new.weight = _as_parameter(weight)
+        if bias is not None:
+            new.bias = _as_parameter(bias)
+        new.train(m.training)
+        return new
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's norm: scales by (1 + weight), weight initialised to zeros."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, *, weight_offset: float = 1.0,
+                 **kwargs):
+        super().__init__(hidden_size, eps, weight_offset=weight_offset, **kwargs)
+
+
+def _as_parameter(t: torch.Tensor) -> nn.Parameter:
+    return t if isinstance(t, nn.Parameter) else nn.Parameter(t, requires_grad=t.requires_grad)
+
+
+def _hf_eps(m: nn.Module) -> float:
+    for attr in _EPS_ATTRS:
+        eps = getattr(m, attr, None)
+        if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+            return float(eps)
+    raise ValueError(f"{type(m).__name__} has no numeric eps: looked for attributes "
+                     f"{', '.join(_EPS_ATTRS)}")
+
+
+def _probe_offset(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> float:
+    """0.0 if m computes n * w, 1.0 if n * (1 + w), where n = x / rms(x)."""
+    name = type(m).__name__
+    if weight.device.type == "meta":
+        return 1.0 if "Gemma" in name else 0.0
+    n = weight.shape[0]
+    # Deterministic, off-centre, non-zero rows, so both candidates are far from zero and apart.
+    x = torch.linspace(-1.5, 3.0, 2 * n, device=weight.device).view(2, n)
+    with torch.no_grad():
+        try:
+            # The class's forward, not the instance's: hooks (statistics, offloading) stay silent.
+            got = type(m).forward(m, x)
+        except Exception as e:  # any failure means: not a plain norm we can stand in for
+            raise ValueError(f"cannot convert {name}: running it on a probe input failed "
+                             f"({type(e).__name__}: {e})") from e
+        if not isinstance(got, torch.Tensor) or got.shape != x.shape:
+            raise ValueError(f"cannot convert {name}: it returned {type(got).__name__} "
+                             f"{getattr(got, 'shape', '')} for an x of shape {tuple(x.shape)}")
+        errs = {}
+        for offset in (0.0, 1.0):
+            ref = rms_norm_reference(x, weight, eps, bias=bias, weight_offset=offset).double()
+            errs[offset] = ((got.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    best = min(errs, key=errs.get)
+    tol = _PROBE_TOL[weight.dtype]
+    if not errs[best] <= tol:
+        raise ValueError(f"cannot convert {name}: its output matches neither x/rms(x)*w "
+                         f"(rel err {errs[0.0]:.2e}) nor x/rms(x)*(1+w) "
+                         f"(rel err {errs[1.0]:.2e}); tolerance {tol:.0e}")
+    return best

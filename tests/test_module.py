@@ -1,0 +1,238 @@
+"""RMSNorm / GemmaRMSNorm modules and RMSNorm.from_module, against the fp64 oracle."""
+import pytest
+import torch
+from torch import nn
+
+from helpers import DTYPES, assert_close, rand_w, rand_x, rmsnorm_ref
+from rmsnorm_triton import GemmaRMSNorm, RMSNorm, patch_model
+
+
+def _fill(m, gemma=False):
+    with torch.no_grad():
+        m.weight.copy_(rand_w(m.weight.shape[0], m.weight.dtype, m.weight.device, gemma=gemma))
+    return m
+
+
+def test_defaults_match_torch_and_gemma(device):
+    m = RMSNorm(96, device=device)
+    assert m.weight.shape == (96,) and m.weight.device.type == device
+    assert torch.equal(m.weight, torch.ones(96, device=device))
+    assert list(m.state_dict()) == list(nn.RMSNorm(96).state_dict()) == ["weight"]
+    assert m.bias is None and m.eps == 1e-6 and m.variance_epsilon == 1e-6
+    g = GemmaRMSNorm(96, device=device, dtype=torch.bfloat16)
+    assert g.weight_offset == 1.0 and g.weight.dtype == torch.bfloat16
+    assert torch.equal(g.weight.float(), torch.zeros(96, device=device))
+    b = RMSNorm(96, bias=True, device=device)
+    assert list(b.state_dict()) == ["weight", "bias"] and not b.bias.any()
+
+
+def test_fresh_modules_are_the_plain_norm(device):
+    x = rand_x((3, 80), torch.float32, device)
+    for m in (RMSNorm(80, device=device), GemmaRMSNorm(80, device=device)):
+        with torch.no_grad():
+            assert_close(m(x), rmsnorm_ref(x, eps=1e-6))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("out_dtype", [None, torch.float32], ids=["out=x", "out=fp32"])
+@pytest.mark.parametrize("gemma", [False, True], ids=["llama", "gemma"])
+def test_forward_matches_fp64(device, dtype, out_dtype, gemma):
+    cls = GemmaRMSNorm if gemma else RMSNorm
+    m = _fill(cls(200, eps=1e-5, out_dtype=out_dtype, device=device, dtype=dtype), gemma)
+    x = rand_x((2, 5, 200), dtype, device)
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == x.shape and y.dtype == (out_dtype or dtype)
+    assert_close(y, rmsnorm_ref(x, m.weight, 1e-5, weight_offset=1.0 if gemma else 0.0))
+
+
+def test_bias(device):
+    m = _fill(RMSNorm(64, bias=True, device=device))
+    with torch.no_grad():
+        m.bias.copy_(torch.randn(64, device=device))
+        x = rand_x((4, 64), torch.float32, device)
+        assert_close(m(x), rmsnorm_ref(x, m.weight, 1e-6, bias=m.bias))
+
+
+def test_gradients_flow_through_the_module(device):
+    m = _fill(RMSNorm(32, device=device))
+    x = rand_x((4, 32), torch.float32, device).requires_grad_()
+    ref = nn.RMSNorm(32, eps=1e-6, device=device)
+    ref.load_state_dict(m.state_dict())
+    x_ref = x.detach().clone().requires_grad_()
+    m(x).square().sum().backward()
+    ref(x_ref).square().sum().backward()
+    torch.testing.assert_close(m.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_extra_repr():
+    assert repr(RMSNorm(8)) == "RMSNorm(8, eps=1e-06)"
+    assert repr(GemmaRMSNorm(8, bias=True, out_dtype=torch.float32)) == (
+        "GemmaRMSNorm(8, eps=1e-06, weight_offset=1.0, bias=True, out_dtype=torch.float32)")
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(hidden_size=0), ValueError, "hidden_size must be >= 1, got 0"),
+    (dict(hidden_size=8.0), TypeError, "hidden_size must be an int, got float"),
+    (dict(hidden_size=8, eps=-1.0), ValueError, "eps"),
+    (dict(hidden_size=8, weight_offset=float("nan")), ValueError, "weight_offset"),
+    (dict(hidden_size=8, dtype=torch.float64), TypeError, "dtype must be"),
+    (dict(hidden_size=8, out_dtype=torch.int8), TypeError, "out_dtype must be"),
+])
+def test_bad_arguments(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        RMSNorm(**kwargs)
+
+
+# ---- from_module -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_from_torch_rmsnorm(device, dtype):
+    src = _fill(nn.RMSNorm(48, eps=1e-5, device=device, dtype=dtype))
+    m = RMSNorm.from_module(src)
+    assert m.weight is src.weight, "the Parameter is shared, not copied"
+    assert (m.eps, m.weight_offset) == (1e-5, 0.0)
+    x = rand_x((3, 48), dtype, device)
+    with torch.no_grad():
+        assert_close(m(x), rmsnorm_ref(x, src.weight, 1e-5))
+        assert_close(m(x), src(x).double(), dtype)
+
+
+def test_from_torch_rmsnorm_default_eps_is_the_weight_dtypes_finfo():
+    src = nn.RMSNorm(16, dtype=torch.bfloat16)
+    assert src.eps is None
+    assert RMSNorm.from_module(src).eps == torch.finfo(torch.bfloat16).eps
+
+
+@pytest.mark.parametrize("src, words", [
+    (nn.RMSNorm(16, elementwise_affine=False), "must have a 1-D weight"),
+    (nn.RMSNorm((4, 16)), r"1-D weight .*got weight=\(4, 16\)"),
+])
+def test_from_torch_rmsnorm_refuses_what_it_cannot_represent(src, words):
+    with pytest.raises(ValueError, match=words):
+        RMSNorm.from_module(src)
+
+
+def test_from_module_refuses_non_modules():
+    with pytest.raises(TypeError, match="expects an nn.Module, got Tensor"):
+        RMSNorm.from_module(torch.ones(4))
+
+
+class PlainRMSNorm(nn.Module):
+    """HF Llama's style: eps in `variance_epsilon`, two roundings."""
+
+    def __init__(self, n, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(x.dtype)
+
+
+class OnePlusRMSNorm(nn.Module):
+    """(1 + w) under a name without "Gemma", as Qwen3-Next's norm does."""
+
+    def __init__(self, n, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n))
+        self.eps = eps
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).type_as(x)
+
+
+class GemmaLikeButPlainRMSNorm(OnePlusRMSNorm):
+    """"Gemma" in the name but scales by w, as Gemma3n's norm does."""
+
+    def forward(self, x):
+        h = x.float()
+        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+                * self.weight.float()).type_as(x)
+
+
+class MeanNorm(PlainRMSNorm):
+    """Not an RMSNorm: subtracts the mean first."""
+
+    def forward(self, x):
+        return super().forward(x - x.mean(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("cls, offset", [
+    (PlainRMSNorm, 0.0), (OnePlusRMSNorm, 1.0), (GemmaLikeButPlainRMSNorm, 0.0)])
+def test_from_module_learns_the_offset_from_what_the_module_computes(device, cls, offset):
+    src = _fill(cls(40, eps=1e-5).to(device), gemma=offset == 1.0)
+    m = RMSNorm.from_module(src)
+    assert (m.weight_offset, m.eps) == (offset, 1e-5) and m.weight is src.weight
+    x = rand_x((3, 40), torch.float32, device)
+    with torch.no_grad():
+        assert_close(m(x), src(x).double())
+
+
+def test_from_module_refuses_another_formula():
+    with pytest.raises(ValueError, match="MeanNorm: its output matches neither"):
+        RMSNorm.from_module(MeanNorm(16))
+
+
+def test_from_module_needs_an_eps_attribute():
+    src = PlainRMSNorm(16)
+    del src.variance_epsilon
+    with pytest.raises(ValueError, match="no numeric eps: looked for attributes "
+                                         "variance_epsilon, eps"):
+        RMSNorm.from_module(src)
+
+
+def test_from_module_on_meta_falls_back_to_the_class_name():
+    assert RMSNorm.from_module(OnePlusRMSNorm(8).to("meta")).weight_offset == 0.0
+    assert RMSNorm.from_module(GemmaLikeButPlainRMSNorm(8).to("meta")).weight_offset == 1.0
+
+
+def test_from_module_skips_instance_hooks():
+    src = PlainRMSNorm(16)
+    calls = []
+    src.register_forward_hook(lambda *a: calls.append(a))
+    RMSNorm.from_module(src)
+    assert calls == []
+
+
+# ---- patch_model without transformers ----------------------------------------------------------
+
+class Block(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.norm_a = PlainRMSNorm(n)
+        self.norm_b = nn.RMSNorm(n, eps=1e-6)
+        self.proj = nn.Linear(n, n)
+        self.odd = MeanNorm(n)    # named *Norm but not *RMSNorm: never touched
+
+
+def test_patch_model_swaps_and_shares(device):
+    model = nn.Sequential(Block(24), Block(24)).to(device)
+    shared = model[0].norm_a
+    model[1].norm_a = shared                      # one module used twice: one replacement
+    x = rand_x((5, 24), torch.float32, device)
+    with torch.no_grad():
+        want = [model[i].norm_b(model[i].norm_a(x)) for i in range(2)]
+        assert patch_model(model) == 3
+        assert patch_model(model) == 0, "already ours: left alone"
+        assert model[0].norm_a is model[1].norm_a and model[0].norm_a.weight is shared.weight
+        for i in range(2):
+            assert type(model[i].norm_a) is RMSNorm and type(model[i].norm_b) is RMSNorm
+            assert isinstance(model[i].odd, MeanNorm)
+            assert_close(model[i].norm_b(model[i].norm_a(x)), want[i].double())
+
+
+class BadRMSNorm(MeanNorm):
+    pass
+
+
+def test_patch_model_keeps_what_it_cannot_reproduce_and_warns():
+    model = nn.Sequential(PlainRMSNorm(8), BadRMSNorm(8))
+    with pytest.warns(UserWarning, match=r"kept 1 norm.*1 \(cannot convert BadRMSNorm"):
+        assert patch_model(model) == 1
+    assert isinstance(model[0], RMSNorm) and isinstance(model[1], BadRMSNorm)
