@@ -85,8 +85,9 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
             and a.dtype == b.dtype)
 
 
-def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
-                 eps=1e-6, weight_offset=0.0, accumulate=False) -> Prepared:
+def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
+               eps=1e-6, weight_offset=0.0, accumulate=False) -> None:
+    """Raise TypeError/ValueError for any bad argument; touches no data."""
     _check_float("x", x, allow_none=False)
     _check_float("weight", weight)
     _check_float("bias", bias)
@@ -122,6 +123,14 @@ def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtyp
                              "in place, or a separate buffer")
         if residual is not None and _overlaps(out, residual):
             raise ValueError("out overlaps residual, which must keep round(x + residual)")
+
+
+def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
+                 eps=1e-6, weight_offset=0.0, accumulate=False) -> Prepared:
+    """check_args, then the 2-D views the kernel addresses (copies only where none exists)."""
+    check_args(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype, eps=eps,
+               weight_offset=weight_offset, accumulate=accumulate)
+    n_cols = x.shape[-1]
     n_rows = x.numel() // n_cols
 
     x2d = as_rows(x, n_cols, writable=False)
