@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel, rmsnorm_fwd_split_kernel
 
-from .config import INTERPRET, LaunchConfig, pick_config, row_bucket
+from .config import INTERPRET, LaunchConfig, next_pow2, pick_config, row_bucket
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .validate import Prepared, check_inputs
 
@@ -66,9 +65,9 @@ def _run_kernel(cfg: LaunchConfig, tensors, scalars, meta):
                            device=tensors[0].device)
         rmsnorm_fwd_split_kernel[(n_rows * cfg.splits,)](
             *tensors, parts, *scalars, SPLITS=cfg.splits,
-            SPLITS_P2=triton.next_power_of_2(cfg.splits), **meta)
+            SPLITS_P2=next_pow2(cfg.splits), **meta)
     else:
-        rmsnorm_fwd_kernel[(triton.cdiv(n_rows, cfg.block_m),)](
+        rmsnorm_fwd_kernel[(-(-n_rows // cfg.block_m),)](
             *tensors, *scalars, BLOCK_M=cfg.block_m, LOOPED=cfg.looped, **meta)
 
 
