@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .ops import rms_norm
+from .parallel import forward_tp
 from .reference import rms_norm_reference
 from .validate import FLOAT_DTYPES, check_scalars
 
@@ -77,6 +78,25 @@ class RMSNorm(nn.Module):
         if self.out_dtype is not None:
             s += f", out_dtype={self.out_dtype}"
         return s
+
+    def tp_split(self, broadcast_type: int, context) -> None:
+        """Replicate weight (and bias) to the devices `context` (a TPContext) gives that type.
+
+        The replicas are plain tensors, outside the state_dict and untouched by .to(); call
+        tp_split again after changing the weight.
+        """
+        devices = context.devices_for(broadcast_type)
+        self.tp_context, self.broadcast_type = context, broadcast_type
+        self.tp_weights = [self.weight.detach().to(d) for d in devices]
+        self.tp_biases = None if self.bias is None else [self.bias.detach().to(d) for d in devices]
+
+    def forward_tp(self, x, *, fused=None) -> list:
+        """x: one tensor (broadcast first) or a list, one per device -> one result per device."""
+        if getattr(self, "tp_context", None) is None:
+            raise RuntimeError("forward_tp needs tp_split(broadcast_type, context) first")
+        return forward_tp(self.tp_context, self.broadcast_type, x, self.tp_weights,
+                          self.tp_biases, self.eps, weight_offset=self.weight_offset,
+                          out_dtype=self.out_dtype, fused=fused)
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "RMSNorm":

@@ -1,0 +1,414 @@
+"""Tensor parallelism in one process: per-device streams, broadcast, and norms on every GPU.
+
+Stream protocol (no host synchronization anywhere):
+- A tensor handed to us is ready on its device's *current* stream (the producer). Copies start
+  on side streams of the source device once an event recorded there has fired.
+- Each device's norm runs on that device's high-priority TP stream (`ctx.stream(dev)`), after
+  its input is ready; the caller's current stream on that device then waits for the result.
+- Whenever a tensor is used on a stream other than the one it was allocated on, the caching
+  allocator is told (`record_stream`), so freeing it early never hands its memory out too soon.
+CPU devices take the same code with plain tensors and no streams: the logic runs without GPUs.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from .config import pick_config, row_bucket
+from .ops import _run_kernel, rms_norm
+from .validate import as_rows, check_args
+
+# exllamav2's numbering (tensor_p.py / ext_tp.h): what each split divides.
+BROADCAST_KV, BROADCAST_ID, BROADCAST_VC, BROADCAST_RS, BROADCAST_Q = range(5)
+BROADCAST_TYPES = (BROADCAST_KV, BROADCAST_ID, BROADCAST_VC, BROADCAST_RS, BROADCAST_Q)
+FUSED_CHOICES = (False, True, "auto")
+_STAGING_LANE = -1                      # side-stream key of the device-to-host staging copy
+_MIN_PINNED_BYTES = 1 << 20
+
+
+def _as_device(d) -> torch.device:
+    dev = torch.device(d) if not isinstance(d, torch.device) else d
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type not in ("cuda", "cpu"):
+        raise ValueError(f"TPContext devices must be cuda:i or cpu, got {dev}")
+    return dev
+
+
+class TPContext:
+    """The devices of a tensor-parallel model, their streams, and broadcast.
+
+    devices: torch.device-likes, all CUDA or all CPU. splits: {broadcast_type: [device, ...]}
+    (default: every device for every type). use_p2p: None uses peer access where the hardware
+    has it, False always stages through pinned host memory, True requires it. fused: default
+    of forward_tp's `fused` (False, True or "auto").
+    """
+
+    def __init__(self, devices, splits=None, *, use_p2p=None, fused=False):
+        self.devices = [_as_device(d) for d in devices]
+        if not self.devices:
+            raise ValueError("TPContext needs at least one device")
+        kinds = {d.type for d in self.devices}
+        if len(kinds) > 1:
+            raise ValueError(f"TPContext devices must be all CUDA or all CPU, got {self.devices}")
+        self.is_cuda = kinds == {"cuda"}
+        if self.is_cuda and len(set(self.devices)) != len(self.devices):
+            raise ValueError(f"TPContext devices repeat a GPU: {self.devices}")
+        if fused not in FUSED_CHOICES:
+            raise ValueError(f"fused must be one of {FUSED_CHOICES}, got {fused!r}")
+        self.fused = fused
+        self._splits = {bt: list(self.devices) for bt in BROADCAST_TYPES}
+        for bt, devs in (splits or {}).items():
+            self._splits[self._check_type(bt)] = self._check_split(bt, devs)
+        self._lock = threading.Lock()   # guards lazy side streams and the pinned buffer
+        self._streams, self._side, self._peer = {}, {}, {}
+        self._pinned, self._pinned_busy = None, []
+        if self.is_cuda:
+            self._init_cuda(use_p2p)
+
+    # -- construction ------------------------------------------------------------------------
+    def _check_type(self, bt) -> int:
+        if bt not in BROADCAST_TYPES or isinstance(bt, bool):
+            raise ValueError(f"broadcast_type must be one of {BROADCAST_TYPES} (BROADCAST_KV.."
+                             f"BROADCAST_Q), got {bt!r}")
+        return bt
+
+    def _check_split(self, bt, devs) -> list:
+        split = [_as_device(d) for d in devs]
+        if not split:
+            raise ValueError(f"splits[{bt}] is empty: every broadcast type needs a device")
+        for d in split:
+            if d not in self.devices:
+                raise ValueError(f"splits[{bt}] names {d}, which is not one of the context's "
+                                 f"devices {self.devices}")
+        return split
+
+    def _init_cuda(self, use_p2p):
+        # exllamav2's choice: the highest priority, so TP work overtakes default-priority work.
+        self._priority = top = torch.cuda.Stream.priority_range()[1]
+        for d in self.devices:
+            self._streams[d] = torch.cuda.Stream(d, priority=top)
+        n = torch.cuda.device_count()
+        for d in self.devices:
+            if d.index >= n:
+                raise ValueError(f"TPContext device {d} does not exist: {n} GPUs are visible")
+        # Every pair is asked once here, also devices outside the context (a source may be one).
+        for a in range(n):
+            for b in range(n):
+                self._peer[a, b] = a == b or (use_p2p is not False
+                                              and torch.cuda.can_device_access_peer(a, b))
+        ids = [d.index for d in self.devices]
+        missing = [(a, b) for a in ids for b in ids if not self._peer[a, b]]
+        if use_p2p is True and missing:
+            raise ValueError(f"use_p2p=True but these GPU pairs have no peer access: {missing}")
+        for a in ids:
+            for b in ids:
+                if a != b and self._peer[a, b]:
+                    # PyTorch enables peer access lazily, on the first copy from a to b; a
+                    # kernel reading another GPU's memory (fused) needs it enabled up front.
+                    torch.zeros(1, device=f"cuda:{b}").copy_(torch.zeros(1, device=f"cuda:{a}"))
+                    self._side[a, b] = torch.cuda.Stream(a, priority=top)
+            self._side[a, _STAGING_LANE] = torch.cuda.Stream(a, priority=top)
+
+    # -- public API ----------------------------------------------------------------------------
+    def devices_for(self, broadcast_type) -> list:
+        """The devices of that split, in order: weights and outputs follow this order."""
+        return list(self._splits[self._check_type(broadcast_type)])
+
+    def stream(self, device):
+        """The device's high-priority TP stream (None for a CPU device)."""
+        dev = device if isinstance(device, torch.device) else _as_device(device)
+        if dev not in self.devices:
+            raise ValueError(f"{dev} is not one of the context's devices {self.devices}")
+        return self._streams.get(dev)
+
+    def can_read(self, reader, owner) -> bool:
+        """Whether a kernel on GPU `reader` may read memory of GPU `owner`: peer access is
+        enabled (at construction) only between the context's own devices."""
+        return (reader in self._streams and owner in self._streams
+                and self._peer[reader.index, owner.index])
+
+    def broadcast(self, x, broadcast_type, *, out=None) -> list:
+        """One copy of x per device of the split, each ready on that device's current stream.
+
+        x may live on any GPU or on the host (pinned or not). Where x already lives on a device
+        it is returned as is, unless out (one preallocated buffer per device; None entries
+        allocate) names a buffer for it. A pinned host x must not change until the copies ran,
+        as with any non_blocking copy.
+        """
+        devices = self.devices_for(broadcast_type)
+        return self._replicate(x, devices, norm_streams=False, peer_read=False, out=out)
+
+    # -- replication ---------------------------------------------------------------------------
+    def _side_stream(self, device_index, lane):
+        stream = self._side.get((device_index, lane))
+        if stream is None:              # a source outside the context: made once, then kept
+            with self._lock:
+                stream = self._side.setdefault((device_index, lane), torch.cuda.Stream(
+                    device_index, priority=self._priority))
+        return stream
+
+    def _replicate(self, x, devices, *, norm_streams, peer_read, out=None) -> list:
+        """Per device, a tensor holding x that its norm can read.
+
+        Ready on the device's TP stream (norm_streams) or on its current stream (broadcast).
+        peer_read: a device with peer access reads x in place instead of receiving a copy.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        outs = _per_device(out, len(devices), "out")
+        for i, (dev, buf) in enumerate(zip(devices, outs)):
+            if buf is not None and (not isinstance(buf, torch.Tensor) or buf.device != dev
+                                    or buf.shape != x.shape or buf.dtype != x.dtype):
+                got = (f"{tuple(buf.shape)} {buf.dtype} on {buf.device}"
+                       if isinstance(buf, torch.Tensor) else type(buf).__name__)
+                raise ValueError(f"out[{i}] must be a {tuple(x.shape)} {x.dtype} tensor on "
+                                 f"{dev}, got {got}")
+        if not self.is_cuda:
+            if x.device.type != "cpu":
+                raise ValueError(f"x is on {x.device}, but this context's devices are CPUs")
+            return [x if o is None else o.copy_(x) for o in outs]
+        waiter = self._streams.get if norm_streams else torch.cuda.current_stream
+        if x.device.type == "cpu":
+            return self._from_host(x, devices, outs, waiter)
+        producer = torch.cuda.current_stream(x.device)
+        ready = torch.cuda.Event()
+        ready.record(producer)
+        result, staged = [None] * len(devices), []
+        for i, dev in enumerate(devices):
+            stream = waiter(dev)
+            in_place = dev == x.device or (peer_read and self.can_read(dev, x.device))
+            if in_place and stream != producer:
+                stream.wait_event(ready)
+                x.record_stream(stream)
+            if outs[i] is None and in_place:
+                result[i] = x
+            elif dev == x.device:            # the caller's own buffer on x's GPU
+                with torch.cuda.stream(stream):
+                    result[i] = outs[i].copy_(x)
+            elif self._peer[x.device.index, dev.index]:
+                result[i] = self._copy_p2p(x, dev, stream, ready, outs[i])
+            else:
+                staged.append(i)
+        if staged:
+            self._copy_staged(x, [devices[i] for i in staged], [outs[i] for i in staged],
+                              waiter, ready, result, staged)
+        return result
+
+    def _copy_p2p(self, x, dev, stream, ready, buf):
+        side = self._side_stream(x.device.index, dev.index)
+        side.wait_event(ready)
+        with torch.cuda.stream(stream):
+            y = torch.empty(x.shape, dtype=x.dtype, device=dev) if buf is None else buf
+            # PyTorch runs a cross-GPU copy on the source's current stream (here: the side
+            # stream), after the destination's current stream (`stream`), which then waits.
+            with torch.cuda.stream(side):
+                y.copy_(x, non_blocking=True)
+        x.record_stream(side)
+        if buf is not None:
+            buf.record_stream(side)
+        return y
+
+    def _copy_staged(self, x, devices, outs, waiter, ready, result, slots):
+        """One device-to-host copy into the pinned buffer, then one host-to-device per device."""
+        with torch.cuda.device(x.device):
+            capturing = torch.cuda.is_current_stream_capturing()
+        if capturing:
+            raise RuntimeError("the pinned-host broadcast cannot be captured in a CUDA graph: "
+                               "its buffer is ordered with events across calls")
+        side = self._side_stream(x.device.index, _STAGING_LANE)
+        nbytes = x.numel() * x.element_size()
+        with self._lock:
+            if self._pinned is None or self._pinned.numel() < nbytes:
+                size = max(nbytes, _MIN_PINNED_BYTES,
+                           0 if self._pinned is None else 2 * self._pinned.numel())
+                # The old buffer may still be in flight; PyTorch's host allocator keeps it
+                # alive until the copies that used it have finished.
+                self._pinned = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            stage = self._pinned[:nbytes].view(x.dtype).view(x.shape)
+            # The previous broadcast's host-to-device copies must have read the buffer first.
+            for event in self._pinned_busy:
+                side.wait_event(event)
+            side.wait_event(ready)
+            with torch.cuda.stream(side):
+                stage.copy_(x, non_blocking=True)
+            x.record_stream(side)
+            staged = torch.cuda.Event()
+            staged.record(side)
+            busy = [staged]
+            for dev, buf, slot in zip(devices, outs, slots):
+                stream = waiter(dev)
+                stream.wait_event(staged)
+                result[slot] = self._to_device(stage, dev, stream, buf)
+                done = torch.cuda.Event()
+                done.record(stream)
+                busy.append(done)
+            self._pinned_busy = busy
+
+    def _from_host(self, x, devices, outs, waiter):
+        # Pageable memory would make every copy wait for the host (the driver stages it);
+        # one pinned copy first keeps them asynchronous. PyTorch's host allocator does not
+        # reuse it before the copies that read it have finished.
+        src = x if x.is_contiguous() and x.is_pinned() else x.contiguous().pin_memory()
+        return [self._to_device(src, dev, waiter(dev), buf) for dev, buf in zip(devices, outs)]
+
+    @staticmethod
+    def _to_device(src, dev, stream, buf):
+        with torch.cuda.stream(stream):
+            y = torch.empty(src.shape, dtype=src.dtype, device=dev) if buf is None else buf
+            return y.copy_(src, non_blocking=True)
+
+
+def _per_device(values, n, name) -> list:
+    """None or [] means "none for any device" (exllamav2 keeps an empty bias list)."""
+    if values is None or (isinstance(values, (list, tuple)) and len(values) == 0):
+        return [None] * n
+    if isinstance(values, torch.Tensor) or len(values) != n:
+        got = "a single tensor" if isinstance(values, torch.Tensor) else f"{len(values)}"
+        raise ValueError(f"{name} must be a list with one entry per device ({n}), got {got}")
+    return list(values)
+
+
+def _resolve_fused(ctx, fused, x, devices) -> bool:
+    fused = ctx.fused if fused is None else fused
+    if fused not in FUSED_CHOICES:
+        raise ValueError(f"fused must be one of {FUSED_CHOICES}, got {fused!r}")
+    if fused is True:
+        far = [d for d in devices if x.device.type != "cuda"
+               or (d != x.device and not ctx.can_read(d, x.device))]
+        if far:
+            raise ValueError(f"fused=True needs x on a GPU that {far} can read over peer access;"
+                             f" x is on {x.device}. Use fused='auto' to copy where it cannot")
+    return bool(fused) and x.device.type == "cuda"
+
+
+def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, clamp_fp16_input):
+    """rms_norm's kernel launched on `dev` (the current device), reading x on a peer GPU.
+
+    ops.rms_norm launches on x's device and refuses tensors on two devices, so this entry
+    passes ops._launch's arguments itself, with the launch config of `dev`: the same compiled
+    kernel runs and the results are bit-identical to a local rms_norm.
+    """
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the hidden size), got a scalar")
+    n_cols = x.shape[-1]
+    x2d = as_rows(x, n_cols, writable=False)
+    out2d = None
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"out must be a tensor of x's shape {tuple(x.shape)}, got {got}")
+        out2d = as_rows(out, n_cols, writable=True)
+        if out2d is None:
+            raise ValueError("with fused=True, out's rows must lie one stride apart with unit "
+                             f"column stride; got stride {out.stride()}. Use fused=False")
+    # check_args' every rule, on a zero-row stand-in for x on `dev` (no memory behind it).
+    check_args(torch.empty((0, n_cols), dtype=x.dtype, device=dev), weight, bias=bias,
+               out=None if out2d is None else out2d[:0], out_dtype=out_dtype, eps=eps,
+               weight_offset=weight_offset)
+    if x2d is None:
+        raise ValueError(f"x's rows need one row stride for a peer read, got stride {x.stride()}")
+    n_rows = x2d.shape[0]
+    y_dtype = out2d.dtype if out2d is not None else (out_dtype or x2d.dtype)
+    cfg = pick_config(n_cols, row_bucket(n_rows), x2d.dtype, y_dtype, False,
+                      dev.index if dev.type == "cuda" else -1)
+    if cfg.splits > 1:
+        # The split-row kernel keeps scratch on x's device: normalize a local copy instead.
+        return rms_norm(x.to(dev), weight, eps, bias=bias, weight_offset=weight_offset,
+                        out_dtype=out_dtype, out=out, clamp_fp16_input=clamp_fp16_input)
+    if out2d is None:
+        out = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=dev)
+        out2d = out.view(-1, n_cols)
+    if n_rows > 0:
+        # Keep in step with ops._launch: same tensors, scalars and constexprs.
+        tensors = (x2d, x2d, x2d if weight is None else weight,
+                   x2d if bias is None else bias, out2d)
+        scalars = (n_rows, n_cols, x2d.stride(0), 0, out2d.stride(0), float(eps))
+        meta = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+                    HAS_RESIDUAL=False, ACCUMULATE=False,
+                    CLAMP_FP16=bool(clamp_fp16_input) and x2d.dtype == torch.float16,
+                    WEIGHT_OFFSET=float(weight_offset), BLOCK_N=cfg.block_n,
+                    num_warps=cfg.num_warps)
+        _run_kernel(cfg, tensors, scalars, meta)
+    return out
+
+
+def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_offset,
+              clamp_fp16_input, out):
+    n = len(devices)
+    ws, bs = _per_device(weights, n, "weights"), _per_device(biases, n, "biases")
+    outs = _per_device(out, n, "out")
+    kw = dict(out_dtype=out_dtype, weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input)
+    results = []
+    for x, dev, w, b, o in zip(inputs, devices, ws, bs, outs):
+        tp = ctx.stream(dev)
+        if tp is None:
+            results.append(rms_norm(x, w, eps, bias=b, out=o, **kw))
+            continue
+        caller = torch.cuda.current_stream(dev)
+        if tp != caller:
+            # Weights, out and list inputs are the caller's: ready on its current stream.
+            handed_over = torch.cuda.Event()
+            handed_over.record(caller)
+            tp.wait_event(handed_over)
+        with torch.cuda.stream(tp):
+            if x.device == dev:
+                y = rms_norm(x, w, eps, bias=b, out=o, **kw)
+            else:
+                y = _norm_from_peer(x, dev, w, b, o, eps, **kw)
+        if tp != caller:
+            # Weights are long-lived replicas and are not recorded.
+            for t in (x, o):
+                if t is not None:
+                    t.record_stream(tp)
+            done = torch.cuda.Event()
+            done.record(tp)
+            caller.wait_event(done)
+            y.record_stream(caller)
+        results.append(y)
+    return results
+
+
+def norm_on_devices(ctx, xs, weights, biases, eps, *, out_dtype=None, weight_offset=0.0,
+                    clamp_fp16_input=False, out=None) -> list:
+    """rms_norm(xs[i], weights[i], eps, bias=biases[i]) on xs[i]'s device, on its TP stream.
+
+    xs: one tensor per device, each ready on its device's current stream; every result is
+    ready on that stream too. weights/biases/out: lists in the same order (None or [] for none).
+    """
+    if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)):
+        raise TypeError(f"xs must be a list of tensors (one per device), got {type(xs).__name__}")
+    for i, t in enumerate(xs):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"xs[{i}] must be a torch.Tensor, got {type(t).__name__}")
+    return _norm_all(ctx, list(xs), [t.device for t in xs], weights, biases, eps,
+                     out_dtype=out_dtype, weight_offset=weight_offset,
+                     clamp_fp16_input=clamp_fp16_input, out=out)
+
+
+def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtype=None,
+               weight_offset=0.0, clamp_fp16_input=False, fused=None, out=None) -> list:
+    """Normalize hidden states on every device of the split; returns one tensor per device.
+
+    x_or_list: one tensor (on any GPU or the host), broadcast first; or a list already laid
+    out over the split's devices. fused (default ctx.fused): True makes every other GPU read x
+    over peer access inside its norm kernel, no copy; "auto" does so where peer access exists
+    and copies elsewhere; False copies, then normalizes.
+    """
+    devices = ctx.devices_for(broadcast_type)
+    kw = dict(out_dtype=out_dtype, weight_offset=weight_offset,
+              clamp_fp16_input=clamp_fp16_input, out=out)
+    if not isinstance(x_or_list, torch.Tensor):
+        xs = list(x_or_list)
+        seen = [t.device if isinstance(t, torch.Tensor) else type(t).__name__ for t in xs]
+        if seen != devices:
+            raise ValueError(f"a list input must hold one tensor per device of split "
+                             f"{broadcast_type} {devices}, in that order; got {seen}")
+        return norm_on_devices(ctx, xs, weights, biases, eps, **kw)
+    x = x_or_list
+    peer_read = _resolve_fused(ctx, fused, x, devices)
+    if peer_read and x.dim() > 0 and as_rows(x, x.shape[-1], writable=False) is None:
+        x = x.contiguous()       # on the producer's stream, so the readiness event covers it
+    inputs = ctx._replicate(x, devices, norm_streams=True, peer_read=peer_read)
+    return _norm_all(ctx, inputs, devices, weights, biases, eps, **kw)

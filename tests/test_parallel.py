@@ -1,0 +1,444 @@
+"""TPContext, broadcast, norm_on_devices and forward_tp: CPU devices here, real GPUs below."""
+import pytest
+import torch
+
+import rmsnorm_triton as rt
+from helpers import assert_guard_intact, poisoned, rand_w, rand_x
+from rmsnorm_triton.parallel import (BROADCAST_ID, BROADCAST_KV, BROADCAST_Q, BROADCAST_RS,
+                                     BROADCAST_VC, TPContext, _norm_from_peer, forward_tp,
+                                     norm_on_devices)
+
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+M, N = 5, 96
+EPS = 1e-5
+
+
+def _name(d):
+    return str(d).replace("torch.", "")
+
+
+def _local(x, w, dev, **kw):
+    """The single-device result every TP path must reproduce bit for bit."""
+    return rt.rms_norm(x.to(dev), w, EPS, **kw)
+
+
+def _assert_all_equal(got, want):
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.device == w.device and g.dtype == w.dtype, f"device {i}"
+        torch.testing.assert_close(g, w, rtol=0, atol=0, msg=lambda m: f"device {i}: {m}")
+
+
+# ---- CPU devices: the logic without GPUs -------------------------------------------------------
+
+def test_broadcast_constants_match_exllamav2():
+    assert (BROADCAST_KV, BROADCAST_ID, BROADCAST_VC, BROADCAST_RS, BROADCAST_Q) == (0, 1, 2, 3, 4)
+    assert rt.BROADCAST_VC == 2 and rt.TPContext is TPContext
+
+
+def test_splits_default_to_every_device_and_are_honoured():
+    ctx = TPContext(["cpu", "cpu", "cpu"], splits={BROADCAST_VC: ["cpu"]})
+    assert ctx.devices == [torch.device("cpu")] * 3
+    assert ctx.devices_for(BROADCAST_VC) == [torch.device("cpu")]
+    for bt in (BROADCAST_KV, BROADCAST_ID, BROADCAST_RS, BROADCAST_Q):
+        assert len(ctx.devices_for(bt)) == 3
+    assert ctx.stream("cpu") is None
+    x = rand_x((M, N), BF16, "cpu")
+    assert len(ctx.broadcast(x, BROADCAST_VC)) == 1
+    ws = [rand_w(N, BF16, "cpu")]
+    assert len(forward_tp(ctx, BROADCAST_VC, x, ws, None, EPS)) == 1
+
+
+def test_broadcast_returns_one_equal_copy_per_device():
+    ctx = TPContext(["cpu", "cpu"])
+    x = rand_x((2, 3, N), FP16, "cpu")
+    copies = ctx.broadcast(x, BROADCAST_RS)
+    assert len(copies) == 2
+    for c in copies:
+        assert torch.equal(c, x) and c.device == x.device
+    bufs = [torch.empty_like(x), None]
+    copies = ctx.broadcast(x, BROADCAST_RS, out=bufs)
+    assert copies[0] is bufs[0] and torch.equal(bufs[0], x) and copies[1] is x
+    with pytest.raises(ValueError, match=r"out\[1\] must be"):
+        ctx.broadcast(x, BROADCAST_RS, out=[None, torch.empty(N)])
+
+
+@pytest.mark.parametrize("out_dtype", [None, FP16, BF16, FP32], ids=_name)
+@pytest.mark.parametrize("x_dtype", [FP16, BF16, FP32], ids=_name)
+def test_forward_tp_equals_single_device(x_dtype, out_dtype):
+    ctx = TPContext(["cpu", "cpu"])
+    x = rand_x((M, N), x_dtype, "cpu")
+    ws = [rand_w(N, x_dtype, "cpu"), rand_w(N, FP32, "cpu")]      # replicas may differ in dtype
+    ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, out_dtype=out_dtype)
+    _assert_all_equal(ys, [_local(x, w, "cpu", out_dtype=out_dtype) for w in ws])
+    assert ys[0].dtype == (out_dtype or x_dtype)
+
+
+def test_bias_offset_and_clamp_pass_through():
+    ctx = TPContext(["cpu", "cpu"])
+    x = rand_x((M, N), FP16, "cpu")
+    x[0, 0] = float("inf")
+    ws = [rand_w(N, FP16, "cpu", gemma=True) for _ in range(2)]
+    bs = [rand_w(N, FP32, "cpu") for _ in range(2)]
+    kw = dict(weight_offset=1.0, clamp_fp16_input=True, out_dtype=FP32)
+    ys = forward_tp(ctx, BROADCAST_KV, x, ws, bs, EPS, **kw)
+    _assert_all_equal(ys, [_local(x, w, "cpu", bias=b, **kw) for w, b in zip(ws, bs)])
+    assert all(torch.isfinite(y).all() for y in ys)
+
+
+def test_list_input_and_exllamav2_style_empty_bias_list():
+    ctx = TPContext(["cpu", "cpu"])
+    xs = [rand_x((2, 4, N), BF16, "cpu") for _ in range(2)]
+    ws = [rand_w(N, FP16, "cpu") for _ in range(2)]
+    ys = forward_tp(ctx, BROADCAST_ID, xs, ws, [], EPS, out_dtype=FP16)
+    _assert_all_equal(ys, [_local(x, w, "cpu", out_dtype=FP16) for x, w in zip(xs, ws)])
+    assert ys[0].shape == (2, 4, N)
+    ys = norm_on_devices(ctx, xs, None, None, EPS)
+    _assert_all_equal(ys, [rt.rms_norm(x, None, EPS) for x in xs])
+
+
+def test_out_buffers_are_written_in_place():
+    ctx = TPContext(["cpu", "cpu"])
+    x = rand_x((M, N), BF16, "cpu")
+    ws = [rand_w(N, BF16, "cpu") for _ in range(2)]
+    bufs, views = zip(*(poisoned(M, N, FP32, "cpu") for _ in range(2)))
+    ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, out=list(views))
+    for y, v, buf, w in zip(ys, views, bufs, ws):
+        assert y.data_ptr() == v.data_ptr()
+        assert torch.equal(v, _local(x, w, "cpu", out_dtype=FP32))
+        assert_guard_intact(buf, N)
+
+
+def test_zero_rows():
+    ctx = TPContext(["cpu", "cpu"])
+    ys = forward_tp(ctx, BROADCAST_RS, torch.empty(0, N), None, None, EPS)
+    assert [y.shape for y in ys] == [(0, N), (0, N)]
+
+
+def test_fused_auto_falls_back_to_copies_and_true_refuses_without_peers():
+    ctx = TPContext(["cpu", "cpu"], fused="auto")
+    x = rand_x((M, N), BF16, "cpu")
+    ws = [rand_w(N, BF16, "cpu") for _ in range(2)]
+    _assert_all_equal(forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS),
+                      [_local(x, w, "cpu") for w in ws])
+    with pytest.raises(ValueError, match="fused=True"):
+        forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=True)
+
+
+@pytest.mark.parametrize("out_dtype", [None, FP32], ids=_name)
+def test_peer_launch_passes_the_launchers_arguments(out_dtype):
+    """The fused entry launches the kernel itself: on one device it must equal rms_norm."""
+    x = rand_x((M, N), BF16, "cpu")
+    big = rand_x((M, N + 32), BF16, "cpu")
+    w, b = rand_w(N, FP16, "cpu"), rand_w(N, FP32, "cpu")
+    for src in (x, big[:, :N]):
+        got = _norm_from_peer(src, torch.device("cpu"), w, b, None, EPS, out_dtype, 1.0, False)
+        want = rt.rms_norm(src, w, EPS, bias=b, weight_offset=1.0, out_dtype=out_dtype)
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(devices=[]), "at least one device"),
+    (dict(devices=["cpu", "cuda:0"]), "all CUDA or all CPU"),
+    (dict(devices=["cpu"], splits={7: ["cpu"]}), "broadcast_type"),
+    (dict(devices=["cpu"], splits={BROADCAST_RS: []}), "empty"),
+    (dict(devices=["cpu"], fused="yes"), "fused"),
+], ids=["no-devices", "mixed", "bad-type", "empty-split", "bad-fused"])
+def test_bad_context_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TPContext(**kwargs)
+
+
+def test_bad_call_arguments():
+    ctx = TPContext(["cpu", "cpu"])
+    x = rand_x((M, N), BF16, "cpu")
+    ws = [rand_w(N, BF16, "cpu") for _ in range(2)]
+    with pytest.raises(ValueError, match="broadcast_type"):
+        ctx.devices_for(5)
+    with pytest.raises(ValueError, match="one entry per device"):
+        forward_tp(ctx, BROADCAST_RS, x, ws[:1], None, EPS)
+    with pytest.raises(ValueError, match="one entry per device"):
+        forward_tp(ctx, BROADCAST_RS, x, ws[0], None, EPS)
+    with pytest.raises(ValueError, match="one tensor per device"):
+        forward_tp(ctx, BROADCAST_RS, [x], ws, None, EPS)
+    with pytest.raises(TypeError, match="list of tensors"):
+        norm_on_devices(ctx, x, ws, None, EPS)
+    with pytest.raises(ValueError, match=r"shape \(96,\)"):
+        forward_tp(ctx, BROADCAST_RS, x, [w[:-1] for w in ws], None, EPS)
+    with pytest.raises(ValueError, match="fused"):
+        forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused="sometimes")
+
+
+# ---- the seed-compatible module on a TPContext ---------------------------------------------------
+
+class _TinyModel:
+    """What ExLlamaV2RMSNorm reads from a model: config, tensors by key, tp_context."""
+
+    def __init__(self, tensors, ctx, eps=1e-5, constant_bias=0.0):
+        from types import SimpleNamespace
+        self.config = SimpleNamespace(norm_eps=eps, arch=SimpleNamespace(
+            lm=SimpleNamespace(norm_constant_bias=constant_bias)))
+        self.tensors, self.tp_context = tensors, ctx
+
+    def has_tensor(self, key):
+        return key in self.tensors
+
+    def get_tensor(self, key, device=None):
+        return self.tensors[key].clone()
+
+
+@pytest.mark.parametrize("output_fp32", [False, True], ids=["fp16-out", "fp32-out"])
+@pytest.mark.parametrize("x_dtype", [FP16, BF16], ids=_name)
+def test_exllamav2_module_tp_split_then_forward(x_dtype, output_fp32):
+    from rmsnorm_triton import ExLlamaV2RMSNorm
+
+    ctx = TPContext(["cpu", "cpu", "cpu"], splits={BROADCAST_VC: ["cpu", "cpu"]})
+    key = "model.norm"
+    w = rand_w(N, FP32, "cpu")
+    norm = ExLlamaV2RMSNorm(_TinyModel({key + ".weight": w}, ctx), key)
+    norm.load()
+    x = rand_x((2, 3, N), x_dtype, "cpu")
+    unsplit = norm.forward(x, output_fp32=output_fp32)
+    norm.tp_split(BROADCAST_VC)
+    assert norm.is_tp and len(norm.weight) == 2
+    outs = norm.forward(x, output_fp32=output_fp32)
+    assert isinstance(outs, list) and len(outs) == 2
+    for y in outs:
+        assert y.dtype == (FP32 if output_fp32 else FP16) and y.shape == x.shape
+        assert torch.equal(y, unsplit)
+    got = norm.forward(list(ctx.broadcast(x, BROADCAST_VC)), intermediates=True,
+                       output_fp32=output_fp32)
+    assert set(got) == {"hidden_states"}
+    _assert_all_equal(got["hidden_states"], outs)
+
+
+def test_rmsnorm_module_tp_split_then_forward_tp():
+    ctx = TPContext(["cpu", "cpu"])
+    norm = rt.RMSNorm(N, EPS, weight_offset=1.0, bias=True, out_dtype=FP32)
+    with torch.no_grad():
+        norm.weight.copy_(rand_w(N, FP32, "cpu", gemma=True))
+        norm.bias.copy_(rand_w(N, FP32, "cpu"))
+    with pytest.raises(RuntimeError, match="tp_split"):
+        norm.forward_tp(torch.ones(1, N))
+    norm.tp_split(BROADCAST_RS, ctx)
+    x = rand_x((M, N), BF16, "cpu")
+    with torch.no_grad():
+        want = norm(x)
+        _assert_all_equal(norm.forward_tp(x), [want, want])
+        _assert_all_equal(norm.forward_tp([x, x]), [want, want])
+
+
+# ---- real GPUs ----------------------------------------------------------------------------------
+
+N_GPUS = torch.cuda.device_count()
+needs_2_gpus = pytest.mark.skipif(N_GPUS < 2, reason=f"needs 2+ CUDA GPUs, found {N_GPUS}")
+SLEEP_CYCLES = 50_000_000          # tens of ms: an unordered reader would see stale data
+GM, GN = 257, 4096                 # several programs per device, odd row count
+
+
+def _gpus():
+    return [torch.device("cuda", i) for i in range(min(N_GPUS, 4))]
+
+
+def _sync_all():
+    for d in _gpus():
+        torch.cuda.synchronize(d)
+
+
+def _weights(devs, dtype=BF16):
+    w = rand_w(GN, dtype, "cuda:0")
+    return [w.to(d) for d in devs]
+
+
+def _expected(x, ws, **kw):
+    return [_local(x, w, w.device, **kw) for w in ws]
+
+
+PATHS = [pytest.param(dict(use_p2p=None), False, id="p2p-copy"),
+         pytest.param(dict(use_p2p=False), False, id="staged"),
+         pytest.param(dict(use_p2p=None), "auto", id="fused")]
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("ctx_kw,fused", PATHS)
+@pytest.mark.parametrize("src", range(max(2, min(N_GPUS, 4))), ids=lambda i: f"src{i}")
+def test_gpu_results_equal_single_gpu_bit_for_bit(ctx_kw, fused, src):
+    devs = _gpus()
+    ctx = TPContext(devs, **ctx_kw)
+    ws = _weights(devs)
+    big = rand_x((GM, GN + 64), BF16, devs[src])
+    for x in (big[:, :GN].contiguous(), big[:, :GN]):          # contiguous and row-strided
+        for out_dtype in (None, FP32):
+            ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=fused, out_dtype=out_dtype)
+            _assert_all_equal(ys, _expected(x, ws, out_dtype=out_dtype))
+        copies = ctx.broadcast(x, BROADCAST_RS)
+        _assert_all_equal(copies, [x.to(d) for d in devs])
+        assert copies[src] is x
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("use_p2p", [None, False], ids=["p2p", "no-p2p"])
+def test_gpu_broadcast_into_preallocated_buffers(use_p2p):
+    devs = _gpus()
+    ctx = TPContext(devs, use_p2p=use_p2p)
+    x = rand_x((GM, GN), BF16, devs[0])
+    bufs = [torch.full((GM, GN), float("nan"), dtype=BF16, device=d) for d in devs]
+    copies = ctx.broadcast(x, BROADCAST_RS, out=bufs)
+    assert all(c is b for c, b in zip(copies, bufs))
+    _assert_all_equal(copies, [x.to(d) for d in devs])
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "pageable"])
+@pytest.mark.parametrize("use_p2p", [None, False], ids=["p2p", "no-p2p"])
+def test_gpu_host_source(pinned, use_p2p):
+    devs = _gpus()
+    ctx = TPContext(devs, use_p2p=use_p2p)
+    ws = _weights(devs)
+    x = rand_x((GM, GN), FP16, "cpu")
+    x = x.pin_memory() if pinned else x
+    ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused="auto", clamp_fp16_input=True)
+    _assert_all_equal(ys, _expected(x, ws, clamp_fp16_input=True))
+    _assert_all_equal(ctx.broadcast(x, BROADCAST_RS), [x.to(d) for d in devs])
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("ctx_kw,fused", PATHS)
+def test_gpu_waits_for_the_producer_and_the_caller_waits_for_the_norm(ctx_kw, fused):
+    devs = _gpus()
+    ctx = TPContext(devs, **ctx_kw)
+    ws = _weights(devs)
+    data = rand_x((GM, GN), BF16, devs[0])
+    _sync_all()
+    producer = torch.cuda.Stream(devs[0])
+    with torch.cuda.stream(producer):
+        x = torch.zeros_like(data)
+        torch.cuda._sleep(SLEEP_CYCLES)      # the copies must not start before this ends
+        x.copy_(data)
+        for d in devs:                       # and the norms must not be read before they ran
+            with torch.cuda.stream(ctx.stream(d)):
+                torch.cuda._sleep(SLEEP_CYCLES)
+        ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=fused)
+        seen = [y.clone() for y in ys]       # on each device's current stream
+    _sync_all()
+    _assert_all_equal(seen, _expected(data, ws))
+
+
+@needs_2_gpus
+def test_gpu_staged_buffer_is_not_overwritten_while_in_flight():
+    devs = _gpus()
+    ctx = TPContext(devs, use_p2p=False)
+    ws = _weights(devs)
+    xs = [rand_x((GM, GN), BF16, devs[0]) for _ in range(4)]
+    xs.append(rand_x((4 * GM, GN), BF16, devs[0]))              # grows the pinned buffer
+    _sync_all()
+    for d in devs[1:]:                       # delay every host-to-device read of the buffer
+        with torch.cuda.stream(ctx.stream(d)):
+            torch.cuda._sleep(SLEEP_CYCLES)
+    results = [forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS) for x in xs]
+    _sync_all()
+    for x, ys in zip(xs, results):
+        _assert_all_equal(ys, _expected(x, ws))
+
+
+@needs_2_gpus
+def test_gpu_source_outside_the_split_and_the_context():
+    devs = _gpus()
+    ctx = TPContext(devs[1:], splits={BROADCAST_VC: devs[1:2]})
+    ws = _weights(devs[1:2])
+    x = rand_x((GM, GN), BF16, devs[0])
+    for fused in (False, "auto"):
+        _assert_all_equal(forward_tp(ctx, BROADCAST_VC, x, ws, None, EPS, fused=fused),
+                          _expected(x, ws))
+
+
+@needs_2_gpus
+def test_gpu_fused_with_out_buffers_equals_copies():
+    devs = _gpus()
+    ctx = TPContext(devs)
+    if not all(ctx.can_read(a, b) for a in devs for b in devs):
+        pytest.skip("these GPUs have no peer access between them")
+    ws = _weights(devs, FP16)
+    bs = _weights(devs, FP32)
+    x = rand_x((GM, GN), FP16, devs[0])
+    bufs, views = zip(*(poisoned(GM, GN, BF16, d) for d in devs))
+    ys = forward_tp(ctx, BROADCAST_KV, x, ws, bs, EPS, fused=True, out=list(views),
+                    weight_offset=1.0)
+    copied = forward_tp(ctx, BROADCAST_KV, x, ws, bs, EPS, fused=False, out_dtype=BF16,
+                        weight_offset=1.0)
+    _assert_all_equal(ys, copied)
+    for y, v, buf in zip(ys, views, bufs):
+        assert y.data_ptr() == v.data_ptr()
+        assert_guard_intact(buf, GN)
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("ctx_kw,fused", PATHS)
+def test_gpu_no_host_synchronization(ctx_kw, fused):
+    devs = _gpus()
+    ctx = TPContext(devs, **ctx_kw)
+    ws = _weights(devs)
+    x = rand_x((GM, GN), BF16, devs[1])
+    xs = ctx.broadcast(x, BROADCAST_RS)
+    host = x.cpu().pin_memory()
+    calls = [lambda: forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=fused),
+             lambda: forward_tp(ctx, BROADCAST_RS, host, ws, None, EPS),
+             lambda: forward_tp(ctx, BROADCAST_RS, xs, ws, None, EPS),
+             lambda: ctx.broadcast(x, BROADCAST_RS)]
+    for call in calls:                       # compile, allocate and pin outside the check
+        call()
+    _sync_all()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for call in calls:
+            call()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    _sync_all()
+
+
+@needs_2_gpus
+def test_gpu_concurrent_threads_and_side_streams_match_serial():
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import ExitStack
+
+    devs = _gpus()
+    contexts = [TPContext(devs), TPContext(devs, use_p2p=False), TPContext(devs, fused="auto")]
+    ws = _weights(devs)
+    inputs = [rand_x((1 + 37 * k, GN), BF16, devs[k % len(devs)]) for k in range(24)]
+    serial = [_expected(x, ws) for x in inputs]
+    _sync_all()
+
+    def worker(t):
+        streams = [torch.cuda.Stream(d) for d in devs]
+        with ExitStack() as stack:           # this thread's current stream on every device
+            for s in streams:
+                stack.enter_context(torch.cuda.stream(s))
+            return [(k, forward_tp(contexts[(t + k) % 3], BROADCAST_RS, inputs[k], ws, None,
+                                   EPS))
+                    for k in range(t, len(inputs), 4)]
+
+    with ThreadPoolExecutor(4) as pool:
+        done = [item for part in pool.map(worker, range(4)) for item in part]
+    _sync_all()
+    assert sorted(k for k, _ in done) == list(range(len(inputs)))
+    for k, ys in done:
+        _assert_all_equal(ys, serial[k])
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("use_p2p", [None, False], ids=["p2p", "no-p2p"])
+def test_gpu_exllamav2_module_forward_after_tp_split(use_p2p):
+    from rmsnorm_triton import ExLlamaV2RMSNorm
+
+    devs = _gpus()
+    ctx = TPContext(devs, use_p2p=use_p2p)
+    w = rand_w(GN, FP32, "cpu")
+    norm = ExLlamaV2RMSNorm(_TinyModel({"model.norm.weight": w}, ctx), "model.norm")
+    norm.load()
+    norm.tp_split(BROADCAST_VC)
+    for src in (devs[-1], torch.device("cpu")):
+        x = rand_x((GM, GN), FP16, src)
+        outs = norm.forward(x, output_fp32=True)
+        _assert_all_equal(outs, [_local(x, w.half().to(d), d, out_dtype=FP32,
+                                        clamp_fp16_input=True) for d in devs])
