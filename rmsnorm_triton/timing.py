@@ -1,0 +1,166 @@
+"""Measuring tools shared by `rmsnorm-triton tune` and `bench`: the bytes model, the copy ceiling,
+device-time medians, per-call times inside a CUDA graph, and an empty Triton kernel as the yardstick
+for launch cost. bench/bench_utils.py re-exports them for the scripts.
+
+Every timer takes a list of zero-argument calls (one per input set) and cycles through them, so
+that inputs smaller than the L2 cache are not timed hot from the previous call (see `n_sets`).
+Nothing here is imported by the forward path.
+"""
+from __future__ import annotations
+
+import datetime
+import itertools
+import platform
+import time
+from typing import Callable, Sequence
+
+import torch
+import triton
+
+Call = Callable[[], object]
+
+# H100's L2 is 50 MB; used only when the device does not report its own.
+DEFAULT_L2_BYTES = 50 * 2**20
+MAX_SETS = 64
+
+
+def rmsnorm_bytes(M, N, x_dtype, w_dtype, out_dtype, residual_dtype=None) -> int:
+    """Bytes an ideal kernel moves: read x, write out, read the weight once; with the fused add,
+    also read and write the residual. rstd and other side outputs are not counted."""
+    per_elem = x_dtype.itemsize + out_dtype.itemsize
+    if residual_dtype is not None:
+        per_elem += 2 * residual_dtype.itemsize
+    return M * N * per_elem + (N * w_dtype.itemsize if w_dtype is not None else 0)
+
+
+def l2_bytes() -> int:
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return int(getattr(props, "L2_cache_size", 0) or DEFAULT_L2_BYTES)
+
+
+def n_sets(bytes_per_call: int, l2: int | None = None) -> int:
+    """How many input sets to rotate through so that the sets together span twice the L2 and each
+    call finds its inputs evicted. Capped: the smallest decode shapes stay L2-resident, which is
+    also where they live in a real model (the previous kernel just wrote them)."""
+    l2 = l2 or l2_bytes()
+    if bytes_per_call >= 2 * l2:
+        return 1
+    return max(1, min(MAX_SETS, -(-2 * l2 // max(bytes_per_call, 1))))
+
+
+def _cycle(calls: Sequence[Call]) -> Call:
+    it = itertools.cycle(calls)
+    return lambda: next(it)()
+
+
+def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
+    """Median device time of one eager call, in microseconds (triton's do_bench, which also
+    flushes L2 before every call). Host launch overhead hides behind that flush, so this is
+    the kernel's own time; `host_us` is the one that includes the host."""
+    return triton.testing.do_bench(_cycle(calls), warmup=warmup, rep=rep,
+                                   return_mode="median") * 1e3
+
+
+def host_us(calls: Sequence[Call], n: int = 200) -> float:
+    """Wall time per call of n back-to-back eager calls: what an eager decode loop pays, host
+    overhead included (max of host and device time per call)."""
+    fn = _cycle(calls)
+    for _ in range(min(n, 10)):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def graph_us(calls: Sequence[Call], target_ms: float = 4.0, max_calls: int = 1000,
+             replays: int = 5) -> float:
+    """Per-call time, in microseconds, of `calls` captured back to back in one CUDA graph and
+    replayed: graph time / number of calls. This is the cost a captured decode step pays."""
+    # Compile, autotune and allocate before capture, on a side stream as capture requires.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for fn in calls:
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for fn in calls[:20]:
+            fn()
+        torch.cuda.synchronize()
+    torch.cuda.current_stream().wait_stream(side)
+    # Host-bound estimate, so an upper bound on device time: the graph gets at least target_ms.
+    est_us = max((time.perf_counter() - t0) * 1e6 / min(len(calls), 20), 0.5)
+    k = len(calls)
+    n = max(k, min(max_calls, int(target_ms * 1e3 / est_us)))
+    n = -(-n // k) * k
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(n):
+            calls[i % k]()
+    graph.replay()          # the untimed replay keeps the GPU busy while the timed ones queue
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    for s, e in zip(starts, ends):
+        s.record()
+        graph.replay()
+        e.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    del graph
+    return times[len(times) // 2] * 1e3 / n
+
+
+def copy_ceiling_gbps(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy of a 1 GiB buffer: (read + write) bytes / median time, in GB/s."""
+    src = torch.randn(nbytes // 2, dtype=torch.float16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+@triton.jit
+def _empty_kernel(x_ptr):
+    # Does nothing on purpose: the cost of a Triton launch and nothing else.
+    pass
+
+
+def empty_launch_us() -> dict[str, float]:
+    """The floor any Triton kernel pays: an empty kernel's eager, host-loop and graph times."""
+    buf = torch.empty(1, device="cuda")
+    calls = [lambda: _empty_kernel[(1,)](buf)]
+    return {"eager": eager_us(calls), "host": host_us(calls, n=1000),
+            "graph": graph_us(calls)}
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def header_lines(ceiling_gbps: float, empty: dict[str, float] | None = None) -> list[str]:
+    """GPU, versions, date and the yardsticks every number of the run is relative to."""
+    dev = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(dev)
+    peers = ", ".join(f"{d} {v}" for d in ("liger-kernel", "flash-attn", "quack-kernels")
+                      if (v := _version(d)))
+    lines = [
+        f"GPU: {torch.cuda.get_device_name(dev)} ({props.multi_processor_count} SMs, "
+        f"{props.total_memory / 2**30:.0f} GiB, L2 {l2_bytes() / 2**20:.0f} MiB)",
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}, "
+        f"python {platform.python_version()}" + (f"; peers: {peers}" if peers else ""),
+        f"date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"copy ceiling (1 GiB device-to-device, read + write): {ceiling_gbps:.0f} GB/s",
+    ]
+    if empty:
+        lines.append(f"empty Triton kernel: {empty['eager']:.2f} us eager (device), "
+                     f"{empty['host']:.2f} us per call in a host loop, "
+                     f"{empty['graph']:.2f} us in a CUDA graph")
+    return lines

@@ -1,0 +1,93 @@
+"""The benchmark's bookkeeping on CPU: plans, correctness gate, ratios, targets, markdown.
+Timers are stubbed (they need CUDA events); the providers really run."""
+import types
+
+import pytest
+import torch
+
+from rmsnorm_triton import benchmark as B
+from rmsnorm_triton import ops
+from rmsnorm_triton import providers as P
+from rmsnorm_triton.report import markdown, targets
+from rmsnorm_triton.timing import rmsnorm_bytes
+
+BF16, FP32 = torch.bfloat16, torch.float32
+EMPTY = {"eager": 2.0, "host": 4.0, "graph": 0.8}
+
+
+def _args(**kw):
+    base = dict(variants=None, full=False, shapes=None, warmup=1, rep=1)
+    return types.SimpleNamespace(**{**base, **kw})
+
+
+def test_plans():
+    quick = B.plan(_args())
+    assert {s for v, s in quick if v == "bf16"} == set(B.KEY_SHAPES)
+    full = B.plan(_args(full=True))
+    assert set(B.KEY_SHAPES) <= {s for v, s in full if v == "bf16"}
+    assert all(rmsnorm_bytes(m, n, B.VARIANTS[v].x, None, B.VARIANTS[v].out, B.VARIANTS[v].res)
+               <= B.MAX_TRAFFIC for v, (m, n) in full)
+    assert (16384, 262144) not in {s for _, s in full}
+    assert B.plan(_args(shapes=[(8, 4096)], variants=["add-fp32"])) == [("add-fp32", (8, 4096))]
+
+
+def test_bytes_model():
+    assert rmsnorm_bytes(2, 8, BF16, BF16, FP32) == 2 * 8 * 6 + 16
+    assert rmsnorm_bytes(2, 8, BF16, None, BF16, FP32) == 2 * 8 * (4 + 8)
+
+
+@pytest.fixture
+def stub_timers(monkeypatch):
+    monkeypatch.setattr(B, "eager_us", lambda calls, w, r: 10.0)
+    monkeypatch.setattr(B, "graph_us", lambda calls: 4.0)
+    monkeypatch.setattr(B, "host_us", lambda calls: 20.0)
+
+
+@pytest.mark.skipif(not ops.INTERPRET, reason="runs the providers on CPU tensors")
+@pytest.mark.parametrize("vname", ["bf16-fp32", "add-fp32"])
+def test_measure_checks_and_ratios(stub_timers, vname):
+    v = B.VARIANTS[vname]
+    case = B.Case(v, 8, 256, device="cpu")
+    rows = []
+    for name in ("ours", "torch"):
+        rows += B.measure(case, name, P.PROVIDERS[name]()(v), 3000.0, _args())
+
+    def wrong(x, w, r):             # a provider that forgets the weight
+        return lambda: (torch.nn.functional.rms_norm(x.float(), x.shape[-1:]), r)
+    bad = B.measure(case, "wrong", wrong, 3000.0, _args())
+    B.fill_ratios(rows + bad)
+    assert [r.mode for r in rows[:3]] == ["eager", "graph", "host"]
+    assert all(r.us is not None and not r.note for r in rows), [B.fmt(r) for r in rows]
+    assert all(r.us is None and r.note.startswith("wrong") for r in bad)
+    assert [r.ratio for r in rows if r.provider == "ours"] == [1.0, 1.0, 1.0]
+
+
+def _row(provider, M, N, mode, us, pct=None, ratio=None):
+    return B.Row(provider, M, N, "bf16->bf16", "rms_norm", mode, us, None, pct, ratio)
+
+
+def test_targets_verdicts():
+    rows = [_row("ours", 4096, 4096, "eager", 20.0, pct=98.0, ratio=1.1),
+            _row("compile", 4096, 4096, "eager", 30.0, pct=65.0),
+            _row("ours", 1024, 8192, "graph", 9.0, pct=79.0, ratio=0.99),
+            _row("compile", 1024, 8192, "graph", 8.9, pct=80.0),
+            _row("ours", 8, 4096, "graph", 1.5, ratio=1.0),
+            _row("ours", 8, 4096, "eager", 2.4)]
+    text = "\n".join(targets(rows, EMPTY))
+    assert "PASS  >= 97% of ceiling" in text
+    assert "MISS  >= 80% at M=1024" in text and "79.0%" in text
+    assert "PASS  decode (M <= 64) graph <= 2 us" in text
+    assert "PASS  decode (M <= 64) eager <= 1.25 x" in text
+    assert "MISS  at least as fast as the fastest peer" in text and "within 2%" in text
+    assert "MISS  geometric mean >= 1.25x torch.compile: 1.22x over 2 rows" in text
+
+
+def test_markdown_table():
+    rows = [_row("ours", 4096, 4096, "eager", 20.0, pct=98.0, ratio=1.1),
+            _row("torch", 4096, 4096, "eager", 30.0, pct=65.0),
+            B.Row("liger", 4096, 4096, "bf16->bf16", "rms_norm", "eager",
+                  note="Unsupported: no output dtype option")]
+    md = markdown(rows, ["GPU: test"], ["Targets"])
+    assert "| op | dtypes | M x N | mode | ours | torch | liger | ours/best |" in md
+    assert "| rms_norm | bf16->bf16 | 4096 x 4096 | eager | 20.0 us, 98% | 30.0 us, 65% | n/a |" \
+           " 1.10 |" in md

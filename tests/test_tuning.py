@@ -1,0 +1,259 @@
+"""The tuned-config cache, `tune` and `bench` without a GPU, and the tuner's own launches."""
+import json
+import multiprocessing
+import sys
+import warnings
+
+import pytest
+import torch
+
+from rmsnorm_triton import config, ops, tune_space, tuning
+from rmsnorm_triton.cli import main
+from rmsnorm_triton.config import (LaunchConfig, cache_path, heuristic_config, load_table,
+                                   pick_config, row_bucket, save_table, table_key)
+from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
+
+ON_GPU = torch.cuda.is_available()
+FP32, BF16 = torch.float32, torch.bfloat16
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache directory, and no memoized table or pick from another test."""
+    monkeypatch.setenv("RMSNORM_TRITON_CACHE", str(tmp_path))
+    config.tuned_table.cache_clear()
+    config.pick_config.cache_clear()
+    yield tmp_path
+    config.tuned_table.cache_clear()
+    config.pick_config.cache_clear()
+
+
+def _table(n: int, tag: int) -> dict:
+    return {table_key(1024 + i, 64, BF16, FP32, bool(i % 2)): LaunchConfig(1 + tag, 1024, 4, False)
+            for i in range(n)}
+
+
+def test_cache_round_trip(cache):
+    table = _table(20, 0)
+    table[table_key(65536, 1, BF16, BF16, False)] = LaunchConfig(1, 4096, 4, False, splits=16)
+    save_table(cache_path("cpu"), "cpu", table)
+    assert load_table(cache_path("cpu"), "cpu") == table
+
+
+FOREIGN = {
+    "corrupt": lambda: "{ not json",
+    "truncated": lambda: json.dumps({"version": 1, "gpu": "cpu"})[:-5],
+    "other-gpu": lambda: json.dumps({"version": 1, "gpu": "NVIDIA H100 80GB HBM3",
+                                     "triton": config.triton.__version__, "configs": {}}),
+    "other-triton": lambda: json.dumps({"version": 1, "gpu": "cpu", "triton": "0.0.1",
+                                        "configs": {}}),
+    "bad-entry": lambda: json.dumps({"version": 1, "gpu": "cpu",
+                                     "triton": config.triton.__version__,
+                                     "configs": {"4096|1|bfloat16|bfloat16|0": {"warps": 4}}}),
+}
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_corrupt_or_foreign_cache_ignored_with_one_warning(cache, kind):
+    path = cache_path("cpu")
+    path.write_text(FOREIGN[kind]())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        picks = [pick_config(n, 1, FP32, FP32, False, -1) for n in (300, 4096, 5000)]
+    ours = [str(w.message) for w in caught if "rmsnorm_triton" in str(w.message)]
+    assert len(ours) == 1 and "ignoring tuned-config cache" in ours[0]
+    assert picks == [heuristic_config(n, 1, 4, False) for n in (300, 4096, 5000)]
+
+
+def _write_repeatedly(path, tag, started):
+    table = _table(200, tag)
+    started.set()
+    for _ in range(100):
+        save_table(path, "cpu", table)
+
+
+def test_atomic_write_under_two_writers(cache):
+    """Two processes rewrite one file while this one reads it: always a whole table."""
+    path = cache_path("cpu")
+    want = [_table(200, 0), _table(200, 1)]
+    # fork: the writers need no fresh interpreter (they run no torch op), so they start at once.
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    started = [ctx.Event(), ctx.Event()]
+    procs = [ctx.Process(target=_write_repeatedly, args=(path, tag, started[tag]))
+             for tag in (0, 1)]
+    for p in procs:
+        p.start()
+    for e in started:
+        assert e.wait(60)
+    reads = 0
+    while any(p.is_alive() for p in procs):
+        if path.exists():
+            data = json.loads(path.read_text())      # a partial file would not parse
+            assert {k: LaunchConfig(**v) for k, v in data["configs"].items()} in want
+            reads += 1
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert reads > 0 and load_table(path, "cpu") in want
+    assert not list(cache.glob("*.tmp")), "a temporary file was left behind"
+
+
+def test_pick_config_uses_tuned_entry_else_heuristic(cache):
+    tuned = LaunchConfig(2, 64, 4, True)
+    save_table(cache_path("cpu"), "cpu", {table_key(300, row_bucket(5), FP32, FP32, False): tuned})
+    assert pick_config(300, row_bucket(5), FP32, FP32, False, -1) == tuned
+    assert pick_config(300, row_bucket(5), FP32, FP32, True, -1) == heuristic_config(300, 8, 4,
+                                                                                     False)
+    assert pick_config(300, row_bucket(100), FP32, FP32, False, -1) == heuristic_config(
+        300, 128, 4, False)
+
+
+class _Spy:
+    """Records the meta-parameters each launch of the wrapped kernel gets."""
+
+    def __init__(self, kernel):
+        self.kernel, self.meta = kernel, []
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            self.meta.append(meta)
+            return self.kernel[grid](*args, **meta)
+        return run
+
+
+@pytest.mark.skipif(not ops.INTERPRET, reason="CPU tensors run the kernel only in the interpreter")
+@pytest.mark.parametrize("fused", [False, True], ids=["norm", "fused-add"])
+def test_rms_norm_launches_the_tuned_config(cache, monkeypatch, fused):
+    M, N = 5, 300
+    tuned = LaunchConfig(2, 64, 4, True)          # 2 rows a program, 5 chunks of 64: not a default
+    save_table(cache_path("cpu"), "cpu", {table_key(N, row_bucket(M), FP32, FP32, fused): tuned})
+    spy = _Spy(ops.rmsnorm_fwd_kernel)
+    monkeypatch.setattr(ops, "rmsnorm_fwd_kernel", spy)
+    x, w = rand_x((M, N), FP32, "cpu"), rand_w(N, FP32, "cpu")
+    if fused:
+        r = rand_x((M, N), FP32, "cpu")
+        want = rmsnorm_ref(x + r, w)
+        y, _ = ops.fused_add_rms_norm(x, r, w)
+    else:
+        want = rmsnorm_ref(x, w)
+        y = ops.rms_norm(x, w)
+    assert [(m["BLOCK_M"], m["BLOCK_N"], m["LOOPED"], m["num_warps"]) for m in spy.meta] == [
+        (2, 64, True, 4)]
+    assert_close(y, want)
+
+
+def test_candidates_are_legal_and_start_with_the_heuristic():
+    for n in (1000, 4096, 5120, 32768, 65536, 262144):
+        for bucket in (1, 64, 16384):
+            cands = tune_space.candidates(n, bucket, 2, on_gpu=True)
+            assert cands[0] == heuristic_config(n, bucket, 2, True)
+            assert len(set(cands)) == len(cands)
+            for c in cands[1:]:
+                assert c.block_m <= bucket
+                if c.splits > 1:
+                    assert not c.looped and c.splits == -(-n // c.block_n) and c.block_m == 1
+                elif c.looped:
+                    assert c.block_n < n and c.block_m == 1
+                else:
+                    assert c.block_n == config.triton.next_power_of_2(n)
+                    assert c.block_m * c.block_n <= tune_space.MAX_TILE_ELEMS
+                per_thread = c.block_m * c.block_n / (32 * c.num_warps)
+                assert tune_space.MIN_PER_THREAD <= per_thread <= tune_space.MAX_PER_THREAD
+    assert all(c.splits == 1 for c in tune_space.candidates(65536, 1, 2, on_gpu=False))
+
+
+@pytest.mark.skipif(not ops.INTERPRET, reason="runs the candidates through the interpreter")
+@pytest.mark.parametrize("pair,fused", [((BF16, BF16), True), ((torch.float16, FP32), False),
+                                        ((FP32, FP32), True)], ids=["bf16-add", "fp16-fp32",
+                                                                    "fp32-add"])
+def test_every_candidate_of_a_small_case_verifies(pair, fused):
+    """The tuner's launch gives the reference's answer for every config it would time."""
+    case = tune_space.Case(1000, 4, *pair, fused)
+    work = tune_space.Workload(case, torch.device("cpu"))
+    cands = tune_space.candidates(case.n_cols, case.bucket, pair[0].itemsize)
+    assert len(cands) > 3
+    assert {tune_space.cfg_str(c): work.verify(c) for c in cands} == {
+        tune_space.cfg_str(c): None for c in cands}
+
+
+class _FakeKernel:
+    """Records how a kernel is compiled (warmup) and launched ([grid](...))."""
+
+    def __init__(self):
+        self.warm, self.ran = [], []
+
+    def warmup(self, *args, grid, **meta):
+        self.warm.append((args, grid, meta))
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.ran.append((args, grid, meta))
+
+
+@pytest.mark.parametrize("cfg", [LaunchConfig(1, 4096, 8, False), LaunchConfig(2, 4096, 8, False),
+                                 LaunchConfig(1, 2048, 4, False, splits=2)],
+                         ids=["tile", "two-rows", "split"])
+def test_worker_compiles_what_the_tuner_launches(monkeypatch, cfg):
+    """Ahead-of-time compiles must hit the kernel the timed launch runs: same kernel, same
+    non-tensor arguments and meta-parameters, tensors of the same dtypes."""
+    fakes = {"rmsnorm_fwd_kernel": _FakeKernel(), "rmsnorm_fwd_split_kernel": _FakeKernel()}
+    for name, fake in fakes.items():
+        monkeypatch.setattr(ops, name, fake)
+    monkeypatch.setattr(tuning, "JITFunction", _FakeKernel)
+    case = tune_space.Case(3000, 64, BF16, FP32, True)
+    assert tuning._compile_in_worker(case, cfg) is None
+    assert all(isinstance(k, _FakeKernel) for k in (ops.rmsnorm_fwd_kernel,
+                                                    ops.rmsnorm_fwd_split_kernel))
+    p, w = tune_space.make_inputs(case, "cpu")
+    tune_space.launch(p, w, cfg)
+    (fake,) = [f for f in fakes.values() if f.warm]
+    (w_args, w_grid, w_meta), = fake.warm
+    (r_args, r_grid, r_meta), = fake.ran
+    as_dtypes = [a.dtype if isinstance(a, torch.Tensor) else a for a in r_args]
+    assert (list(w_args), w_grid, w_meta) == (as_dtypes, r_grid, r_meta)
+
+
+def test_tune_dry_run_prints_the_plan(capsys):
+    assert main(["tune", "--dry-run", "--sizes", "4096,65536", "--rows", "1", "1024",
+                 "--pairs", "bf16:bf16", "--fused", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: 4 cases" in out and "N=   4096" in out and "N=  65536" in out
+    assert "total:" in out and "kernels" in out
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the message a machine without CUDA gets")
+def test_tune_without_cuda_exits_2(capsys, cache):
+    assert main(["tune", "--sizes", "4096"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert not list(cache.iterdir())
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the message a machine without CUDA gets")
+def test_bench_without_cuda_exits_with_a_message(capsys):
+    assert main(["bench", "--quick"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_tuning_launch_matches_fp64_on_any_device(device):
+    """tune_space.launch is ops._launch with an explicit config: the oracle's answer."""
+    case = tune_space.Case(513, 8, torch.float16, FP32, False)
+    p, w = tune_space.make_inputs(case, device)
+    tune_space.launch(p, w, LaunchConfig(2, 1024, 4, False))
+    assert_close(p.out, rmsnorm_ref(p.x, w))
+
+
+def test_results_summary_and_speedup(capsys):
+    case = tune_space.Case(4096, 64, BF16, BF16, False)
+    heur, best = LaunchConfig(1, 4096, 8, False), LaunchConfig(2, 4096, 8, False)
+    kept = tune_space.Result(case, heur, 10.0, best, 9.9, None, 5, {})
+    tuned = tune_space.Result(case, heur, 10.0, best, 8.0, best, 5, {})
+    assert kept.speedup == 1.0 and tuned.speedup == pytest.approx(1.25)
+    tuning.print_summary([kept, tuned])
+    out = capsys.readouterr().out
+    assert "heuristic kept" in out and "1.25x" in out and "geometric mean" in out
+
+
+@pytest.mark.parametrize("cmd", ["tune", "bench"])
+def test_cli_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and "--max-seconds" in capsys.readouterr().out
