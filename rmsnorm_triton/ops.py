@@ -30,7 +30,7 @@ def _launch(p: Prepared, weight, bias, eps, weight_offset, accumulate, clamp_fp1
     x, res, out = p.x, p.residual, p.out
     n_rows, n_cols = x.shape
     if n_rows > 0:
-        dev = x.device
+        dev = out.device          # x's device, or a peer's that reads x (tensor parallelism)
         if cfg is None:
             cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
                               dev.index if dev.type == "cuda" else -1)
@@ -43,7 +43,7 @@ def _launch(p: Prepared, weight, bias, eps, weight_offset, accumulate, clamp_fp1
                     CLAMP_FP16=bool(clamp_fp16_input) and x.dtype == torch.float16,
                     WEIGHT_OFFSET=float(weight_offset), BLOCK_N=cfg.block_n,
                     num_warps=cfg.num_warps)
-        # Triton launches on the current device: follow the tensors (tensor parallelism).
+        # Triton launches on the current device: follow the output (tensor parallelism).
         if dev.type == "cuda" and dev.index != torch.cuda.current_device():
             with torch.cuda.device(dev):
                 _run_kernel(cfg, tensors, scalars, meta)

@@ -15,9 +15,8 @@ import threading
 
 import torch
 
-from .config import pick_config, row_bucket
-from .ops import _run_kernel, rms_norm
-from .validate import as_rows, check_args
+from .ops import _launch, rms_norm
+from .validate import as_rows, check_inputs
 
 # exllamav2's numbering (tensor_p.py / ext_tp.h): what each split divides.
 BROADCAST_KV, BROADCAST_ID, BROADCAST_VC, BROADCAST_RS, BROADCAST_Q = range(5)
@@ -284,54 +283,14 @@ def _resolve_fused(ctx, fused, x, devices) -> bool:
 
 
 def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, clamp_fp16_input):
-    """rms_norm's kernel launched on `dev` (the current device), reading x on a peer GPU.
+    """rms_norm's kernel launched on `dev`, reading x on a peer GPU: no copy of x is made.
 
-    ops.rms_norm launches on x's device and refuses tensors on two devices, so this entry
-    passes ops._launch's arguments itself, with the launch config of `dev`: the same compiled
-    kernel runs and the results are bit-identical to a local rms_norm.
+    The same launcher and launch config run as for a local rms_norm, so the results are
+    bit-identical to one.
     """
-    if x.dim() == 0:
-        raise ValueError("x must have at least one dimension (the hidden size), got a scalar")
-    n_cols = x.shape[-1]
-    x2d = as_rows(x, n_cols, writable=False)
-    out2d = None
-    if out is not None:
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"out must be a tensor of x's shape {tuple(x.shape)}, got {got}")
-        out2d = as_rows(out, n_cols, writable=True)
-        if out2d is None:
-            raise ValueError("with fused=True, out's rows must lie one stride apart with unit "
-                             f"column stride; got stride {out.stride()}. Use fused=False")
-    # check_args' every rule, on a zero-row stand-in for x on `dev` (no memory behind it).
-    check_args(torch.empty((0, n_cols), dtype=x.dtype, device=dev), weight, bias=bias,
-               out=None if out2d is None else out2d[:0], out_dtype=out_dtype, eps=eps,
-               weight_offset=weight_offset)
-    if x2d is None:
-        raise ValueError(f"x's rows need one row stride for a peer read, got stride {x.stride()}")
-    n_rows = x2d.shape[0]
-    y_dtype = out2d.dtype if out2d is not None else (out_dtype or x2d.dtype)
-    cfg = pick_config(n_cols, row_bucket(n_rows), x2d.dtype, y_dtype, False,
-                      dev.index if dev.type == "cuda" else -1)
-    if cfg.splits > 1:
-        # The split-row kernel keeps scratch on x's device: normalize a local copy instead.
-        return rms_norm(x.to(dev), weight, eps, bias=bias, weight_offset=weight_offset,
-                        out_dtype=out_dtype, out=out, clamp_fp16_input=clamp_fp16_input)
-    if out2d is None:
-        out = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=dev)
-        out2d = out.view(-1, n_cols)
-    if n_rows > 0:
-        # Keep in step with ops._launch: same tensors, scalars and constexprs.
-        tensors = (x2d, x2d, x2d if weight is None else weight,
-                   x2d if bias is None else bias, out2d)
-        scalars = (n_rows, n_cols, x2d.stride(0), 0, out2d.stride(0), float(eps))
-        meta = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-                    HAS_RESIDUAL=False, ACCUMULATE=False,
-                    CLAMP_FP16=bool(clamp_fp16_input) and x2d.dtype == torch.float16,
-                    WEIGHT_OFFSET=float(weight_offset), BLOCK_N=cfg.block_n,
-                    num_warps=cfg.num_warps)
-        _run_kernel(cfg, tensors, scalars, meta)
-    return out
+    p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
+                     weight_offset=weight_offset, device=dev)
+    return _launch(p, weight, bias, eps, weight_offset, False, clamp_fp16_input)
 
 
 def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_offset,

@@ -86,8 +86,12 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
-               eps=1e-6, weight_offset=0.0, accumulate=False) -> None:
-    """Raise TypeError/ValueError for any bad argument; touches no data."""
+               eps=1e-6, weight_offset=0.0, accumulate=False, device=None) -> None:
+    """Raise TypeError/ValueError for any bad argument; touches no data.
+
+    `device` is where the kernel runs: x's own device unless a caller (tensor parallelism)
+    lets a GPU read x from a peer; every other tensor must live there.
+    """
     _check_float("x", x, allow_none=False)
     _check_float("weight", weight)
     _check_float("bias", bias)
@@ -107,7 +111,7 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
             raise ValueError(f"{name} must have shape ({n_cols},) to match x.shape="
                              f"{tuple(x.shape)}, got {tuple(t.shape)}")
     for name, t in (("weight", weight), ("bias", bias), ("residual", residual), ("out", out)):
-        if t is not None and t.device != x.device:
+        if t is not None and t.device != (device or x.device):
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}: "
                              "all tensors must be on one device")
     for name, t in (("residual", residual), ("out", out)):
@@ -126,10 +130,10 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
 
 
 def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
-                 eps=1e-6, weight_offset=0.0, accumulate=False) -> Prepared:
+                 eps=1e-6, weight_offset=0.0, accumulate=False, device=None) -> Prepared:
     """check_args, then the 2-D views the kernel addresses (copies only where none exists)."""
     check_args(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype, eps=eps,
-               weight_offset=weight_offset, accumulate=accumulate)
+               weight_offset=weight_offset, accumulate=accumulate, device=device)
     n_cols = x.shape[-1]
     n_rows = x.numel() // n_cols
 
@@ -145,7 +149,8 @@ def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtyp
 
     out_user = None
     if out is None:
-        out2d = torch.empty((n_rows, n_cols), dtype=out_dtype or x.dtype, device=x.device)
+        out2d = torch.empty((n_rows, n_cols), dtype=out_dtype or x.dtype,
+                            device=device or x.device)
     else:
         out2d = as_rows(out, n_cols, writable=True)
         if out2d is None:
