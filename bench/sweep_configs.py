@@ -26,14 +26,14 @@ def candidates(M, N):
     bn = triton.next_power_of_2(N)
     out = []
     if bn <= 65536:
-        for bm in (1, 2, 4, 8, 16, 32, 64):
+        for bm in (1, 2, 4, 8, 16, 32, 64, 128):
             if bm * bn > 65536 or (bm > 1 and bm * bn > 16384) or bm > M:
                 continue
             for w in (4, 8, 16, 32):
                 if w * 32 * 4 <= bm * bn or bm * bn <= 4096:
                     out.append(LaunchConfig(bm, bn, w, False))
-    if N > 8192:
-        for chunk in (4096, 8192, 16384):
+    if N > 32768:
+        for chunk in (8192, 16384):
             for w in (8, 16):
                 out.append(LaunchConfig(1, chunk, w, True))
     if N >= 4096:
