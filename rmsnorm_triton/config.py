@@ -26,6 +26,11 @@ MAX_SINGLE_TILE_N = 32768
 # for one looped program per row), 8192 beyond (87.8% at 512 x 262144).
 SPLIT_SLICE_N = 4096
 SPLIT_SLICE_N_LONG = 8192
+# A row's programs wait for each other, so all of them must fit on the GPU at once, also beside
+# other kernels: at most 64 a row (an H100 holds ~2000 such programs). Longer rows get wider
+# slices, up to 32768 elements (2M-element rows); rows longer still take the looped path.
+MAX_SPLITS = 64
+MAX_SPLIT_SLICE_N = 32768
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
@@ -66,10 +71,11 @@ def row_bucket(n_rows: int) -> int:
 def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = True) -> LaunchConfig:
     block_n = next_pow2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
-        if on_gpu and not INTERPRET:
-            slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
-            return LaunchConfig(block_m=1, block_n=slice_n, num_warps=4, looped=False,
-                                splits=triton.cdiv(n_cols, slice_n))
+        slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
+        slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
+        if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
+            return LaunchConfig(block_m=1, block_n=slice_n, num_warps=max(4, slice_n // 2048),
+                                looped=False, splits=triton.cdiv(n_cols, slice_n))
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
     block_m = 1
     min_tile = MIN_TILE_ELEMS * (2 if block_n <= 256 else 1)

@@ -17,17 +17,23 @@ from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .validate import Prepared, check_inputs
 
 def _use_reference(x, *tensors) -> bool:
-    """CPU tensors without the interpreter, and autograd, take the torch path."""
+    """CPU tensors without the interpreter, and autograd, take the torch path.
+
+    So do arguments that are not tensors at all: the reference's validation names them.
+    """
+    if not isinstance(x, torch.Tensor) or not all(t is None or isinstance(t, torch.Tensor)
+                                                   for t in tensors):
+        return True
     if x.device.type != "cuda" and not INTERPRET:
         return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (x, *tensors))
 
 
-def _launch(p: Prepared, weight, bias, eps, weight_offset, accumulate, clamp_fp16_input,
+def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
             cfg: Optional[LaunchConfig] = None):
     """Run the kernel on prepared views; `cfg` overrides pick_config (the tuner passes one)."""
-    x, res, out = p.x, p.residual, p.out
+    x, res, out, weight, bias = p.x, p.residual, p.out, p.weight, p.bias
     n_rows, n_cols = x.shape
     if n_rows > 0:
         dev = out.device          # x's device, or a peer's that reads x (tensor parallelism)
@@ -79,7 +85,7 @@ def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumula
                                   clamp_fp16_input=clamp_fp16_input)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
                      weight_offset=weight_offset, accumulate=accumulate)
-    return _launch(p, weight, bias, eps, weight_offset, accumulate, clamp_fp16_input)
+    return _launch(p, eps, weight_offset, accumulate, clamp_fp16_input)
 
 
 def _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out):
@@ -88,8 +94,8 @@ def _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, ou
                                             weight_offset=weight_offset, out_dtype=out_dtype,
                                             out=out)[0]
     p = check_inputs(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype,
-                     eps=eps, weight_offset=weight_offset)
-    return _launch(p, weight, bias, eps, weight_offset, False, False)
+                     eps=eps, weight_offset=weight_offset, fused=True)
+    return _launch(p, eps, weight_offset, False, False)
 
 
 # ---- torch.library custom ops: what torch.compile sees ----------------------------------------

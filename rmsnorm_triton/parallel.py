@@ -290,7 +290,7 @@ def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, cl
     """
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
                      weight_offset=weight_offset, device=dev)
-    return _launch(p, weight, bias, eps, weight_offset, False, clamp_fp16_input)
+    return _launch(p, eps, weight_offset, False, clamp_fp16_input)
 
 
 def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_offset,

@@ -121,7 +121,7 @@ def candidates(n_cols: int, bucket: int, x_itemsize: int,
 
 def launch(p, weight, cfg: LaunchConfig) -> None:
     """The forward's own launcher with an explicit config instead of pick_config's."""
-    ops._launch(p, weight, None, EPS, 0.0, False, False, cfg)
+    ops._launch(p, EPS, 0.0, False, False, cfg)
 
 
 def make_inputs(case: Case, device, rand: bool = True):

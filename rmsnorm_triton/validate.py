@@ -22,6 +22,8 @@ _DTYPE_NAMES = "float16, bfloat16 or float32"
 class Prepared:
     """2-D views for the kernel, and where results must be copied back afterwards."""
     x: torch.Tensor                        # [M, N], column stride 1
+    weight: Optional[torch.Tensor]         # [N], contiguous
+    bias: Optional[torch.Tensor]           # [N], contiguous
     residual: Optional[torch.Tensor]       # [M, N] the kernel updates in place
     out: torch.Tensor                      # [M, N] the kernel writes
     shape: torch.Size                      # the caller's x.shape
@@ -38,14 +40,22 @@ def _check_float(name: str, t, allow_none: bool = True) -> None:
         raise TypeError(f"{name} must be {_DTYPE_NAMES}, got {t.dtype}")
 
 
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:          # an int past float range
+        return False
+
+
 def check_scalars(eps, weight_offset) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"eps must be a float, got {type(eps).__name__} ({eps!r})")
-    if not math.isfinite(eps) or eps < 0:
+    if not _finite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     if isinstance(weight_offset, bool) or not isinstance(weight_offset, (int, float)):
-        raise TypeError(f"weight_offset must be a float, got {type(weight_offset).__name__}")
-    if not math.isfinite(weight_offset):
+        raise TypeError(f"weight_offset must be a float, got {type(weight_offset).__name__} "
+                        f"({weight_offset!r})")
+    if not _finite(weight_offset):
         raise ValueError(f"weight_offset must be finite, got {weight_offset!r}")
 
 
@@ -73,7 +83,7 @@ def _byte_range(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0 or a.device.type == "meta":
         return False
     a0, a1 = _byte_range(a)
     b0, b1 = _byte_range(b)
@@ -85,8 +95,13 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
             and a.dtype == b.dtype)
 
 
+def _has_repeated_elements(t: torch.Tensor) -> bool:
+    return any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride()))
+
+
 def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
-               eps=1e-6, weight_offset=0.0, accumulate=False, device=None) -> None:
+               eps=1e-6, weight_offset=0.0, accumulate=False, device=None,
+               fused=False) -> None:
     """Raise TypeError/ValueError for any bad argument; touches no data.
 
     `device` is where the kernel runs: x's own device unless a caller (tensor parallelism)
@@ -95,7 +110,7 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
     _check_float("x", x, allow_none=False)
     _check_float("weight", weight)
     _check_float("bias", bias)
-    _check_float("residual", residual)
+    _check_float("residual", residual, allow_none=not fused)
     _check_float("out", out)
     check_scalars(eps, weight_offset)
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
@@ -121,19 +136,31 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
         raise ValueError(f"out has dtype {out.dtype} but out_dtype={out_dtype}; pass one of them")
     if accumulate and out is None:
         raise ValueError("accumulate=True adds into out: pass out=")
-    if out is not None and x.numel() > 0:
-        if _overlaps(out, x) and not _same_view(out, x):
-            raise ValueError("out overlaps x without being the same view of it; pass out=x for "
-                             "in place, or a separate buffer")
-        if residual is not None and _overlaps(out, residual):
-            raise ValueError("out overlaps residual, which must keep round(x + residual)")
+    if x.numel() == 0:
+        return
+    for name, t in (("out", out), ("residual", residual)):
+        if t is None:
+            continue
+        if _has_repeated_elements(t):
+            raise ValueError(f"{name} has overlapping elements (shape {tuple(t.shape)}, stride "
+                             f"{t.stride()}): every element is written, so each needs its own "
+                             "memory")
+        if _overlaps(t, x) and not _same_view(t, x):
+            raise ValueError(f"{name} overlaps x without being the same view of it; pass "
+                             f"{name}=x for in place, or a separate buffer")
+        for src_name, src in (("weight", weight), ("bias", bias)):
+            if src is not None and _overlaps(t, src):
+                raise ValueError(f"{name} overlaps {src_name}, which every row reads")
+    if out is not None and residual is not None and _overlaps(out, residual):
+        raise ValueError("out overlaps residual, which must keep round(x + residual)")
 
 
 def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
-                 eps=1e-6, weight_offset=0.0, accumulate=False, device=None) -> Prepared:
+                 eps=1e-6, weight_offset=0.0, accumulate=False, device=None,
+                 fused=False) -> Prepared:
     """check_args, then the 2-D views the kernel addresses (copies only where none exists)."""
     check_args(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype, eps=eps,
-               weight_offset=weight_offset, accumulate=accumulate, device=device)
+               weight_offset=weight_offset, accumulate=accumulate, device=device, fused=fused)
     n_cols = x.shape[-1]
     n_rows = x.numel() // n_cols
 
@@ -157,4 +184,7 @@ def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtyp
             out_user = out
             out2d = (out.contiguous() if accumulate else torch.empty_like(out, memory_format=
                      torch.contiguous_format)).view(n_rows, n_cols)
-    return Prepared(x2d, res2d, out2d, x.shape, out_user, res_user)
+    # The kernel indexes weight and bias with unit stride: w[::2] is copied once.
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    return Prepared(x2d, weight, bias, res2d, out2d, x.shape, out_user, res_user)

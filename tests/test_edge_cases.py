@@ -321,8 +321,6 @@ def test_long_row_non_collapsible_views(device, long_row_kernel, N):
     assert torch.isnan(buf[..., N:]).all(), "the kernel wrote past the end of a row"
 
 
-@pytest.mark.xfail(strict=True, reason="the kernel reads weight/bias as contiguous: a strided "
-                   "(N,) view gives a silent wrong answer (validate.py does not copy it)")
 @pytest.mark.parametrize("which", ["weight", "bias"])
 def test_strided_weight_and_bias(device, which):
     N = 256

@@ -232,7 +232,7 @@ def test_every_kernel_path(device, cfg, fused_add):
     out.copy_(start)
     p = check_inputs(x, w, bias=b, residual=residual, out=out, weight_offset=1.0,
                      accumulate=not fused_add)
-    _launch(p, w, b, 1e-6, 1.0, not fused_add, not fused_add, cfg)
+    _launch(p, 1e-6, 1.0, not fused_add, not fused_add, cfg)
     want = rmsnorm_ref(want_in, w, 1e-6, weight_offset=1.0, bias=b)
     if not fused_add:
         want = want + start.double()
