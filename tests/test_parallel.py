@@ -126,13 +126,13 @@ def test_fused_auto_falls_back_to_copies_and_true_refuses_without_peers():
 
 
 @pytest.mark.parametrize("out_dtype", [None, FP32], ids=_name)
-def test_peer_launch_passes_the_launchers_arguments(out_dtype):
-    """The fused entry launches the kernel itself: on one device it must equal rms_norm."""
-    x = rand_x((M, N), BF16, "cpu")
-    big = rand_x((M, N + 32), BF16, "cpu")
-    w, b = rand_w(N, FP16, "cpu"), rand_w(N, FP32, "cpu")
+def test_peer_launch_equals_rms_norm_on_one_device(device, out_dtype):
+    """The fused entry's launch, with x on the kernel's own device, is rms_norm's."""
+    x = rand_x((M, N), BF16, device)
+    big = rand_x((M, N + 32), BF16, device)
+    w, b = rand_w(N, FP16, device), rand_w(N, FP32, device)
     for src in (x, big[:, :N]):
-        got = _norm_from_peer(src, torch.device("cpu"), w, b, None, EPS, out_dtype, 1.0, False)
+        got = _norm_from_peer(src, src.device, w, b, None, EPS, out_dtype, 1.0, False)
         want = rt.rms_norm(src, w, EPS, bias=b, weight_offset=1.0, out_dtype=out_dtype)
         assert torch.equal(got, want)
 
