@@ -13,6 +13,7 @@ import torch
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel, rmsnorm_fwd_split_kernel
 
 from .config import INTERPRET, LaunchConfig, next_pow2, pick_config, row_bucket
+from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .validate import Prepared, check_inputs
 
@@ -37,24 +38,24 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     n_rows, n_cols = x.shape
     if n_rows > 0:
         dev = out.device          # x's device, or a peer's that reads x (tensor parallelism)
+        dev_index = dev.index if dev.type == "cuda" else -1
         if cfg is None:
             cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
-                              dev.index if dev.type == "cuda" else -1)
-        tensors = (x, x if res is None else res, x if weight is None else weight,
-                   x if bias is None else bias, out)
+                              dev_index)
+        args = (x, x if res is None else res, x if weight is None else weight,
+                x if bias is None else bias, out)
         scalars = (n_rows, n_cols, x.stride(0), 0 if res is None else res.stride(0),
                    out.stride(0), float(eps))
-        meta = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-                    HAS_RESIDUAL=res is not None, ACCUMULATE=bool(accumulate),
-                    CLAMP_FP16=bool(clamp_fp16_input) and x.dtype == torch.float16,
-                    WEIGHT_OFFSET=float(weight_offset), BLOCK_N=cfg.block_n,
-                    num_warps=cfg.num_warps)
+        flags = (("HAS_WEIGHT", weight is not None), ("HAS_BIAS", bias is not None),
+                 ("HAS_RESIDUAL", res is not None), ("ACCUMULATE", bool(accumulate)),
+                 ("CLAMP_FP16", bool(clamp_fp16_input) and x.dtype == torch.float16),
+                 ("WEIGHT_OFFSET", float(weight_offset)), ("BLOCK_N", cfg.block_n))
         # Triton launches on the current device: follow the output (tensor parallelism).
-        if dev.type == "cuda" and dev.index != torch.cuda.current_device():
+        if dev.type == "cuda" and dev_index != torch.cuda.current_device():
             with torch.cuda.device(dev):
-                _run_kernel(cfg, tensors, scalars, meta)
+                _run_kernel(cfg, dev_index, args, scalars, flags)
         else:
-            _run_kernel(cfg, tensors, scalars, meta)
+            _run_kernel(cfg, dev_index, args, scalars, flags)
     if p.residual_user is not None:
         p.residual_user.copy_(res.view(p.shape))
     if p.out_user is not None:
@@ -62,19 +63,24 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     return out.view(p.shape)
 
 
-def _run_kernel(cfg: LaunchConfig, tensors, scalars, meta):
+# The interpreter runs Python, not compiled kernels: it always takes Triton's own path.
+_launch_rows = CachedLauncher(rmsnorm_fwd_kernel, enabled=not INTERPRET)
+_launch_split = CachedLauncher(rmsnorm_fwd_split_kernel, enabled=not INTERPRET)
+
+
+def _run_kernel(cfg: LaunchConfig, dev_index: int, args, scalars, flags):
     n_rows = scalars[0]
     if cfg.splits > 1:
-        # -1 marks a partial sum not yet published; allocated per call (stream-ordered by the
-        # caching allocator), so concurrent streams never share one.
+        # Allocated per call (stream-ordered by the caching allocator), so concurrent streams
+        # never share one; -1 marks a partial sum not yet published.
         parts = torch.full((n_rows, cfg.splits), -1.0, dtype=torch.float32,
-                           device=tensors[0].device)
-        rmsnorm_fwd_split_kernel[(n_rows * cfg.splits,)](
-            *tensors, parts, *scalars, SPLITS=cfg.splits,
-            SPLITS_P2=next_pow2(cfg.splits), **meta)
+                           device=args[4].device)
+        _launch_split(n_rows * cfg.splits, dev_index, (*args, parts, *scalars),
+                      flags + (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits))),
+                      cfg.num_warps)
     else:
-        rmsnorm_fwd_kernel[(-(-n_rows // cfg.block_m),)](
-            *tensors, *scalars, BLOCK_M=cfg.block_m, LOOPED=cfg.looped, **meta)
+        _launch_rows(-(-n_rows // cfg.block_m), dev_index, (*args, *scalars),
+                     flags + (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped)), cfg.num_warps)
 
 
 def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,

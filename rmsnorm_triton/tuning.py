@@ -20,9 +20,9 @@ from typing import Optional
 
 import torch
 import triton
-from triton.runtime.jit import JITFunction
 
 from . import ops
+from .launcher import CachedLauncher
 from .config import (LaunchConfig, cache_dir, cache_path, device_name, load_table, row_bucket,
                      save_table)
 from .tune_space import (DTYPES, Case, Result, candidates, cfg_str, launch, make_inputs,
@@ -54,18 +54,19 @@ def _compile_in_worker(case: Case, cfg: LaunchConfig) -> Optional[str]:
     """In a worker process: compile what `launch` would run for this case (ops._launch on meta
     tensors, its kernels swapped for _Warmup) into Triton's on-disk cache, where the tuner's
     own launch then finds it."""
-    kernels = {n: k for n, k in vars(ops).items() if isinstance(k, JITFunction)}
+    launchers = [v for v in vars(ops).values() if isinstance(v, CachedLauncher)]
+    saved = [(ln.fn, ln.enabled) for ln in launchers]
     try:
-        for n, k in kernels.items():
-            setattr(ops, n, _Warmup(k))
+        for ln in launchers:
+            ln.fn, ln.enabled = _Warmup(ln.fn), False
         p, w = make_inputs(case, "meta", rand=False)
         launch(p, w, cfg)
         return None
     except Exception as e:      # the tuner meets the same error when it launches, and drops it
         return f"{type(e).__name__}: {e}"[:200]
     finally:
-        for n, k in kernels.items():
-            setattr(ops, n, k)
+        for ln, (fn, enabled) in zip(launchers, saved):
+            ln.fn, ln.enabled = fn, enabled
 
 
 def _spec(case: Case, cfg: LaunchConfig) -> tuple:

@@ -240,3 +240,27 @@ def test_every_kernel_path(device, cfg, fused_add):
         torch.testing.assert_close(residual, want_in, rtol=0, atol=0)
     assert_close(out, want)
     assert_guard_intact(buf, N)
+
+
+@pytest.mark.parametrize("offset", [1, 3, 8], ids=lambda o: f"offset{o}")
+def test_alignment_changes_between_calls(device, offset):
+    """A launch cached for 16-byte-aligned rows must not be reused for misaligned ones."""
+    N = 1024 + 8
+    w = rand_w(N, BF16, device)
+    flat = rand_x((4 * N + 64,), BF16, device)
+    aligned = flat[: 4 * N].view(4, N)
+    shifted = flat[offset: offset + 4 * N].view(4, N)
+    for x in (aligned, shifted, aligned, shifted):
+        assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+
+
+@pytest.mark.skipif(not ON_GPU or INTERPRET, reason="the launch cache serves compiled kernels")
+def test_launch_cache_keys_on_specialization(device):
+    from rmsnorm_triton.ops import _launch_rows
+    x, w = rand_x((3, 512), FP16, device), rand_w(512, FP16, device)
+    rt.rms_norm(x, w)
+    before = len(_launch_rows.kernels)
+    rt.rms_norm(rand_x((3, 512), FP16, device), w)           # same specialization: reused
+    assert len(_launch_rows.kernels) == before
+    rt.rms_norm(rand_x((3, 512), FP16, device), w, out_dtype=FP32)   # new out dtype: new entry
+    assert len(_launch_rows.kernels) == before + 1

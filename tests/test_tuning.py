@@ -127,8 +127,8 @@ def test_rms_norm_launches_the_tuned_config(cache, monkeypatch, fused):
     M, N = 5, 300
     tuned = LaunchConfig(2, 64, 4, True)          # 2 rows a program, 5 chunks of 64: not a default
     save_table(cache_path("cpu"), "cpu", {table_key(N, row_bucket(M), FP32, FP32, fused): tuned})
-    spy = _Spy(ops.rmsnorm_fwd_kernel)
-    monkeypatch.setattr(ops, "rmsnorm_fwd_kernel", spy)
+    spy = _Spy(ops._launch_rows.fn)
+    monkeypatch.setattr(ops._launch_rows, "fn", spy)
     x, w = rand_x((M, N), FP32, "cpu"), rand_w(N, FP32, "cpu")
     if fused:
         r = rand_x((M, N), FP32, "cpu")
@@ -195,14 +195,14 @@ class _FakeKernel:
 def test_worker_compiles_what_the_tuner_launches(monkeypatch, cfg):
     """Ahead-of-time compiles must hit the kernel the timed launch runs: same kernel, same
     non-tensor arguments and meta-parameters, tensors of the same dtypes."""
-    fakes = {"rmsnorm_fwd_kernel": _FakeKernel(), "rmsnorm_fwd_split_kernel": _FakeKernel()}
+    fakes = {"_launch_rows": _FakeKernel(), "_launch_split": _FakeKernel()}
     for name, fake in fakes.items():
-        monkeypatch.setattr(ops, name, fake)
-    monkeypatch.setattr(tuning, "JITFunction", _FakeKernel)
+        monkeypatch.setattr(getattr(ops, name), "fn", fake)
+        monkeypatch.setattr(getattr(ops, name), "enabled", False)
     case = tune_space.Case(3000, 64, BF16, FP32, True)
     assert tuning._compile_in_worker(case, cfg) is None
-    assert all(isinstance(k, _FakeKernel) for k in (ops.rmsnorm_fwd_kernel,
-                                                    ops.rmsnorm_fwd_split_kernel))
+    assert all(isinstance(ops_launcher.fn, _FakeKernel)
+               for ops_launcher in (ops._launch_rows, ops._launch_split))
     p, w = tune_space.make_inputs(case, "cpu")
     tune_space.launch(p, w, cfg)
     (fake,) = [f for f in fakes.values() if f.warm]

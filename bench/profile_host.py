@@ -1,0 +1,66 @@
+"""Where a decode-sized call spends host time: per-stage microseconds and a cProfile.
+
+    python bench/profile_host.py
+"""
+import cProfile
+import pstats
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+import rmsnorm_triton as rt
+from rmsnorm_triton import ops
+from rmsnorm_triton.config import pick_config, row_bucket
+from rmsnorm_triton.validate import check_inputs
+
+
+@triton.jit
+def _empty(x_ptr):
+    pass
+
+
+def per_call_us(fn, n=3000):
+    for _ in range(300):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    dt = time.perf_counter() - t
+    torch.cuda.synchronize()
+    return dt / n * 1e6
+
+
+def main():
+    x = (0.5 + 2 * torch.randn(8, 4096, device="cuda")).to(torch.bfloat16)
+    w = (1 + 0.1 * torch.randn(4096, device="cuda")).to(torch.bfloat16)
+    res = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(x)
+    stages = {
+        "empty triton kernel": lambda: _empty[(1,)](x),
+        "torch F.rms_norm": lambda: torch.nn.functional.rms_norm(x, (4096,), w, 1e-6),
+        "check_inputs": lambda: check_inputs(x, w),
+        "pick_config": lambda: pick_config(4096, row_bucket(8), x.dtype, x.dtype, False, 0),
+        "rt.rms_norm": lambda: rt.rms_norm(x, w),
+        "rt.rms_norm out=": lambda: rt.rms_norm(x, w, out=out),
+        "rt.fused_add_rms_norm": lambda: rt.fused_add_rms_norm(x, res, w),
+    }
+    for name, fn in stages.items():
+        print(f"{name:28s} {per_call_us(fn):7.2f} us per call")
+    for enabled in (False, True):
+        ops._launch_rows.enabled = enabled
+        print(f"rt.rms_norm, launch cache {'on ' if enabled else 'off'}   "
+              f"{per_call_us(lambda: rt.rms_norm(x, w)):7.2f} us per call")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(2000):
+        rt.rms_norm(x, w)
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+
+
+if __name__ == "__main__":
+    main()
