@@ -22,15 +22,25 @@ except ImportError:  # pragma: no cover - every supported Triton has it
 _INT32_MAX = 2 ** 31 - 1
 
 
-def _spec(a):
-    """What Triton specializes a runtime argument on (and a little more)."""
-    if isinstance(a, torch.Tensor):
-        return a.dtype, a.data_ptr() % 16 == 0
-    if isinstance(a, bool):
-        return bool, a
-    if isinstance(a, int):
-        return int, a == 1, a % 16 == 0, -_INT32_MAX - 1 <= a <= _INT32_MAX
-    return type(a)
+def _spec_key(args) -> tuple:
+    """What Triton specializes runtime arguments on (and a little more), cheaply: tensors by
+    dtype and 16-byte alignment; ints by == 1, % 16 == 0, and int32 range; floats not at all."""
+    dtypes = []
+    bits = 0
+    for a in args:
+        cls = a.__class__
+        if cls is int:
+            bits = (bits << 2) | (2 if a == 1 else 1 if a & 15 == 0 else 0)
+            if not -_INT32_MAX - 1 <= a <= _INT32_MAX:
+                dtypes.append(("i64", a < 0))
+        elif cls is float:
+            continue
+        elif cls is bool:
+            dtypes.append(a)
+        else:
+            dtypes.append(a.dtype)
+            bits = (bits << 1) | (a.data_ptr() & 15 == 0)
+    return bits, tuple(dtypes)
 
 
 class CachedLauncher:
@@ -49,7 +59,7 @@ class CachedLauncher:
         if not self.enabled:
             self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps)
             return
-        key = (device_index, num_warps, constexprs, tuple(map(_spec, args)))
+        key = (device_index, num_warps, constexprs, _spec_key(args))
         kernel = self.kernels.get(key)
         if kernel is None:
             kernel = self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps)

@@ -18,7 +18,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _DTYPE_NAMES = "float16, bfloat16 or float32"
 
 
-@dataclass
+@dataclass(slots=True)
 class Prepared:
     """2-D views for the kernel, and where results must be copied back afterwards."""
     x: torch.Tensor                        # [M, N], column stride 1
@@ -64,6 +64,11 @@ def as_rows(t: torch.Tensor, n_cols: int, writable: bool) -> Optional[torch.Tens
 
     Writable views also need rows that do not overlap (an expanded input may repeat a row).
     """
+    if t.dim() == 2 and (t.stride(1) == 1 or n_cols == 1) and n_cols > 0:
+        rows = t if t.stride(1) == 1 else t.as_strided(t.shape, (t.stride(0), 1))
+        if writable and rows.shape[0] > 1 and rows.stride(0) < n_cols:
+            return None
+        return rows
     if t.dim() == 0 or (t.stride(-1) != 1 and n_cols > 1):
         return None
     try:
@@ -122,11 +127,12 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
         raise ValueError(f"x's last dimension (hidden size) must be in [1, {MAX_N}], "
                          f"got {n_cols} (x.shape={tuple(x.shape)})")
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and tuple(t.shape) != (n_cols,):
+        if t is not None and (t.dim() != 1 or t.shape[0] != n_cols):
             raise ValueError(f"{name} must have shape ({n_cols},) to match x.shape="
                              f"{tuple(x.shape)}, got {tuple(t.shape)}")
+    dev = device or x.device
     for name, t in (("weight", weight), ("bias", bias), ("residual", residual), ("out", out)):
-        if t is not None and t.device != (device or x.device):
+        if t is not None and t.device != dev:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}: "
                              "all tensors must be on one device")
     for name, t in (("residual", residual), ("out", out)):
@@ -185,6 +191,8 @@ def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtyp
             out2d = (out.contiguous() if accumulate else torch.empty_like(out, memory_format=
                      torch.contiguous_format)).view(n_rows, n_cols)
     # The kernel indexes weight and bias with unit stride: w[::2] is copied once.
-    weight = None if weight is None else weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
+    if weight is not None and not weight.is_contiguous():
+        weight = weight.contiguous()
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
     return Prepared(x2d, weight, bias, res2d, out2d, x.shape, out_user, res_user)
