@@ -1,0 +1,59 @@
+"""Host cost of one decode-sized forward_tp call, per stage, with a cProfile.
+
+    python bench/profile_tp.py [--gpus N]
+"""
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+import rmsnorm_triton as rt
+from rmsnorm_triton.parallel import forward_tp
+
+
+def per_call_us(fn, n=500):
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    dt = time.perf_counter() - t
+    torch.cuda.synchronize()
+    return dt / n * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gpus", type=int, default=torch.cuda.device_count())
+    args = ap.parse_args()
+    devs = [f"cuda:{i}" for i in range(args.gpus)]
+    x = torch.randn(8, 8192, device="cuda:0", dtype=torch.bfloat16)
+    ws = [torch.ones(8192, device=d, dtype=torch.bfloat16) for d in devs]
+    for fused in (False, True):
+        ctx = rt.TPContext(devs, fused=fused)
+        print(f"forward_tp fused={fused}: "
+              f"{per_call_us(lambda: forward_tp(ctx, rt.BROADCAST_RS, x, ws, None, 1e-6)):.1f} us")
+    print(f"rms_norm on cuda:0: {per_call_us(lambda: rt.rms_norm(x, ws[0])):.1f} us")
+    print(f"torch.cuda.Event()+record: "
+          f"{per_call_us(lambda: torch.cuda.Event().record()):.1f} us")
+    s = torch.cuda.Stream()
+
+    def enter_stream():
+        with torch.cuda.stream(s):
+            pass
+    print(f"with torch.cuda.stream(): {per_call_us(enter_stream):.1f} us")
+    ctx = rt.TPContext(devs, fused=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(300):
+        forward_tp(ctx, rt.BROADCAST_RS, x, ws, None, 1e-6)
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(22)
+
+
+if __name__ == "__main__":
+    main()
