@@ -254,7 +254,8 @@ def _expected(x, ws, **kw):
     return [_local(x, w, w.device, **kw) for w in ws]
 
 
-PATHS = [pytest.param(dict(use_p2p=None), False, id="p2p-copy"),
+PATHS = [pytest.param(dict(use_p2p=None, collective_min_bytes=1 << 62), False, id="p2p-copy"),
+         pytest.param(dict(use_p2p=None, collective_min_bytes=0), False, id="nccl-collective"),
          pytest.param(dict(use_p2p=False), False, id="staged"),
          pytest.param(dict(use_p2p=None), "auto", id="fused")]
 
