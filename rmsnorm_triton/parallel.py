@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 
 import torch
+import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch itself)
 
 from .ops import _launch, rms_norm
 from .validate import as_rows, check_inputs
