@@ -1,6 +1,6 @@
 """Where a decode-sized call spends host time: per-stage microseconds and a cProfile.
 
-    python bench/profile_host.py
+    python bench/profile_host.py [MxN]
 """
 import cProfile
 import pstats
@@ -34,21 +34,25 @@ def per_call_us(fn, n=3000):
 
 
 def main():
-    x = (0.5 + 2 * torch.randn(8, 4096, device="cuda")).to(torch.bfloat16)
-    w = (1 + 0.1 * torch.randn(4096, device="cuda")).to(torch.bfloat16)
-    res = torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16)
+    import sys
+    M, N = map(int, (sys.argv[1] if len(sys.argv) > 1 else "8x4096").split("x"))
+    x = (0.5 + 2 * torch.randn(M, N, device="cuda")).to(torch.bfloat16)
+    w = (1 + 0.1 * torch.randn(N, device="cuda")).to(torch.bfloat16)
+    res = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(x)
     stages = {
         "empty triton kernel": lambda: _empty[(1,)](x),
-        "torch F.rms_norm": lambda: torch.nn.functional.rms_norm(x, (4096,), w, 1e-6),
+        "torch F.rms_norm": lambda: torch.nn.functional.rms_norm(x, (N,), w, 1e-6),
         "check_inputs": lambda: check_inputs(x, w),
-        "pick_config": lambda: pick_config(4096, row_bucket(8), x.dtype, x.dtype, False, 0),
+        "pick_config": lambda: pick_config(N, row_bucket(M), x.dtype, x.dtype, False, 0),
         "rt.rms_norm": lambda: rt.rms_norm(x, w),
         "rt.rms_norm out=": lambda: rt.rms_norm(x, w, out=out),
         "rt.fused_add_rms_norm": lambda: rt.fused_add_rms_norm(x, res, w),
     }
     for name, fn in stages.items():
         print(f"{name:28s} {per_call_us(fn):7.2f} us per call")
+    print(f"launch cache: {len(ops._launch_rows.kernels)} kernels, "
+          f"enabled={ops._launch_rows.enabled}")
     for enabled in (False, True):
         ops._launch_rows.enabled = enabled
         print(f"rt.rms_norm, launch cache {'on ' if enabled else 'off'}   "
