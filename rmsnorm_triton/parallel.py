@@ -50,9 +50,9 @@ class TPContext:
     devices: torch.device-likes, all CUDA or all CPU. splits: {broadcast_type: [device, ...]}
     (default: every device for every type). use_p2p: None uses peer access where the hardware
     has it, False always stages through pinned host memory, True requires it. fused: default
-    of forward_tp's `fused` (False, True or "auto", the measured-faster choice per size). collective_min_bytes: GPU sources of at
-    least this size that go to 2 or more other GPUs use one NCCL broadcast (in-process,
-    torch.cuda.comm) instead of one copy per GPU.
+    of forward_tp's `fused` (False, True, or "auto": the measured-faster choice per size).
+    collective_min_bytes: GPU sources of at least this size that go to 2 or more other GPUs
+    use one NCCL broadcast (in-process, torch.cuda.comm) instead of one copy per GPU.
     """
 
     def __init__(self, devices, splits=None, *, use_p2p=None, fused="auto",
