@@ -39,7 +39,7 @@ def candidates(M, N):
     if N >= 4096:
         for sl in (2048, 4096, 8192, 16384):
             if sl < N:
-                for w in (4, 8, 16):
+                for w in (2, 4, 8, 16):
                     if sl // (32 * w) >= 4:
                         out.append(LaunchConfig(1, sl, w, False, splits=triton.cdiv(N, sl)))
     return out
@@ -56,6 +56,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--csv")
     ap.add_argument("--shapes", default=None, help="M1xN1,M2xN2,...")
+    ap.add_argument("--out-dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     args = ap.parse_args()
     shapes = SHAPES if not args.shapes else [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     src = torch.empty(1 << 29, dtype=torch.uint8, device="cuda")
@@ -71,8 +72,10 @@ def main():
     for M, N in shapes:
         x = (0.5 + 2 * torch.randn(M, N, device="cuda")).to(torch.bfloat16)
         w = (1 + 0.1 * torch.randn(N, device="cuda")).to(torch.bfloat16)
-        out = torch.empty_like(x)
-        nbytes = 2 * M * N * 2 + 2 * N
+        out_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+            args.out_dtype]
+        out = torch.empty_like(x, dtype=out_dtype)
+        nbytes = M * N * (2 + out.element_size()) + 2 * N
         heur = heuristic_config(N, triton.next_power_of_2(M), 2)
         results = []
         for cfg in candidates(M, N):
