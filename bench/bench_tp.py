@@ -32,6 +32,7 @@ import torch
 import triton
 
 import rmsnorm_triton as rt
+from rmsnorm_triton.atomic import write_atomic, write_text_atomic
 from rmsnorm_triton.parallel import BROADCAST_RS, TPContext, forward_tp, norm_on_devices
 
 EPS = 1e-6
@@ -280,8 +281,7 @@ def nccl_worker(rank, world, rows, n_cols, dtype_name, mode, init_file, out_path
                 break
     finally:
         if rank == 0:
-            with open(out_path, "w") as f:
-                json.dump(results, f)
+            write_text_atomic(out_path, json.dumps(results))
         dist.destroy_process_group()
 
 
@@ -309,7 +309,10 @@ def run_nccl(world, args, mode, timeout_s=90):
                     raise TimeoutError(f"NCCL ranks still running after {timeout_s} s")
         except Exception as e:
             print(f"# nccl {mode}: {_short(e)}", file=sys.stderr)
-            done = json.load(open(out_path)) if os.path.exists(out_path) else []
+            done = []
+            if os.path.exists(out_path):
+                with open(out_path) as f:
+                    done = json.load(f)
             return done + [dict(gpus=world, provider="nccl", mode=mode, check="n/a",
                                 note=_short(e))]
         with open(out_path) as f:
@@ -387,10 +390,12 @@ def main():
 
     print_table(rows)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+        write_atomic(args.csv, write)
         print(f"# wrote {args.csv}")
 
 

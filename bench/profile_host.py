@@ -8,7 +8,6 @@ import time
 
 import torch
 import triton
-import triton.language as tl
 
 import rmsnorm_triton as rt
 from rmsnorm_triton import ops

@@ -15,6 +15,7 @@ from triton.testing import do_bench
 
 import rmsnorm_triton as rt
 from rmsnorm_triton import ops
+from rmsnorm_triton.atomic import write_atomic
 from rmsnorm_triton.config import LaunchConfig, heuristic_config
 
 SHAPES = [(16384, 1024), (65536, 128), (4096, 4096), (16384, 4096), (16384, 8192), (1024, 4096),
@@ -97,10 +98,12 @@ def main():
         del x, w, out
     ops.pick_config = original
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-            wr.writeheader()
-            wr.writerows(rows)
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+                wr.writeheader()
+                wr.writerows(rows)
+        write_atomic(args.csv, write)
 
 
 if __name__ == "__main__":

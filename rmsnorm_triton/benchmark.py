@@ -23,6 +23,7 @@ import torch
 
 from . import providers as P
 from .config import cache_path, device_name, tuned_table
+from .atomic import write_text_atomic
 from .report import markdown, plot, targets
 from .timing import (copy_ceiling_gbps, eager_us, empty_launch_us, graph_us, header_lines,
                      host_us, n_sets, rmsnorm_bytes)
@@ -237,7 +238,8 @@ def run_bench(args) -> int:
     for path in (args.csv, args.markdown, args.plot):
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    out = open(args.csv, "w", newline="") if args.csv else None
+    # Rows stream into a partial file (kept if the run is cut short); the CSV appears whole.
+    out = open(args.csv + ".partial", "w", newline="") if args.csv else None
     writer = csv.writer(out) if out else None
     if writer:
         writer.writerow([f.name for f in fields(Row)])
@@ -278,12 +280,12 @@ def run_bench(args) -> int:
             rows += block
     if out:
         out.close()
+        os.replace(args.csv + ".partial", args.csv)
 
     summary = targets(rows, empty)
     print("\n" + "\n".join(summary), flush=True)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(rows, head, summary))
+        write_text_atomic(args.markdown, markdown(rows, head, summary))
         print(f"markdown: {args.markdown}")
     if args.plot:
         print(plot(rows, args.plot, head[0]))

@@ -60,19 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tune", help="offline autotune; writes the tuned-config cache")
     t.set_defaults(func=_cmd_tune)
-    try:
-        from .tuning import add_arguments as add_tune_arguments
-        add_tune_arguments(t)
-    except ImportError:
-        pass
+    from .tuning import add_arguments as add_tune_arguments
+    add_tune_arguments(t)
 
-    b = sub.add_parser("bench", help="ours against the installed peers, % of the copy ceiling")
+    b = sub.add_parser("bench", help="ours against the installed peers, %% of the copy ceiling")
     b.set_defaults(func=_cmd_bench)
-    try:
-        from .benchmark import add_arguments as add_bench_arguments
-        add_bench_arguments(b)
-    except ImportError:
-        pass
+    from .benchmark import add_arguments as add_bench_arguments
+    add_bench_arguments(b)
 
     i = sub.add_parser("info", help="versions, device, interpreter mode, tuned-config cache")
     i.set_defaults(func=_cmd_info)

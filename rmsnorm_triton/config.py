@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import triton
+
+from .atomic import write_text_atomic
 
 # Thresholds below were read off bench/sweep_configs.py on an H100 (bench/RESULTS.md).
 # A row of up to this many elements is held in registers by one program and read once
@@ -90,6 +91,23 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 
 
+def _is_pow2(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
+
+
+def check_config(n_cols: int, cfg: LaunchConfig) -> None:
+    """Raise ValueError unless cfg covers every column of an n_cols row, within what the kernels
+    compile: a table entry is data from disk, and a wrong one would leave output unwritten."""
+    if not (_is_pow2(cfg.block_m) and _is_pow2(cfg.block_n) and cfg.num_warps in (1, 2, 4, 8,
+            16, 32) and isinstance(cfg.splits, int) and 1 <= cfg.splits <= MAX_SPLITS
+            and isinstance(cfg.looped, bool) and cfg.block_m * cfg.block_n <= 1 << 16):
+        raise ValueError(f"not a launch config the kernels compile: {cfg}")
+    covered = cfg.looped or cfg.block_n * cfg.splits >= n_cols
+    if not covered or (cfg.splits > 1 and (cfg.looped or cfg.block_m != 1
+                                            or cfg.block_n * (cfg.splits - 1) >= n_cols)):
+        raise ValueError(f"{cfg} does not cover a row of {n_cols} elements exactly once")
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("RMSNORM_TRITON_CACHE", Path.home() / ".cache" / "rmsnorm_triton"))
 
@@ -112,7 +130,10 @@ def load_table(path: Path, gpu_name: str) -> dict[str, LaunchConfig]:
         if data.get("version") != CACHE_VERSION or data.get("gpu") != gpu_name \
                 or data.get("triton") != triton.__version__:
             raise ValueError("written for another GPU, Triton or cache version")
-        return {k: LaunchConfig(**v) for k, v in data["configs"].items()}
+        table = {k: LaunchConfig(**v) for k, v in data["configs"].items()}
+        for key, cfg in table.items():
+            check_config(int(key.split("|")[0]), cfg)
+        return table
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         warnings.warn(f"rmsnorm_triton: ignoring tuned-config cache {path}: {e}", stacklevel=2)
         return {}
@@ -120,17 +141,9 @@ def load_table(path: Path, gpu_name: str) -> dict[str, LaunchConfig]:
 
 def save_table(path: Path, gpu_name: str, configs: dict[str, LaunchConfig]) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"version": CACHE_VERSION, "gpu": gpu_name, "triton": triton.__version__,
             "configs": {k: asdict(v) for k, v in sorted(configs.items())}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=1))
     tuned_table.cache_clear()
     pick_config.cache_clear()
 

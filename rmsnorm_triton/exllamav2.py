@@ -47,18 +47,30 @@ class ExLlamaV2RMSNorm:
     def load(self, device_context: bool = True) -> None:
         """Read the weight (and bias) as fp16; add norm_constant_bias to the fp16 weight."""
         weight = self._read(self.key + ".weight")
-        has_bias = self.model.has_tensor(self.key + ".bias")
-        bias = self._read(self.key + ".bias") if has_bias else None
+        bias = self._read(self.key + ".bias") if self._has(self.key + ".bias") else None
         if bias is not None and bias.shape != weight.shape:
             raise ValueError(f"{self.key}.bias must have the weight's shape "
                              f"{tuple(weight.shape)}, got {tuple(bias.shape)}")
         offset = self.archparams.norm_constant_bias
         if offset:
-            weight.add_(offset)   # in fp16, as exllamav2 does: stored = fp16(fp16(w) + bias)
+            # In fp16, as exllamav2 does: stored = fp16(fp16(w) + bias). Out of place: the
+            # model may hand out the same tensor again on the next load().
+            weight = weight + offset
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.variance_epsilon = float(self.model.config.norm_eps)
         self.is_tp = False
+
+    def _has(self, name: str) -> bool:
+        """model.has_tensor where the model has it; otherwise ask get_tensor."""
+        has = getattr(self.model, "has_tensor", None)
+        if has is not None:
+            return bool(has(name))
+        try:
+            self.model.get_tensor(name)
+        except KeyError:
+            return False
+        return True
 
     def _read(self, name: str) -> torch.Tensor:
         t = self.model.get_tensor(name)
@@ -158,22 +170,14 @@ class ExLlamaV2RMSNorm:
     def forward_tp(self, hidden_states, cache=None, attn_params=None, past_len=None,
                    intermediates=False, loras=None, output_fp32=False, **kwargs):
         """One tensor (broadcast first) or a list with one per device -> a list, one per device."""
-        from .parallel import norm_on_devices
+        from .parallel import forward_tp
 
         if not self.is_tp:
             raise RuntimeError(f"{self.key!r} is not split: call tp_split(broadcast_type) first")
-        ctx = self._tp_context()
-        if isinstance(hidden_states, torch.Tensor):
-            xs = ctx.broadcast(hidden_states, self.broadcast_type)
-        else:
-            xs = list(hidden_states)
-        if len(xs) != len(self.weight):
-            raise ValueError(f"hidden_states must have one tensor per device of the split "
-                             f"({len(self.weight)}), got {len(xs)}")
-        outs = norm_on_devices(ctx, xs, self.weight, self.bias or [None] * len(self.weight),
-                               self.variance_epsilon,
-                               out_dtype=torch.float32 if output_fp32 else torch.float16,
-                               clamp_fp16_input=True)
+        outs = forward_tp(self._tp_context(), self.broadcast_type, hidden_states, self.weight,
+                          self.bias, self.variance_epsilon,
+                          out_dtype=torch.float32 if output_fp32 else torch.float16,
+                          clamp_fp16_input=True)
         return {"hidden_states": outs} if intermediates else outs
 
 

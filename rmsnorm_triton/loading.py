@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .atomic import write_atomic, write_text_atomic
 
 CONFIG_NAME = "config.json"
 INDEX_NAME = "model.safetensors.index.json"
@@ -199,22 +199,11 @@ def save_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], *
     for i in range(shards):
         name = SINGLE_NAME if shards == 1 else f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
         part = {k: tensors[k].detach().contiguous().cpu() for k in keys[i::shards]}
-        _write_atomic(directory / name, lambda tmp, part=part: save_file(part, tmp))
+        write_atomic(directory / name, lambda tmp, part=part: save_file(part, tmp))
         weight_map.update(dict.fromkeys(part, name))
     if shards > 1 and write_index:
         text = json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1)
-        _write_atomic(directory / INDEX_NAME, lambda tmp: Path(tmp).write_text(text))
+        write_text_atomic(directory / INDEX_NAME, text)
     text = json.dumps(config, indent=1)
-    _write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    write_text_atomic(directory / CONFIG_NAME, text)
     return directory
-
-
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

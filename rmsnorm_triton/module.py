@@ -28,10 +28,12 @@ class RMSNorm(nn.Module):
 
     weight_offset=1.0 is Gemma's (1 + w) form. With a non-zero offset the weight starts at
     zeros, as Gemma's does (so a fresh Gemma norm scales by 1); otherwise at ones, as Llama's.
-    out_dtype=None writes x's dtype.
+    out_dtype=None writes x's dtype. eps=None uses torch.finfo(x.dtype).eps at each call, as
+    torch.nn.RMSNorm does.
     """
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6, *, weight_offset: float = 0.0,
+    def __init__(self, hidden_size: int, eps: Optional[float] = 1e-6, *,
+                 weight_offset: float = 0.0,
                  bias: bool = False, out_dtype: Optional[torch.dtype] = None, device=None,
                  dtype: Optional[torch.dtype] = None):
         super().__init__()
@@ -40,12 +42,12 @@ class RMSNorm(nn.Module):
                             f"({hidden_size!r})")
         if hidden_size < 1:
             raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
-        check_scalars(eps, weight_offset)
+        check_scalars(1e-6 if eps is None else eps, weight_offset)
         for name, dt in (("out_dtype", out_dtype), ("dtype", dtype)):
             if dt is not None and dt not in FLOAT_DTYPES:
                 raise TypeError(f"{name} must be float16, bfloat16, float32 or None, got {dt}")
         self.hidden_size = hidden_size
-        self.eps = float(eps)
+        self.eps = None if eps is None else float(eps)
         self.weight_offset = float(weight_offset)
         self.out_dtype = out_dtype
         self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
@@ -65,8 +67,14 @@ class RMSNorm(nn.Module):
         """HF Llama's name for eps, for code that reads it off the norm it replaced."""
         return self.eps
 
+    def _eps_for(self, x) -> float:
+        if self.eps is not None:
+            return self.eps
+        first = x if isinstance(x, torch.Tensor) else x[0]
+        return torch.finfo(first.dtype).eps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps, bias=self.bias,
+        return rms_norm(x, self.weight, self._eps_for(x), bias=self.bias,
                         weight_offset=self.weight_offset, out_dtype=self.out_dtype)
 
     def extra_repr(self) -> str:
@@ -95,7 +103,7 @@ class RMSNorm(nn.Module):
         if getattr(self, "tp_context", None) is None:
             raise RuntimeError("forward_tp needs tp_split(broadcast_type, context) first")
         return forward_tp(self.tp_context, self.broadcast_type, x, self.tp_weights,
-                          self.tp_biases, self.eps, weight_offset=self.weight_offset,
+                          self.tp_biases, self._eps_for(x), weight_offset=self.weight_offset,
                           out_dtype=self.out_dtype, fused=fused)
 
     @classmethod
@@ -103,9 +111,8 @@ class RMSNorm(nn.Module):
         """An RMSNorm computing what `m` computes, sharing m's weight (and bias) Parameters.
 
         `m` is a torch.nn.RMSNorm or an HF-style norm with a 1-D `weight` and an `eps` or
-        `variance_epsilon` attribute. torch.nn.RMSNorm with eps=None uses the finfo eps of the
-        *input* dtype at run time; a fixed eps is needed here, so it becomes
-        torch.finfo(weight.dtype).eps, which is the same whenever inputs match the weight dtype.
+        `variance_epsilon` attribute. torch.nn.RMSNorm's eps=None (the finfo eps of the input
+        dtype, at run time) is kept as it is.
 
         Whether an HF norm scales by w or by (1 + w) (Gemma, Qwen3-Next, ...) is not knowable from
         its name (Gemma3n's norm scales by w), so `m` is run once on a small fp32 probe and the
@@ -129,8 +136,7 @@ class RMSNorm(nn.Module):
             bias = None
 
         if isinstance(m, nn.RMSNorm):
-            eps = m.eps if m.eps is not None else torch.finfo(weight.dtype).eps
-            offset = 0.0
+            eps, offset = m.eps, 0.0
         else:
             eps = _hf_eps(m)
             offset = _probe_offset(m, weight, bias, eps)

@@ -17,8 +17,15 @@ from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .validate import Prepared, check_inputs
 
+def _needs_grad(*tensors) -> bool:
+    """Autograd must see the computation: the kernels are forward-only."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in tensors)
+
+
 def _use_reference(x, *tensors) -> bool:
-    """CPU tensors without the interpreter, and autograd, take the torch path.
+    """CPU tensors without the interpreter, and autograd, take the torch path (which is what
+    torch.compile traces too when gradients are needed).
 
     So do arguments that are not tensors at all: the reference's validation names them.
     """
@@ -27,8 +34,7 @@ def _use_reference(x, *tensors) -> bool:
         return True
     if x.device.type != "cuda" and not INTERPRET:
         return True
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (x, *tensors))
+    return _needs_grad(x, *tensors)
 
 
 def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
@@ -91,7 +97,8 @@ def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumula
                                   clamp_fp16_input=clamp_fp16_input)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
                      weight_offset=weight_offset, accumulate=accumulate)
-    return _launch(p, eps, weight_offset, accumulate, clamp_fp16_input)
+    y = _launch(p, eps, weight_offset, accumulate, clamp_fp16_input)
+    return y if out is None else out
 
 
 def _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out):
@@ -101,7 +108,8 @@ def _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, ou
                                             out=out)[0]
     p = check_inputs(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype,
                      eps=eps, weight_offset=weight_offset, fused=True)
-    return _launch(p, eps, weight_offset, False, False)
+    y = _launch(p, eps, weight_offset, False, False)
+    return y if out is None else out
 
 
 # ---- torch.library custom ops: what torch.compile sees ----------------------------------------
@@ -166,7 +174,7 @@ def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtyp
     (which may be x itself) or a new tensor of `out_dtype` (default x.dtype). With
     accumulate=True, out += y (rounded once). clamp_fp16_input clamps fp16 x to +-65504 first.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not _needs_grad(x, weight, bias):
         eps, weight_offset = float(eps), float(weight_offset)
         if out is None:
             return _rms_norm_op(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
@@ -182,7 +190,7 @@ def fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, bias=None, weight_
 
     Equals the unfused two steps bit for bit; residual may be fp32 under fp16/bf16 x.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not _needs_grad(x, residual, weight, bias):
         eps, weight_offset = float(eps), float(weight_offset)
         if out is None:
             return _fused_add_op(x, residual, weight, bias, eps, weight_offset, out_dtype), residual

@@ -31,7 +31,7 @@ def rms_norm_reference(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0
                        out_dtype=None, out=None, accumulate=False, clamp_fp16_input=False):
     """Same signature and results as rms_norm, in eager torch (differentiable)."""
     check_args(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
-                 weight_offset=weight_offset, accumulate=accumulate)
+               weight_offset=weight_offset, accumulate=accumulate)
     h = x.float()
     if clamp_fp16_input and x.dtype == torch.float16:
         h = h.clamp(-65504.0, 65504.0)          # keeps NaN, as the kernel does
@@ -42,7 +42,7 @@ def fused_add_rms_norm_reference(x, residual, weight=None, eps=1e-6, *, bias=Non
                                  weight_offset=0.0, out_dtype=None, out=None):
     """residual <- round(x + residual) in place, then its norm: the unfused two steps."""
     check_args(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype, eps=eps,
-                 weight_offset=weight_offset)
+               weight_offset=weight_offset, fused=True)
     residual.copy_((x.float() + residual.float()).to(residual.dtype))
     y = _norm_fp32(residual.float(), weight, bias, eps, weight_offset)
     return _finish(y, x, out, out_dtype, False), residual

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from .atomic import write_atomic
+
 BIG_ELEMS = 1 << 24           # "M*N >= 16M elements": where a kernel should sit at the ceiling
 MODES = ("eager", "graph", "host")
 
@@ -128,6 +130,6 @@ def plot(rows, path, title) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=len(provs))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return f"plot: {path}"

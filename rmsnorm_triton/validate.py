@@ -7,6 +7,7 @@ and the values it saw.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,11 +49,11 @@ def _finite(v) -> bool:
 
 
 def check_scalars(eps, weight_offset) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__} ({eps!r})")
     if not _finite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    if isinstance(weight_offset, bool) or not isinstance(weight_offset, (int, float)):
+    if isinstance(weight_offset, bool) or not isinstance(weight_offset, numbers.Real):
         raise TypeError(f"weight_offset must be a float, got {type(weight_offset).__name__} "
                         f"({weight_offset!r})")
     if not _finite(weight_offset):
@@ -101,7 +102,15 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _has_repeated_elements(t: torch.Tensor) -> bool:
-    return any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride()))
+    """Whether two indices of t can name one memory location (only for strides that nest:
+    each dim's stride at least the span of the dims inside it, taken by stride order)."""
+    span = 0
+    for n, st in sorted(((n, st) for n, st in zip(t.shape, t.stride()) if n > 1),
+                        key=lambda d: d[1]):
+        if st <= span:
+            return True
+        span += (n - 1) * st
+    return False
 
 
 def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,

@@ -56,3 +56,16 @@ def test_opcheck(device, op):
         args = (x, rand_x((2, 64), torch.float32, device), w, None, 1e-6, 0.0, None)
     torch.library.opcheck(getattr(torch.ops.rmsnorm_triton, op).default, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_compiled_module_with_gradients_takes_the_differentiable_path(device):
+    """Under torch.compile, inputs that need gradients trace the torch formula, as in eager."""
+    m = rt.RMSNorm(64, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        m.weight.copy_(rand_w(64, torch.float32, device))
+    x = rand_x((3, 64), torch.float32, device).requires_grad_()
+    torch._dynamo.reset()
+    y = _compile(m, device)(x)
+    y.square().sum().backward()
+    assert x.grad is not None and m.weight.grad is not None
+    assert_close(y.detach(), rmsnorm_ref(x.detach(), m.weight.detach()), torch.float32)

@@ -157,6 +157,15 @@ CASES = [
     Case("residual-self-overlapping", (FUSED,),
          _arg("residual", lambda d: torch.zeros(N, device=d).expand(ROWS, N)), ValueError,
          ("residual", "overlapping elements")),
+    # Rows N/2 apart: no stride is 0, yet every element but the first rows' shares memory.
+    Case("out-rows-overlapping", ALL,
+         _arg("out", lambda d: torch.empty(ROWS * N, device=d).as_strided((ROWS, N),
+                                                                           (N // 2, 1))),
+         ValueError, ("out", "overlapping elements")),
+    Case("residual-rows-overlapping", (FUSED,),
+         _arg("residual", lambda d: torch.zeros(ROWS * N, device=d).as_strided((ROWS, N),
+                                                                                (N // 2, 1))),
+         ValueError, ("residual", "overlapping elements")),
     # -- eps and weight_offset -------------------------------------------------------------------
     Case("eps-negative", ALL, _arg("eps", lambda d: -1e-6), ValueError,
          ("eps must be a finite number >= 0", "got -1e-06")),

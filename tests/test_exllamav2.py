@@ -53,6 +53,36 @@ def test_gemma_bias_is_added_to_the_fp16_weight_in_fp16(tmp_path, device):
     assert torch.equal(got, want - torch.tensor(1.0, dtype=torch.float16))
 
 
+class _CachingModel:
+    """The minimum DESIGN.md lists (no has_tensor), handing out one cached tensor per key."""
+
+    def __init__(self, weight, bias_const):
+        self.config = SimpleNamespace(norm_eps=1e-6,
+                                      arch=SimpleNamespace(lm=SimpleNamespace(
+                                          norm_constant_bias=bias_const)))
+        self.tensors = {KEY + ".weight": weight}
+        self.tp_context = None
+
+    def get_tensor(self, key, device=None):
+        if key not in self.tensors:
+            raise KeyError(key)
+        return self.tensors[key]
+
+
+def test_reload_does_not_add_the_constant_bias_twice(device):
+    w = rand_w(N, torch.float16, device, gemma=True)
+    source = w.clone()
+    model = _CachingModel(source, 1.0)
+    norm = ExLlamaV2RMSNorm(model, KEY)
+    norm.load()
+    norm.unload()
+    norm.load()
+    assert torch.equal(source, w), "load() changed the tensor the model handed out"
+    assert torch.equal(norm.weight, w + torch.tensor(1.0, dtype=torch.float16, device=device))
+    x = rand_x((3, N), torch.float16, device)
+    assert_close(norm.forward(x), rmsnorm_ref(x, norm.weight, 1e-6))
+
+
 def test_archparams_override_the_models(tmp_path, device):
     model, w = _model(tmp_path, device)
     norm = ExLlamaV2RMSNorm(model, KEY, SimpleNamespace(norm_constant_bias=1.0))

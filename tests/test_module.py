@@ -99,10 +99,17 @@ def test_from_torch_rmsnorm(device, dtype):
         assert_close(m(x), src(x).double(), dtype)
 
 
-def test_from_torch_rmsnorm_default_eps_is_the_weight_dtypes_finfo():
-    src = nn.RMSNorm(16, dtype=torch.bfloat16)
-    assert src.eps is None
-    assert RMSNorm.from_module(src).eps == torch.finfo(torch.bfloat16).eps
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.float32], ids=str)
+def test_from_torch_rmsnorm_default_eps_follows_the_input_dtype(device, x_dtype):
+    """eps=None means torch.finfo(x.dtype).eps at each call, also when x and weight differ."""
+    src = nn.RMSNorm(64, dtype=torch.float16, device=device)
+    with torch.no_grad():
+        src.weight.copy_(rand_w(64, torch.float16, device))
+    m = RMSNorm.from_module(src)
+    assert src.eps is None and m.eps is None
+    x = 1e-3 * rand_x((3, 64), x_dtype, device)       # small activations: eps matters
+    with torch.no_grad():
+        assert_close(m(x), rmsnorm_ref(x, src.weight, torch.finfo(x_dtype).eps), x_dtype)
 
 
 @pytest.mark.parametrize("src, words", [

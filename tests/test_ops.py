@@ -264,3 +264,20 @@ def test_launch_cache_keys_on_specialization(device):
     assert len(_launch_rows.kernels) == before
     rt.rms_norm(rand_x((3, 512), FP16, device), w, out_dtype=FP32)   # new out dtype: new entry
     assert len(_launch_rows.kernels) == before + 1
+
+
+def test_out_is_returned_itself_and_numpy_scalars_are_accepted(device):
+    import numpy as np
+    x, w = rand_x((4, 64), BF16, device), rand_w(64, BF16, device)
+    out = torch.empty(4, 64, dtype=FP32, device=device)
+    assert rt.rms_norm(x, w, np.float32(1e-5), out=out, weight_offset=np.float64(0.0)) is out
+    assert_close(out, rmsnorm_ref(x, w, float(np.float32(1e-5))))
+    res = rand_x((4, 64), FP32, device)
+    y, r = rt.fused_add_rms_norm(x, res, w, out=out)
+    assert y is out and r is res
+
+
+def test_reference_path_names_a_missing_residual():
+    from rmsnorm_triton.reference import fused_add_rms_norm_reference
+    with pytest.raises(TypeError, match="residual must be a torch.Tensor"):
+        fused_add_rms_norm_reference(torch.randn(2, 8), None)

@@ -29,7 +29,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def _table(n: int, tag: int) -> dict:
-    return {table_key(1024 + i, 64, BF16, FP32, bool(i % 2)): LaunchConfig(1 + tag, 1024, 4, False)
+    return {table_key(1024 - i, 64, BF16, FP32, bool(i % 2)): LaunchConfig(1 << tag, 1024, 4, False)
             for i in range(n)}
 
 
@@ -50,6 +50,17 @@ FOREIGN = {
     "bad-entry": lambda: json.dumps({"version": 1, "gpu": "cpu",
                                      "triton": config.triton.__version__,
                                      "configs": {"4096|1|bfloat16|bfloat16|0": {"warps": 4}}}),
+    # Well-formed, but its tile covers half the row: using it would leave outputs unwritten.
+    "short-tile": lambda: json.dumps({"version": 1, "gpu": "cpu",
+                                      "triton": config.triton.__version__,
+                                      "configs": {"64|1|float32|float32|0": {
+                                          "block_m": 1, "block_n": 32, "num_warps": 4,
+                                          "looped": False, "splits": 1}}}),
+    "odd-block-m": lambda: json.dumps({"version": 1, "gpu": "cpu",
+                                       "triton": config.triton.__version__,
+                                       "configs": {"64|1|float32|float32|0": {
+                                           "block_m": 3, "block_n": 64, "num_warps": 4,
+                                           "looped": False, "splits": 1}}}),
 }
 
 
