@@ -4,12 +4,12 @@
 """
 import cProfile
 import pstats
-import time
 
 import torch
 import triton
 
 import rmsnorm_triton as rt
+from rmsnorm_triton.timing import host_us
 from rmsnorm_triton import ops
 from rmsnorm_triton.config import pick_config, row_bucket
 from rmsnorm_triton.validate import check_inputs
@@ -20,16 +20,9 @@ def _empty(x_ptr):
     pass
 
 
-def per_call_us(fn, n=3000):
-    for _ in range(300):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    dt = time.perf_counter() - t
-    torch.cuda.synchronize()
-    return dt / n * 1e6
+def _us(fn):
+    """Wall time per call of back-to-back calls, host overhead included."""
+    return host_us([fn], n=2000)
 
 
 def main():
@@ -49,13 +42,13 @@ def main():
         "rt.fused_add_rms_norm": lambda: rt.fused_add_rms_norm(x, res, w),
     }
     for name, fn in stages.items():
-        print(f"{name:28s} {per_call_us(fn):7.2f} us per call")
+        print(f"{name:28s} {_us(fn):7.2f} us per call")
     print(f"launch cache: {len(ops._launch_rows.kernels)} kernels, "
           f"enabled={ops._launch_rows.enabled}")
     for enabled in (False, True):
         ops._launch_rows.enabled = enabled
         print(f"rt.rms_norm, launch cache {'on ' if enabled else 'off'}   "
-              f"{per_call_us(lambda: rt.rms_norm(x, w)):7.2f} us per call")
+              f"{_us(lambda: rt.rms_norm(x, w)):7.2f} us per call")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(2000):

@@ -5,24 +5,17 @@
 import argparse
 import cProfile
 import pstats
-import time
 
 import torch
 
 import rmsnorm_triton as rt
+from rmsnorm_triton.timing import host_us
 from rmsnorm_triton.parallel import forward_tp
 
 
-def per_call_us(fn, n=500):
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    dt = time.perf_counter() - t
-    torch.cuda.synchronize()
-    return dt / n * 1e6
+def _us(fn):
+    """Wall time per call of back-to-back calls, host overhead included."""
+    return host_us([fn], n=2000)
 
 
 def main():
@@ -35,16 +28,16 @@ def main():
     for fused in (False, True):
         ctx = rt.TPContext(devs, fused=fused)
         print(f"forward_tp fused={fused}: "
-              f"{per_call_us(lambda: forward_tp(ctx, rt.BROADCAST_RS, x, ws, None, 1e-6)):.1f} us")
-    print(f"rms_norm on cuda:0: {per_call_us(lambda: rt.rms_norm(x, ws[0])):.1f} us")
+              f"{_us(lambda: forward_tp(ctx, rt.BROADCAST_RS, x, ws, None, 1e-6)):.1f} us")
+    print(f"rms_norm on cuda:0: {_us(lambda: rt.rms_norm(x, ws[0])):.1f} us")
     print(f"torch.cuda.Event()+record: "
-          f"{per_call_us(lambda: torch.cuda.Event().record()):.1f} us")
+          f"{_us(lambda: torch.cuda.Event().record()):.1f} us")
     s = torch.cuda.Stream()
 
     def enter_stream():
         with torch.cuda.stream(s):
             pass
-    print(f"with torch.cuda.stream(): {per_call_us(enter_stream):.1f} us")
+    print(f"with torch.cuda.stream(): {_us(enter_stream):.1f} us")
     ctx = rt.TPContext(devs, fused=True)
     prof = cProfile.Profile()
     prof.enable()

@@ -229,9 +229,7 @@ class TPContext:
         for dev, y in zip(devices, copies):
             current, stream = torch.cuda.current_stream(dev), waiter(dev)
             if stream != current:
-                done = torch.cuda.Event()
-                done.record(current)
-                stream.wait_event(done)
+                _wait_for(stream, current)
                 y.record_stream(stream)
             result.append(y)
         return result
@@ -300,6 +298,13 @@ class TPContext:
             return y.copy_(src, non_blocking=True)
 
 
+def _wait_for(waiter, producer) -> None:
+    """Work queued on `waiter` from now on runs after all work queued on `producer` so far."""
+    done = torch.cuda.Event()
+    done.record(producer)
+    waiter.wait_event(done)
+
+
 def _per_device(values, n, name) -> list:
     """None or [] means "none for any device" (exllamav2 keeps an empty bias list)."""
     if values is None or (isinstance(values, (list, tuple)) and len(values) == 0):
@@ -355,9 +360,7 @@ def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_o
         caller = torch.cuda.current_stream(dev)
         if tp != caller:
             # Weights, out and list inputs are the caller's: ready on its current stream.
-            handed_over = torch.cuda.Event()
-            handed_over.record(caller)
-            tp.wait_event(handed_over)
+            _wait_for(tp, caller)
         with torch.cuda.stream(tp):
             if x.device == dev:
                 y = rms_norm(x, w, eps, bias=b, out=o, **kw)
@@ -368,9 +371,7 @@ def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_o
             for t in (x, o):
                 if t is not None:
                     t.record_stream(tp)
-            done = torch.cuda.Event()
-            done.record(tp)
-            caller.wait_event(done)
+            _wait_for(caller, tp)
             y.record_stream(caller)
         results.append(y)
     return results
