@@ -16,6 +16,7 @@ from triton.testing import do_bench
 import rmsnorm_triton as rt
 from rmsnorm_triton import ops
 from rmsnorm_triton.atomic import write_atomic
+from rmsnorm_triton.timing import copy_ceiling_gbps
 from rmsnorm_triton.config import LaunchConfig, heuristic_config
 
 SHAPES = [(16384, 1024), (65536, 128), (4096, 4096), (16384, 4096), (16384, 8192), (1024, 4096),
@@ -59,11 +60,9 @@ def main():
     ap.add_argument("--shapes", default=None, help="M1xN1,M2xN2,...")
     ap.add_argument("--out-dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     args = ap.parse_args()
-    shapes = SHAPES if not args.shapes else [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
-    src = torch.empty(1 << 29, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ceiling = 2 * src.numel() / (do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
-    del src, dst
+    shapes = SHAPES if not args.shapes else [tuple(map(int, s.split("x")))
+                                             for s in args.shapes.split(",")]
+    ceiling = copy_ceiling_gbps()
     # Let clocks settle before the first candidate is timed.
     do_bench(lambda: torch.randn(1 << 24, device="cuda"), warmup=200, rep=500)
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}"

@@ -34,7 +34,8 @@ def _cmd_info(args) -> int:
     from .config import cache_path, device_name, tuned_table
     from .ops import INTERPRET
     print(f"rmsnorm_triton {__version__}")
-    print(f"torch {torch.__version__}, triton {triton.__version__}, python {sys.version.split()[0]}")
+    print(f"torch {torch.__version__}, triton {triton.__version__}, "
+          f"python {sys.version.split()[0]}")
     print(f"interpreter mode (TRITON_INTERPRET=1): {INTERPRET}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -43,7 +44,8 @@ def _cmd_info(args) -> int:
                   f"({cache_path(name)})")
     else:
         print("device: cpu (no CUDA GPU)")
-        print(f"cache: {cache_path('cpu').parent} (RMSNORM_TRITON_CACHE={os.environ.get('RMSNORM_TRITON_CACHE', '')})")
+        env = os.environ.get("RMSNORM_TRITON_CACHE", "")
+        print(f"cache: {cache_path('cpu').parent} (RMSNORM_TRITON_CACHE={env})")
     return 0
 
 

@@ -69,7 +69,8 @@ def row_bucket(n_rows: int) -> int:
     return min(next_pow2(n_rows), 65536)
 
 
-def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = True) -> LaunchConfig:
+def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int,
+                     on_gpu: bool = True) -> LaunchConfig:
     block_n = next_pow2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
         slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG

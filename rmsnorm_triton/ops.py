@@ -17,6 +17,7 @@ from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .validate import Prepared, check_inputs
 
+
 def _needs_grad(*tensors) -> bool:
     """Autograd must see the computation: the kernels are forward-only."""
     return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
@@ -66,7 +67,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         p.residual_user.copy_(res.view(p.shape))
     if p.out_user is not None:
         return p.out_user.copy_(out.view(p.shape))
-    return out.view(p.shape)
+    return out if out.shape == p.shape else out.view(p.shape)
 
 
 # The interpreter runs Python, not compiled kernels: it always takes Triton's own path.

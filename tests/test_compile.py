@@ -9,7 +9,8 @@ from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
 def _compile(fn, device):
     # aot_eager runs the fake implementations and functionalization without needing a C++ or
     # GPU compiler; on a GPU the full inductor backend is used.
-    return torch.compile(fn, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    return torch.compile(fn, fullgraph=True, backend=backend)
 
 
 def test_rms_norm_compiles_fullgraph(device):
