@@ -1,13 +1,12 @@
 """rmsnorm_triton: fused RMSNorm Triton kernels for inference engines."""
-from .ops import fused_add_rms_norm, rms_norm
-from .reference import rms_norm_reference
 from . import distributed
-from .parallel import (BROADCAST_ID, BROADCAST_KV, BROADCAST_Q, BROADCAST_RS, BROADCAST_VC,
-                       TPContext)
-from .module import GemmaRMSNorm, RMSNorm
+from .exllamav2 import ExLlamaV2RMSNorm
 from .hf import patch_model
 from .loading import open_model
-from .exllamav2 import ExLlamaV2RMSNorm
+from .module import GemmaRMSNorm, RMSNorm
+from .ops import fused_add_rms_norm, rms_norm
+from .parallel import BROADCAST_ID, BROADCAST_KV, BROADCAST_Q, BROADCAST_RS, BROADCAST_VC, TPContext
+from .reference import rms_norm_reference
 
 __version__ = "0.1.0"
 

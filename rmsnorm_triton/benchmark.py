@@ -22,11 +22,19 @@ from typing import Callable, Optional
 import torch
 
 from . import providers as P
-from .config import cache_path, device_name, tuned_table
 from .atomic import write_text_atomic
+from .config import cache_path, device_name, tuned_table
 from .report import markdown, plot, targets
-from .timing import (copy_ceiling_gbps, eager_us, empty_launch_us, graph_us, header_lines,
-                     host_us, n_sets, rmsnorm_bytes)
+from .timing import (
+    copy_ceiling_gbps,
+    eager_us,
+    empty_launch_us,
+    graph_us,
+    header_lines,
+    host_us,
+    n_sets,
+    rmsnorm_bytes,
+)
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 SHORT = {BF16: "bf16", FP16: "fp16", FP32: "fp32"}

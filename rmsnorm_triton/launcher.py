@@ -12,7 +12,6 @@ the process and every launch takes Triton's own path: slower, never wrong.
 """
 from __future__ import annotations
 
-
 try:
     from triton.runtime import driver
 except ImportError:  # pragma: no cover - every supported Triton has it

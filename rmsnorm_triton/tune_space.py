@@ -15,8 +15,14 @@ import torch
 import triton
 
 from . import ops
-from .config import (INTERPRET, MAX_BLOCK_M, MAX_SINGLE_TILE_N, LaunchConfig, heuristic_config,
-                     table_key)
+from .config import (
+    INTERPRET,
+    MAX_BLOCK_M,
+    MAX_SINGLE_TILE_N,
+    LaunchConfig,
+    heuristic_config,
+    table_key,
+)
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .timing import eager_us, graph_us, n_sets, rmsnorm_bytes
 from .validate import check_inputs

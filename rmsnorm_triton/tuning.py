@@ -22,11 +22,27 @@ import torch
 import triton
 
 from . import ops
+from .config import (
+    LaunchConfig,
+    cache_dir,
+    cache_path,
+    device_name,
+    load_table,
+    row_bucket,
+    save_table,
+)
 from .launcher import CachedLauncher
-from .config import (LaunchConfig, cache_dir, cache_path, device_name, load_table, row_bucket,
-                     save_table)
-from .tune_space import (DTYPES, Case, Result, candidates, cfg_str, launch, make_inputs,
-                         short_error, tune_case)
+from .tune_space import (
+    DTYPES,
+    Case,
+    Result,
+    candidates,
+    cfg_str,
+    launch,
+    make_inputs,
+    short_error,
+    tune_case,
+)
 
 DEFAULT_SIZES = (1024, 2048, 4096, 5120, 7168, 8192, 16384, 32768, 65536, 131072, 262144)
 DEFAULT_PAIRS = ("bf16:bf16", "fp16:fp16", "bf16:fp32", "fp32:fp32")
