@@ -5,7 +5,14 @@ from .hf import patch_model
 from .loading import open_model
 from .module import GemmaRMSNorm, RMSNorm
 from .ops import fused_add_rms_norm, rms_norm
-from .parallel import BROADCAST_ID, BROADCAST_KV, BROADCAST_Q, BROADCAST_RS, BROADCAST_VC, TPContext
+from .parallel import (
+            BROADCAST_ID,
+            BROADCAST_KV,
+            BROADCAST_Q,
+            BROADCAST_RS,
+            BROADCAST_VC,
+            TPContext,
+)
 from .reference import rms_norm_reference
 
 __version__ = "0.1.0"

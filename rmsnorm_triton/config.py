@@ -40,6 +40,8 @@ LOOP_CHUNK_N = 8192
 # a program, 73%; 4 rows, 41%). Rows of 256 or fewer want twice that.
 MIN_TILE_ELEMS = 4096
 MAX_BLOCK_M = 64
+# The most elements one program's tile may hold (rows x columns); the tuner stays within it too.
+MAX_TILE_ELEMS = 1 << 16
 # Hidden sizes past this are refused: beyond every model we know of, and the looped path's
 # fp32 sum of squares over more terms would lose precision it does not need to.
 MAX_N = 1 << 24
@@ -101,7 +103,7 @@ def check_config(n_cols: int, cfg: LaunchConfig) -> None:
     compile: a table entry is data from disk, and a wrong one would leave output unwritten."""
     if not (_is_pow2(cfg.block_m) and _is_pow2(cfg.block_n) and cfg.num_warps in (1, 2, 4, 8,
             16, 32) and isinstance(cfg.splits, int) and 1 <= cfg.splits <= MAX_SPLITS
-            and isinstance(cfg.looped, bool) and cfg.block_m * cfg.block_n <= 1 << 16):
+            and isinstance(cfg.looped, bool) and cfg.block_m * cfg.block_n <= MAX_TILE_ELEMS):
         raise ValueError(f"not a launch config the kernels compile: {cfg}")
     covered = cfg.looped or cfg.block_n * cfg.splits >= n_cols
     if not covered or (cfg.splits > 1 and (cfg.looped or cfg.block_m != 1

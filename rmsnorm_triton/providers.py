@@ -92,7 +92,9 @@ def liger():
     except ImportError:
         from liger_kernel.ops import LigerRMSNormFunction as norm
     try:
-        from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction as fused
+        from liger_kernel.ops.fused_add_rms_norm import (
+            LigerFusedAddRMSNormFunction as fused,
+        )
     except ImportError:
         fused = None
 

@@ -19,6 +19,7 @@ from .config import (
     INTERPRET,
     MAX_BLOCK_M,
     MAX_SINGLE_TILE_N,
+    MAX_TILE_ELEMS,
     LaunchConfig,
     heuristic_config,
     table_key,
@@ -37,7 +38,6 @@ SLICES, SLICE_WARPS = (2048, 4096, 8192, 16384), (4, 8)
 SPLIT_MAX_BUCKET = 512
 # A single tile lives in registers: past 64K elements per program even 32 warps would hold more
 # than 64 fp32 values per thread.
-MAX_TILE_ELEMS = 65536
 # Packing more rows than this into a program only lengthens it; 16K elements already fill it.
 MULTI_ROW_TILE = 16384
 # Fp32 values per thread: below 4 a thread cannot issue a 16-byte load of 16-bit data (more
