@@ -42,21 +42,32 @@ def _load_h(
 
 
 @triton.jit
+def _load_cols(ptr, cols, col_mask, PRESENT: tl.constexpr):
+    """A weight or bias slice in its own dtype (converted where used), or 0 when absent.
+
+    Loaded once per tile and broadcast over its rows."""
+    if PRESENT:
+        return tl.load(ptr + cols, mask=col_mask, other=0.0)
+    else:
+        return 0.0
+
+
+@triton.jit
 def _normalize_store(
-    y_rows, w_ptr, b_ptr, cols, col_mask, mask, h, rstd,
+    y_rows, w, b, cols, mask, h, rstd,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACCUMULATE: tl.constexpr,
     WEIGHT_OFFSET: tl.constexpr,
 ):
-    """y = h * rstd * (w + WEIGHT_OFFSET) [+ b] [+ out], stored with one rounding."""
+    """y = h * rstd * (w + WEIGHT_OFFSET) [+ b] [+ out], stored with one rounding.
+
+    w and b come from _load_cols: the caller decides when they are fetched."""
     y = h * rstd
     if HAS_WEIGHT:
-        # Loaded once per tile and broadcast over its rows; the offset is added in fp32.
-        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        y = y * (w + WEIGHT_OFFSET)
+        y = y * (w.to(tl.float32) + WEIGHT_OFFSET)      # the offset is added in fp32
     elif WEIGHT_OFFSET != 0.0:
         y = y * (1.0 + WEIGHT_OFFSET)
     if HAS_BIAS:
-        y = y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        y = y + b.to(tl.float32)
     if ACCUMULATE:
         y = y + tl.load(y_rows + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_rows + cols, y.to(y_rows.dtype.element_ty), mask=mask)
@@ -81,6 +92,7 @@ def rmsnorm_fwd_kernel(
     BLOCK_M: tl.constexpr,        # rows per program: >1 only for short rows
     BLOCK_N: tl.constexpr,        # columns per tile: next_power_of_2(N), or the chunk when LOOPED
     LOOPED: tl.constexpr,
+    PRELOAD_W: tl.constexpr,      # fetch weight/bias before the reduction, not after it
 ):
     # int64 row offsets: M * stride can pass 2**31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -94,9 +106,17 @@ def rmsnorm_fwd_kernel(
     if not LOOPED:
         col_mask = cols < n_cols
         mask = row_mask & col_mask
+        if PRELOAD_W:
+            # In flight together with x: when the weight is not in L2 (a decode step), its
+            # DRAM latency is not paid a second time after the reduction.
+            w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
+            b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
         h = _load_h(x_rows, r_rows, cols, mask, HAS_RESIDUAL, True, CLAMP_FP16)
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
-        _normalize_store(y_rows, w_ptr, b_ptr, cols, col_mask, mask, h, rstd,
+        if not PRELOAD_W:
+            w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
+            b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
+        _normalize_store(y_rows, w, b, cols, mask, h, rstd,
                          HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -115,8 +135,9 @@ def rmsnorm_fwd_kernel(
             else:
                 h = _load_h(x_rows + start, r_rows + start, cols, mask,
                             False, False, CLAMP_FP16)
-            _normalize_store(y_rows + start, w_ptr + start, b_ptr + start, cols, col_mask, mask,
-                             h, rstd,
+            w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT)
+            b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS)
+            _normalize_store(y_rows + start, w, b, cols, mask, h, rstd,
                              HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
 
 
@@ -156,6 +177,8 @@ def rmsnorm_fwd_split_kernel(
     slots = tl.arange(0, SPLITS_P2)
     slot_ptrs = part_ptr + row * SPLITS + slots
     slot_mask = slots < SPLITS
+    # Polled with atomics. Measured against it on an H100 (bench/RESULTS.md): volatile-load
+    # polls were 2-3% slower, and a nanosleep back-off between polls changed nothing.
     parts = tl.atomic_add(slot_ptrs, 0.0, mask=slot_mask, sem="acquire")
     waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
     while waiting > 0:
@@ -164,5 +187,9 @@ def rmsnorm_fwd_split_kernel(
     # Every program of the row adds the same partials in the same order: one rstd, bit for bit.
     total = tl.sum(tl.where(slot_mask, parts, 0.0), axis=0)
     rstd = tl.rsqrt(total * (1.0 / n_cols) + eps)
-    _normalize_store(y_rows, w_ptr + start, b_ptr + start, cols, col_mask, col_mask, h, rstd,
+    # Fetched after the wait: fetched before it, the extra registers lowered occupancy and
+    # cost 4-7% at N = 65536-262144 (bench/ab_preload.py).
+    w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT)
+    b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS)
+    _normalize_store(y_rows, w, b, cols, col_mask, h, rstd,
                      HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)

@@ -94,6 +94,18 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int,
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 
 
+def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
+    """Whether a single-tile program fetches weight and bias before the row reduction.
+
+    Early, their load overlaps x's; late, it costs a second memory latency once the sum is
+    known, which shows when they are not in L2. bench/ab_preload.py on an H100: early wins at
+    decode sizes (1 x 8192: 1.92 against 2.10 us in a graph, 4.8 against 6.4 us eager; 64 x
+    8192: 2.94 against 3.50 us) and up to 256 rows, and at N >= 8192 (1024 x 8192: 4%); late
+    wins at 1024 x 4096 (9%, graph); large shapes are level (16384 x 8192: 97.9 / 97.5%).
+    The split-row kernel always fetches late (a comment there says why)."""
+    return cfg.splits == 1 and not cfg.looped and (n_rows <= 256 or cfg.block_n >= 8192)
+
+
 def _is_pow2(n) -> bool:
     return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
 
@@ -147,8 +159,19 @@ def save_table(path: Path, gpu_name: str, configs: dict[str, LaunchConfig]) -> N
     data = {"version": CACHE_VERSION, "gpu": gpu_name, "triton": triton.__version__,
             "configs": {k: asdict(v) for k, v in sorted(configs.items())}}
     write_text_atomic(path, json.dumps(data, indent=1))
+    clear_caches()
+
+
+# Called by clear_caches: memos built on pick_config's answers (plans.py) register here.
+_cache_listeners: list = []
+
+
+def clear_caches() -> None:
+    """Forget memoized tables and configs, e.g. after a new tuned table was written."""
     tuned_table.cache_clear()
     pick_config.cache_clear()
+    for listener in _cache_listeners:
+        listener()
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,7 +12,8 @@ import torch
 
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel, rmsnorm_fwd_split_kernel
 
-from .config import INTERPRET, LaunchConfig, next_pow2, pick_config, row_bucket
+from .config import INTERPRET, LaunchConfig, next_pow2, pick_config, preload_weight, row_bucket
+from . import plans
 from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .validate import Prepared, check_inputs
@@ -39,30 +40,44 @@ def _use_reference(x, *tensors) -> bool:
 
 
 def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
-            cfg: Optional[LaunchConfig] = None):
-    """Run the kernel on prepared views; `cfg` overrides pick_config (the tuner passes one)."""
+            cfg: Optional[LaunchConfig] = None, plan_key=None, operands=None):
+    """Run the kernel on prepared views; `cfg` overrides pick_config (the tuner passes one).
+
+    With a `plan_key` (and the caller's (x, weight, bias) as `operands`), the launch is
+    remembered so that the next call with that signature skips straight to it (plans.py).
+    """
     x, res, out, weight, bias = p.x, p.residual, p.out, p.weight, p.bias
     n_rows, n_cols = x.shape
+    dev = out.device          # x's device, or a peer's that reads x (tensor parallelism)
+    dev_index = dev.index if dev.type == "cuda" else -1
+    if cfg is None:
+        cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
+                          dev_index)
+    scalars = (n_rows, n_cols, x.stride(0), 0 if res is None else res.stride(0),
+               out.stride(0), float(eps))
+    flags = (("HAS_WEIGHT", weight is not None), ("HAS_BIAS", bias is not None),
+             ("HAS_RESIDUAL", res is not None), ("ACCUMULATE", bool(accumulate)),
+             ("CLAMP_FP16", bool(clamp_fp16_input) and x.dtype == torch.float16),
+             ("WEIGHT_OFFSET", float(weight_offset)), ("BLOCK_N", cfg.block_n))
+    if cfg.splits > 1:
+        launcher, grid = _launch_split, n_rows * cfg.splits
+        flags += (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits)))
+    else:
+        launcher, grid = _launch_rows, -(-n_rows // cfg.block_m)
+        flags += (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped),
+                  ("PRELOAD_W", preload_weight(cfg, n_rows)))
     if n_rows > 0:
-        dev = out.device          # x's device, or a peer's that reads x (tensor parallelism)
-        dev_index = dev.index if dev.type == "cuda" else -1
-        if cfg is None:
-            cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
-                              dev_index)
         args = (x, x if res is None else res, x if weight is None else weight,
                 x if bias is None else bias, out)
-        scalars = (n_rows, n_cols, x.stride(0), 0 if res is None else res.stride(0),
-                   out.stride(0), float(eps))
-        flags = (("HAS_WEIGHT", weight is not None), ("HAS_BIAS", bias is not None),
-                 ("HAS_RESIDUAL", res is not None), ("ACCUMULATE", bool(accumulate)),
-                 ("CLAMP_FP16", bool(clamp_fp16_input) and x.dtype == torch.float16),
-                 ("WEIGHT_OFFSET", float(weight_offset)), ("BLOCK_N", cfg.block_n))
         # Triton launches on the current device: follow the output (tensor parallelism).
         if dev.type == "cuda" and dev_index != torch.cuda.current_device():
             with torch.cuda.device(dev):
-                _run_kernel(cfg, dev_index, args, scalars, flags)
+                _run_kernel(launcher, grid, cfg, dev_index, args, scalars, flags)
         else:
-            _run_kernel(cfg, dev_index, args, scalars, flags)
+            _run_kernel(launcher, grid, cfg, dev_index, args, scalars, flags)
+    if plan_key is not None:
+        plans.remember(plan_key, p, *operands, launcher, grid, scalars, flags, cfg.num_warps,
+                       cfg.splits > 1)
     if p.residual_user is not None:
         p.residual_user.copy_(res.view(p.shape))
     if p.out_user is not None:
@@ -75,19 +90,14 @@ _launch_rows = CachedLauncher(rmsnorm_fwd_kernel, enabled=not INTERPRET)
 _launch_split = CachedLauncher(rmsnorm_fwd_split_kernel, enabled=not INTERPRET)
 
 
-def _run_kernel(cfg: LaunchConfig, dev_index: int, args, scalars, flags):
-    n_rows = scalars[0]
+def _run_kernel(launcher, grid, cfg: LaunchConfig, dev_index: int, args, scalars, flags):
     if cfg.splits > 1:
         # Allocated per call (stream-ordered by the caching allocator), so concurrent streams
         # never share one; -1 marks a partial sum not yet published.
-        parts = torch.full((n_rows, cfg.splits), -1.0, dtype=torch.float32,
+        parts = torch.full((scalars[0], cfg.splits), -1.0, dtype=torch.float32,
                            device=args[4].device)
-        _launch_split(n_rows * cfg.splits, dev_index, (*args, parts, *scalars),
-                      flags + (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits))),
-                      cfg.num_warps)
-    else:
-        _launch_rows(-(-n_rows // cfg.block_m), dev_index, (*args, *scalars),
-                     flags + (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped)), cfg.num_warps)
+        args += (parts,)
+    launcher(grid, dev_index, (*args, *scalars), flags, cfg.num_warps)
 
 
 def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
@@ -98,7 +108,10 @@ def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumula
                                   clamp_fp16_input=clamp_fp16_input)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
                      weight_offset=weight_offset, accumulate=accumulate)
-    y = _launch(p, eps, weight_offset, accumulate, clamp_fp16_input)
+    key = None if out is not None or accumulate else plans.norm_key(
+        x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
+    y = _launch(p, eps, weight_offset, accumulate, clamp_fp16_input, plan_key=key,
+                operands=(x, weight, bias))
     return y if out is None else out
 
 
@@ -109,7 +122,9 @@ def _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, ou
                                             out=out)[0]
     p = check_inputs(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype,
                      eps=eps, weight_offset=weight_offset, fused=True)
-    y = _launch(p, eps, weight_offset, False, False)
+    key = None if out is not None else plans.fused_key(x, residual, weight, bias, eps,
+                                                        weight_offset, out_dtype)
+    y = _launch(p, eps, weight_offset, False, False, plan_key=key, operands=(x, weight, bias))
     return y if out is None else out
 
 
@@ -175,12 +190,20 @@ def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtyp
     (which may be x itself) or a new tensor of `out_dtype` (default x.dtype). With
     accumulate=True, out += y (rounded once). clamp_fp16_input clamps fp16 x to +-65504 first.
     """
-    if torch.compiler.is_compiling() and not _needs_grad(x, weight, bias):
-        eps, weight_offset = float(eps), float(weight_offset)
-        if out is None:
-            return _rms_norm_op(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
-        _rms_norm_out_op(x, weight, bias, out, eps, weight_offset, accumulate, clamp_fp16_input)
-        return out
+    if torch.compiler.is_compiling():
+        if not _needs_grad(x, weight, bias):
+            eps, weight_offset = float(eps), float(weight_offset)
+            if out is None:
+                return _rms_norm_op(x, weight, bias, eps, weight_offset, out_dtype,
+                                    clamp_fp16_input)
+            _rms_norm_out_op(x, weight, bias, out, eps, weight_offset, accumulate,
+                             clamp_fp16_input)
+            return out
+    elif out is None:
+        plan = plans.lookup(plans.norm_key(x, weight, bias, eps, weight_offset, out_dtype,
+                                           clamp_fp16_input))
+        if plan is not None and plan.usable() and plans.grad_free(x, weight, bias):
+            return plan.norm(x, weight, bias)
     return _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
                           clamp_fp16_input)
 
@@ -191,10 +214,20 @@ def fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, bias=None, weight_
 
     Equals the unfused two steps bit for bit; residual may be fp32 under fp16/bf16 x.
     """
-    if torch.compiler.is_compiling() and not _needs_grad(x, residual, weight, bias):
-        eps, weight_offset = float(eps), float(weight_offset)
-        if out is None:
-            return _fused_add_op(x, residual, weight, bias, eps, weight_offset, out_dtype), residual
-        _fused_add_out_op(x, residual, weight, bias, out, eps, weight_offset)
-        return out, residual
+    if torch.compiler.is_compiling():
+        if not _needs_grad(x, residual, weight, bias):
+            eps, weight_offset = float(eps), float(weight_offset)
+            if out is None:
+                return (_fused_add_op(x, residual, weight, bias, eps, weight_offset, out_dtype),
+                        residual)
+            _fused_add_out_op(x, residual, weight, bias, out, eps, weight_offset)
+            return out, residual
+    elif out is None:
+        plan = plans.lookup(plans.fused_key(x, residual, weight, bias, eps, weight_offset,
+                                            out_dtype))
+        if plan is not None and plan.usable() and plans.grad_free(x, weight, bias) \
+                and not residual.requires_grad:
+            y = plan.fused_add(x, residual, weight, bias)
+            if y is not None:
+                return y, residual
     return _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out), residual

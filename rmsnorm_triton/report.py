@@ -61,11 +61,10 @@ def targets(rows, empty) -> list[str]:
                    f"max {max(ratios):.2f}x)")
     else:
         out.append("  n/a   geometric mean >= 1.25x torch.compile: no torch.compile rows")
-    host = [r for r in decode if r.mode == "host"]
-    if host:
-        out.append(f"  info  decode host loop: ours {min(r.us for r in host):.1f}.."
-                   f"{max(r.us for r in host):.1f} us per call; empty Triton kernel "
-                   f"{empty['host']:.1f} us")
+    host_floor = empty["host"]
+    verdict(f"decode (M <= 64) host loop <= 1.25 x empty Triton launch ({host_floor:.1f} us)",
+            [r for r in decode if r.mode == "host"], lambda r: r.us <= 1.25 * host_floor,
+            lambda r: -r.us, lambda r: f"{r.us:.1f} us = {r.us / host_floor:.2f}x")
     return out
 
 

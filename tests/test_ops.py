@@ -281,3 +281,20 @@ def test_reference_path_names_a_missing_residual():
     from rmsnorm_triton.reference import fused_add_rms_norm_reference
     with pytest.raises(TypeError, match="residual must be a torch.Tensor"):
         fused_add_rms_norm_reference(torch.randn(2, 8), None)
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["weight-early", "weight-late"])
+def test_weight_fetch_order_does_not_change_results(device, monkeypatch, preload):
+    """config.preload_weight only moves the weight/bias loads: same bits either way."""
+    from rmsnorm_triton import ops, plans
+    M, N = 9, 1000
+    x, w, b = rand_x((M, N), BF16, device), rand_w(N, FP32, device), rand_w(N, BF16, device)
+    want = rt.rms_norm(x, w, bias=b, weight_offset=1.0)
+    monkeypatch.setattr(ops, "preload_weight", lambda cfg, n_rows: preload)
+    plans.clear()
+    buf, out = poisoned(M, N, BF16, device)
+    rt.rms_norm(x, w, bias=b, weight_offset=1.0, out=out)
+    assert_guard_intact(buf, N)
+    assert_close(out, rmsnorm_ref(x, w, weight_offset=1.0, bias=b))
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    plans.clear()

@@ -21,11 +21,9 @@ FP32, BF16 = torch.float32, torch.bfloat16
 def cache(tmp_path, monkeypatch):
     """An empty cache directory, and no memoized table or pick from another test."""
     monkeypatch.setenv("RMSNORM_TRITON_CACHE", str(tmp_path))
-    config.tuned_table.cache_clear()
-    config.pick_config.cache_clear()
+    config.clear_caches()
     yield tmp_path
-    config.tuned_table.cache_clear()
-    config.pick_config.cache_clear()
+    config.clear_caches()
 
 
 def _table(n: int, tag: int) -> dict:

@@ -1,0 +1,190 @@
+"""Launch plans: a repeat call skips validation and launch decisions.
+
+A call's *signature* is everything `check_args` and `pick_config` look at apart from data
+pointers: shapes, strides, dtypes, devices, flags and scalar arguments. The first call with a
+signature takes the full path (validate, build row views, pick a config, launch) and leaves a
+`Plan`; a later call with the same signature allocates its output and launches. On a slow host
+that is the difference between ~40 us and ~15 us a decode-sized call.
+
+Only the common forms get plans: a new output (no `out=`), tensors the kernel addresses as they
+are (no staging copy), one program per row group (not the split-row kernel), no gradients, the
+current device. Everything else takes the full path on every call. What depends on data
+pointers is checked per call: 16-byte alignment (Triton specializes on it) and, for the fused
+add, that the residual it writes overlaps no tensor it reads.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import config
+from .launcher import CachedLauncher, Runner
+from .validate import Prepared
+
+_MAX_PLANS = 4096
+_plans: dict = {}
+_current_device = getattr(torch._C, "_cuda_getDevice", None)
+_set_device = getattr(torch._C, "_cuda_setDevice", None)
+# What Triton's driver reads for the launch stream (torch's current raw stream).
+_current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _operand_key(t):
+    return None if t is None else (t.shape, t.dtype, t.device, t.is_contiguous())
+
+
+def norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
+    """The signature of rms_norm(x, weight, eps, ...) with out=None, or None (no plan)."""
+    try:
+        # Classes too: eps=True must not share the plan of eps=1 (bool is refused).
+        # x.stride() only where x is not contiguous: it costs more than the test.
+        return (x.shape, x.is_contiguous() or x.stride(), x.dtype, x.device,
+                None if weight is None else (weight.shape, weight.dtype, weight.device,
+                                             weight.is_contiguous()),
+                None if bias is None else _operand_key(bias), eps, eps.__class__,
+                weight_offset, weight_offset.__class__,
+                out_dtype, clamp_fp16_input)
+    except AttributeError:          # not a tensor: the full path names the argument
+        return None
+
+
+def fused_key(x, residual, weight, bias, eps, weight_offset, out_dtype):
+    """The signature of fused_add_rms_norm(x, residual, weight, eps, ...) with out=None."""
+    try:
+        return (x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(),
+                residual.dtype, residual.device, _operand_key(weight), _operand_key(bias),
+                eps, eps.__class__, weight_offset, weight_offset.__class__, out_dtype)
+    except AttributeError:
+        return None
+
+
+def grad_free(x, weight, bias) -> bool:
+    """No autograd to record (the kernels are forward-only); cheap for tensors already keyed."""
+    return not torch.is_grad_enabled() or not (
+        x.requires_grad or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad))
+
+
+def lookup(key) -> Optional["Plan"]:
+    if key is None:
+        return None
+    try:
+        return _plans.get(key)
+    except TypeError:               # an unhashable argument: the full path reports it
+        return None
+
+
+def _extent(t: Optional[torch.Tensor]) -> int:
+    """Bytes from t's first element to one past its last."""
+    if t is None or t.numel() == 0:
+        return 0
+    return (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
+class Plan:
+    """One signature's launch: output allocation, grid, and the arguments that never change."""
+    __slots__ = ("out_shape", "out_dtype", "device", "dev_index", "grid", "scalars", "launcher",
+                 "constexprs", "num_warps", "runner", "extents", "like_x")
+
+    def __init__(self, p: Prepared, launcher: CachedLauncher, grid: int, scalars: tuple,
+                 constexprs: tuple, num_warps: int):
+        self.out_shape, self.out_dtype, self.device = p.shape, p.out.dtype, p.out.device
+        # empty_like costs ~2 us less than torch.empty on a slow host; it keeps x's layout,
+        # which is the contiguous one the kernel writes only when x is contiguous itself.
+        self.like_x = p.x.is_contiguous() and p.x.device == p.out.device
+        self.dev_index = self.device.index if self.device.type == "cuda" else -1
+        self.grid, self.scalars, self.launcher = grid, scalars, launcher
+        self.constexprs, self.num_warps = constexprs, num_warps
+        self.runner: Optional[Runner] = None
+        # residual, x, weight, bias: the fused add checks per call that the first overlaps none
+        # of the others (data pointers are not part of the signature).
+        self.extents = tuple(_extent(t) for t in (p.residual, p.x, p.weight, p.bias))
+
+    def launch(self, x, residual, weight, bias, out) -> None:
+        if self.grid == 0:
+            return
+        xp, op = x.data_ptr(), out.data_ptr()
+        rp = xp if residual is None else residual.data_ptr()
+        wp = xp if weight is None else weight.data_ptr()
+        bp = xp if bias is None else bias.data_ptr()
+        runner, launcher = self.runner, self.launcher
+        args = (x, x if residual is None else residual, x if weight is None else weight,
+                x if bias is None else bias, out, *self.scalars)
+        # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel.
+        if runner is not None and not (xp | rp | wp | bp | op) & 15 and launcher.enabled:
+            try:
+                runner(self.grid, _current_stream(self.dev_index),
+                       # ints only where the key put every tensor on this plan's GPU
+                       (xp, rp, wp, bp, op, *self.scalars) if runner.int_pointers else args)
+                return
+            except (AttributeError, TypeError):
+                # An incompatible Triton: this call and every later one take its own path.
+                launcher.enabled = False
+        launcher(self.grid, self.dev_index, args, self.constexprs, self.num_warps)
+        if runner is None and not (xp | rp | wp | bp | op) & 15:
+            self.runner = launcher.runner(self.dev_index, args, self.constexprs,
+                                          self.num_warps)
+
+    def usable(self) -> bool:
+        """Triton launches on the current device: a plan made for another one steps aside."""
+        return self.dev_index < 0 or _current_device() == self.dev_index
+
+    def _new_out(self, x):
+        if self.like_x:
+            return torch.empty_like(x, dtype=self.out_dtype)
+        return torch.empty(self.out_shape, dtype=self.out_dtype, device=self.device)
+
+    def norm(self, x, weight, bias):
+        out = self._new_out(x)
+        self.launch(x, None, weight, bias, out)
+        return out
+
+    def norm_on_device(self, x, weight, bias):
+        """norm() for a plan whose GPU need not be current: a peer reading x (parallel.py)."""
+        prev = _current_device()
+        if prev == self.dev_index:
+            return self.norm(x, weight, bias)
+        _set_device(self.dev_index)
+        try:
+            return self.norm(x, weight, bias)
+        finally:
+            _set_device(prev)
+
+    def fused_add(self, x, residual, weight, bias):
+        """None when residual overlaps what the kernel reads (the full path says how)."""
+        r0 = residual.data_ptr()
+        r1 = r0 + self.extents[0]
+        for t, size in zip((x, weight, bias), self.extents[1:]):
+            if t is not None and size:
+                t0 = t.data_ptr()
+                if t0 < r1 and r0 < t0 + size:
+                    return None
+        out = self._new_out(x)
+        self.launch(x, residual, weight, bias, out)
+        return out
+
+
+def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: int,
+             scalars: tuple, constexprs: tuple, num_warps: int, split: bool) -> None:
+    """Store a plan for `key` if this call's form allows one (see the module docstring)."""
+    if key is None or split or p.out_user is not None or p.residual_user is not None:
+        return
+    if p.x.data_ptr() != x.data_ptr() or p.weight is not weight or p.bias is not bias:
+        return                      # a staging copy was made: the plan would skip it
+    if not p.out.is_contiguous():
+        return
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    try:
+        _plans[key] = Plan(p, launcher, grid, scalars, constexprs, num_warps)
+    except TypeError:
+        pass
+
+
+def clear() -> None:
+    _plans.clear()
+
+
+config._cache_listeners.append(clear)    # a new tuned table changes the configs plans hold
+

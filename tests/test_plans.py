@@ -1,0 +1,139 @@
+"""Repeat calls take a memoized launch plan (plans.py): same answers and same errors as the
+full path, whatever changed between calls that the plan's signature does not cover."""
+import pytest
+import torch
+
+import rmsnorm_triton as rt
+from rmsnorm_triton import config, plans
+from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
+
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+
+
+@pytest.fixture(autouse=True)
+def _no_plans():
+    plans.clear()
+    yield
+    plans.clear()
+
+
+def _poison_allocator(shape, dtype, device):
+    """Leave a NaN-filled block behind, which the next allocation of that size tends to reuse,
+    so an output the kernel forgot to write shows up as NaN."""
+    junk = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    del junk
+
+
+def test_repeat_calls_take_one_plan_and_match_the_oracle(device):
+    M, N = 6, 320
+    w = rand_w(N, BF16, device)
+    rt.rms_norm(rand_x((2, 3, N), BF16, device), w, 1e-5)
+    assert len(plans._plans) == 1
+    flat = rand_x((M * N + 8,), BF16, device)
+    # Fresh data, then a view 2 bytes off 16-byte alignment (another Triton specialization).
+    for x in (rand_x((2, 3, N), BF16, device), flat[1:1 + M * N].view(2, 3, N),
+              rand_x((2, 3, N), BF16, device)):
+        _poison_allocator((2, 3, N), BF16, device)
+        y = rt.rms_norm(x, w, 1e-5)
+        assert y.shape == x.shape and y.dtype == BF16
+        assert_close(y, rmsnorm_ref(x, w, 1e-5))
+    assert len(plans._plans) == 1
+
+
+def test_a_plan_covers_row_strided_views_and_other_out_dtypes(device):
+    N = 256
+    big = rand_x((5, 2 * N), FP16, device)
+    w = rand_w(N, FP32, device)
+    for _ in range(3):
+        x = big[:, :N]                      # rows 2N apart: read in place, no copy
+        _poison_allocator((5, N), FP32, device)
+        y = rt.rms_norm(x, w, out_dtype=FP32)
+        assert y.dtype == FP32 and y.is_contiguous()
+        assert_close(y, rmsnorm_ref(x, w))
+        big = rand_x((5, 2 * N), FP16, device)
+    assert len(plans._plans) == 1
+
+
+def test_inputs_that_need_a_copy_get_no_plan(device):
+    N = 128
+    w = rand_w(N, BF16, device)
+    for _ in range(2):
+        x = rand_x((N, 4), BF16, device).t()        # columns not contiguous: staged
+        assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+        w_strided = rand_w(2 * N, BF16, device)[::2]  # weight copied to unit stride
+        xc = rand_x((4, N), BF16, device)
+        assert_close(rt.rms_norm(xc, w_strided), rmsnorm_ref(xc, w_strided))
+    assert len(plans._plans) == 0
+
+
+def test_a_non_contiguous_weight_of_the_same_shape_is_not_read_as_contiguous(device):
+    N = 192
+    x = rand_x((3, N), BF16, device)
+    rt.rms_norm(x, rand_w(N, BF16, device))
+    w_strided = rand_w(2 * N, BF16, device)[::2]
+    assert_close(rt.rms_norm(x, w_strided), rmsnorm_ref(x, w_strided))
+
+
+def test_a_plan_does_not_accept_what_the_full_path_refuses(device):
+    x, w = rand_x((2, 64), BF16, device), rand_w(64, BF16, device)
+    rt.rms_norm(x, w, 1)                 # an int eps is a number: accepted, planned
+    with pytest.raises(TypeError, match="eps must be a float"):
+        rt.rms_norm(x, w, True)          # hashes like 1, but a bool is refused
+    rt.rms_norm(x, w, weight_offset=0)
+    with pytest.raises(TypeError, match="weight_offset must be a float"):
+        rt.rms_norm(x, w, weight_offset=False)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        rt.rms_norm(x, rand_w(65, BF16, device))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        rt.rms_norm(x.tolist(), w)
+
+
+def test_gradients_leave_the_plan(device):
+    x, w = rand_x((2, 64), FP32, device), rand_w(64, FP32, device)
+    rt.rms_norm(x, w)
+    xg = x.clone().requires_grad_()
+    y = rt.rms_norm(xg, w)
+    assert y.grad_fn is not None
+    y.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_fused_add_plan_matches_the_oracle_and_updates_the_residual(device):
+    M, N = 5, 384
+    w = rand_w(N, BF16, device)
+    for _ in range(3):
+        x, res = rand_x((M, N), BF16, device), rand_x((M, N), FP32, device)
+        want_res = (x.float() + res).to(FP32)
+        _poison_allocator((M, N), BF16, device)
+        y, r = rt.fused_add_rms_norm(x, res, w)
+        assert r is res
+        torch.testing.assert_close(res, want_res, rtol=0, atol=0)
+        assert_close(y, rmsnorm_ref(want_res, w))
+    assert len(plans._plans) == 1
+
+
+def test_fused_add_plan_checks_overlap_on_every_call(device):
+    M, N = 4, 128
+    w = rand_w(N, BF16, device)
+    buf = rand_x((2 * M * N,), BF16, device)
+    rt.fused_add_rms_norm(buf[:M * N].view(M, N), buf[M * N:].view(M, N), w)
+    assert len(plans._plans) == 1
+    with pytest.raises(ValueError, match="residual overlaps x"):
+        rt.fused_add_rms_norm(buf[:M * N].view(M, N), buf[N:N + M * N].view(M, N), w)
+    with pytest.raises(ValueError, match="residual overlaps weight"):
+        rt.fused_add_rms_norm(buf[:M * N].view(M, N), buf[M * N:].view(M, N),
+                              buf[M * N:M * N + N])
+    # The same view as x is allowed (residual = 2x): the plan steps aside for the full path.
+    x = rand_x((M, N), BF16, device)
+    want = (x.float() * 2).to(BF16)
+    y, r = rt.fused_add_rms_norm(x, x, w)
+    torch.testing.assert_close(r, want, rtol=0, atol=0)
+    assert_close(y, rmsnorm_ref(want, w))
+
+
+def test_a_new_tuned_table_drops_the_plans(device):
+    x, w = rand_x((2, 64), BF16, device), rand_w(64, BF16, device)
+    rt.rms_norm(x, w)
+    assert len(plans._plans) == 1
+    config.clear_caches()
+    assert len(plans._plans) == 0
