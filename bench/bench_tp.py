@@ -5,14 +5,16 @@
 
 Providers (bf16, N=8192 by default; x on cuda:0; each GPU has its own weight replica):
   tp_copy     forward_tp(fused=False): P2P copies on side streams, norms on the TP streams
-  tp_fused    forward_tp(fused=True): every GPU's kernel reads x over NVLink, no copy
+  tp_fused    forward_tp(fused=True): every GPU's kernel reads x over NVLink (no copy), on its
+              current stream
   tp_staged   forward_tp on TPContext(use_p2p=False): through pinned host memory (exllamav2's way)
   loop_naive  for each GPU: rms_norm(x.to(gpu)) on the current streams, no TPContext
   one_p2p     one P2P copy to cuda:1 and one norm there: the floor for a single peer
   nccl        one process per GPU: dist.broadcast from rank 0, then rms_norm on every rank
 Columns: median_us = do_bench median of device time (L2 flushed before each call, which also
-hides host launch time); wall_us = host-inclusive time per call over back-to-back calls, the
-number that matters at decode sizes. Every call ends with cuda:0 waiting for all GPUs. Graph
+hides host launch time); wall_us = host-inclusive time per call over back-to-back calls and one
+sync of every GPU at the end, the number that matters at decode sizes. For median_us every
+call ends with cuda:0 waiting for all GPUs (events on cuda:0 time it). Graph
 mode captures one call across all GPUs (outputs preallocated) and replays it. Each result is
 checked bit for bit against rms_norm of the same data on the same GPU ("check" column).
 """
@@ -120,7 +122,8 @@ class Case:
 
 def providers(devs, args):
     """name -> (eager call, graph call or a reason it has none, devices its check covers)."""
-    contexts = {"tp_copy": TPContext(devs), "tp_staged": TPContext(devs, use_p2p=False)}
+    contexts = {"tp_copy": TPContext(devs, fused=False),
+                "tp_staged": TPContext(devs, use_p2p=False)}
     peers = all(contexts["tp_copy"].can_read(a, b) for a in devs for b in devs)
     if peers:
         contexts["tp_fused"] = TPContext(devs, fused=True)
@@ -182,16 +185,20 @@ def measure(case, name, call, mode, part, args):
             sync_all(devs)                   # graph nodes on other GPUs ignore their streams
             graph.replay()
             got, fn = captured[0], graph.replay
+            loop = fn
         else:
             got = call(case)
             def fn():
                 call(case)
                 join_on_first(devs)
+
+            def loop():
+                call(case)
         sync_all(devs)
         row["check"] = case.check(got, part)
         med, p20, p80 = device_us(fn)
         row.update(median_us=round(med, 2), p20_us=round(p20, 2), p80_us=round(p80, 2),
-                   wall_us=round(wall_us(fn, devs), 2))
+                   wall_us=round(wall_us(loop, devs), 2))
     except Exception as e:                   # a provider that cannot run here is reported
         row.update(check="n/a", note=_short(e))
     return row

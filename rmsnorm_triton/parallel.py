@@ -16,6 +16,7 @@ import threading
 import torch
 import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch itself)
 
+from . import plans
 from .ops import _launch, rms_norm
 from .validate import as_rows, check_inputs
 
@@ -74,6 +75,8 @@ class TPContext:
         for bt, devs in (splits or {}).items():
             self._splits[self._check_type(bt)] = self._check_split(bt, devs)
         self._lock = threading.Lock()   # guards lazy side streams and the pinned buffer
+        self._local = threading.local()  # per thread: one reusable readiness event per GPU
+        self._stream_objs = {}
         self._streams, self._side, self._peer = {}, {}, {}
         self._pinned, self._pinned_busy = None, []
         if self.is_cuda:
@@ -151,6 +154,30 @@ class TPContext:
         """
         devices = self.devices_for(broadcast_type)
         return self._replicate(x, devices, norm_streams=False, peer_read=False, out=out)
+
+    # -- cheap stream and event handles (a decode-sized call is all host time) --------------------
+    def _current_stream(self, device_index: int):
+        """torch.cuda.current_stream(i), minus the ~3 us of building a Stream object each call:
+        the objects are kept by the (id, device, type) triple that fully describes one."""
+        data = torch._C._cuda_getCurrentStream(device_index)
+        stream = self._stream_objs.get(data)
+        if stream is None:
+            if len(self._stream_objs) > 1024:
+                self._stream_objs.clear()
+            stream = self._stream_objs[data] = torch.cuda.Stream(
+                stream_id=data[0], device_index=data[1], device_type=data[2])
+        return stream
+
+    def _ready_event(self, device_index: int):
+        """This thread's event for "x is ready" on a device. Re-recording it is safe: a wait
+        already queued keeps the record it was queued after."""
+        events = getattr(self._local, "events", None)
+        if events is None:
+            events = self._local.events = {}
+        event = events.get(device_index)
+        if event is None:
+            event = events[device_index] = torch.cuda.Event()
+        return event
 
     # -- replication ---------------------------------------------------------------------------
     def _side_stream(self, device_index, lane):
@@ -338,11 +365,45 @@ def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, cl
     """rms_norm's kernel launched on `dev`, reading x on a peer GPU: no copy of x is made.
 
     The same launcher and launch config run as for a local rms_norm, so the results are
-    bit-identical to one.
+    bit-identical to one. Repeat calls take a plan, as rms_norm's do.
     """
+    key = None
+    if out is None:
+        key = plans.norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
+        key = None if key is None else ("peer", dev, key)
+        plan = plans.lookup(key)
+        if plan is not None:
+            return plan.norm_on_device(x, weight, bias)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
                      weight_offset=weight_offset, device=dev)
-    return _launch(p, eps, weight_offset, False, clamp_fp16_input)
+    return _launch(p, eps, weight_offset, False, clamp_fp16_input, plan_key=key,
+                   operands=(x, weight, bias))
+
+
+def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, weight_offset,
+                         clamp_fp16_input):
+    """The fused path with new outputs: every device's kernel reads x where it lives (over
+    peer access from other GPUs), on that device's *current* stream, once x's producer is
+    done. One event and one wait per peer replace the TP-stream protocol's four stream
+    switches and events per device: a decode-sized call is all host time."""
+    n = len(devices)
+    ws, bs = _per_device(weights, n, "weights"), _per_device(biases, n, "biases")
+    kw = dict(out_dtype=out_dtype, weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input)
+    src = x.device.index
+    ready = None
+    results = []
+    for dev, w, b in zip(devices, ws, bs):
+        if dev.index == src:
+            results.append(rms_norm(x, w, eps, bias=b, **kw))
+            continue
+        if ready is None:
+            ready = ctx._ready_event(src)
+            ready.record(ctx._current_stream(src))
+        stream = ctx._current_stream(dev.index)
+        stream.wait_event(ready)
+        x.record_stream(stream)
+        results.append(_norm_from_peer(x, dev, w, b, None, eps, **kw))
+    return results
 
 
 def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_offset,
@@ -417,5 +478,10 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
     peer_read = _resolve_fused(ctx, fused, x, devices)
     if peer_read and x.dim() > 0 and as_rows(x, x.shape[-1], writable=False) is None:
         x = x.contiguous()       # on the producer's stream, so the readiness event covers it
+    if peer_read and out is None and all(d == x.device or ctx.can_read(d, x.device)
+                                         for d in devices):
+        return _norm_reading_source(ctx, x, devices, weights, biases, eps, out_dtype=out_dtype,
+                                    weight_offset=weight_offset,
+                                    clamp_fp16_input=clamp_fp16_input)
     inputs = ctx._replicate(x, devices, norm_streams=True, peer_read=peer_read)
     return _norm_all(ctx, inputs, devices, weights, biases, eps, **kw)
