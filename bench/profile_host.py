@@ -22,7 +22,7 @@ def _empty(x_ptr):
 
 def _us(fn):
     """Wall time per call of back-to-back calls, host overhead included."""
-    return host_us([fn], n=2000)
+    return host_us([fn], n=500)
 
 
 def main():

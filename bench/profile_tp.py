@@ -15,7 +15,7 @@ from rmsnorm_triton.parallel import forward_tp
 
 def _us(fn):
     """Wall time per call of back-to-back calls, host overhead included."""
-    return host_us([fn], n=2000)
+    return host_us([fn], n=500)
 
 
 def main():

@@ -5,6 +5,9 @@ Stream protocol (no host synchronization anywhere):
   on side streams of the source device once an event recorded there has fired.
 - Each device's norm runs on that device's high-priority TP stream (`ctx.stream(dev)`), after
   its input is ready; the caller's current stream on that device then waits for the result.
+- The fused path with new outputs skips the TP streams: every device's kernel reads x in place
+  on that device's current stream, after one event recorded on x's producer. A decode-sized
+  call is all host time, and that removes most of it (bench/RESULTS.md).
 - Whenever a tensor is used on a stream other than the one it was allocated on, the caching
   allocator is told (`record_stream`), so freeing it early never hands its memory out too soon.
 CPU devices take the same code with plain tensors and no streams: the logic runs without GPUs.
@@ -77,6 +80,7 @@ class TPContext:
         self._lock = threading.Lock()   # guards lazy side streams and the pinned buffer
         self._local = threading.local()  # per thread: one reusable readiness event per GPU
         self._stream_objs = {}
+        self._readable = {}
         self._streams, self._side, self._peer = {}, {}, {}
         self._pinned, self._pinned_busy = None, []
         if self.is_cuda:
@@ -167,6 +171,16 @@ class TPContext:
             stream = self._stream_objs[data] = torch.cuda.Stream(
                 stream_id=data[0], device_index=data[1], device_type=data[2])
         return stream
+
+    def _all_read(self, broadcast_type, source) -> bool:
+        """Whether every device of the split can read a tensor on `source` in place (memoized:
+        peer access is settled at construction)."""
+        key = (broadcast_type, source)
+        ok = self._readable.get(key)
+        if ok is None:
+            ok = self._readable[key] = all(d == source or self.can_read(d, source)
+                                           for d in self._splits[broadcast_type])
+        return ok
 
     def _ready_event(self, device_index: int):
         """This thread's event for "x is ready" on a device. Re-recording it is safe: a wait
@@ -476,10 +490,10 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
         return norm_on_devices(ctx, xs, weights, biases, eps, **kw)
     x = x_or_list
     peer_read = _resolve_fused(ctx, fused, x, devices)
-    if peer_read and x.dim() > 0 and as_rows(x, x.shape[-1], writable=False) is None:
+    if peer_read and x.dim() > 0 and not x.is_contiguous() and \
+            as_rows(x, x.shape[-1], writable=False) is None:
         x = x.contiguous()       # on the producer's stream, so the readiness event covers it
-    if peer_read and out is None and all(d == x.device or ctx.can_read(d, x.device)
-                                         for d in devices):
+    if peer_read and out is None and ctx._all_read(broadcast_type, x.device):
         return _norm_reading_source(ctx, x, devices, weights, biases, eps, out_dtype=out_dtype,
                                     weight_offset=weight_offset,
                                     clamp_fp16_input=clamp_fp16_input)
