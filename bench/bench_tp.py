@@ -12,9 +12,9 @@ Providers (bf16, N=8192 by default; x on cuda:0; each GPU has its own weight rep
   one_p2p     one P2P copy to cuda:1 and one norm there: the floor for a single peer
   nccl        one process per GPU: dist.broadcast from rank 0, then rms_norm on every rank
 Columns: median_us = do_bench median of device time (L2 flushed before each call, which also
-hides host launch time); wall_us = host-inclusive time per call over back-to-back calls and one
-sync of every GPU at the end, the number that matters at decode sizes. For median_us every
-call ends with cuda:0 waiting for all GPUs (events on cuda:0 time it). Graph
+hides host launch time); every call then ends with cuda:0 waiting for all GPUs (events on cuda:0
+time it). wall_us = host-inclusive time per call over back-to-back calls and one sync of every
+GPU at the end (median of 5 such loops), the number that matters at decode sizes. Graph
 mode captures one call across all GPUs (outputs preallocated) and replays it. Each result is
 checked bit for bit against rms_norm of the same data on the same GPU ("check" column).
 """
@@ -64,19 +64,23 @@ def device_us(fn):
     return [1e3 * v for v in ms]
 
 
-def wall_us(fn, devs, budget_s=0.05):
-    """Host-inclusive: back-to-back calls, then one sync; per-call average."""
+def wall_us(fn, devs, budget_s=0.05, repeats=5):
+    """Host-inclusive: back-to-back calls, then one sync; per-call average. The median of
+    `repeats` such loops: on a shared host a single loop can move by 2x."""
     fn()
     sync_all(devs)
     t0 = time.perf_counter()
     fn()
     sync_all(devs)
     n = max(3, min(500, int(budget_s / max(time.perf_counter() - t0, 1e-6))))
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync_all(devs)
-    return 1e6 * (time.perf_counter() - t0) / n
+    per_call = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync_all(devs)
+        per_call.append(1e6 * (time.perf_counter() - t0) / n)
+    return sorted(per_call)[repeats // 2]
 
 
 def capture(fn, devs):
@@ -223,13 +227,17 @@ def _fixed_count_us(fn, reps=30):
     return [times[int(q * (reps - 1))] for q in (0.5, 0.2, 0.8)]
 
 
-def _fixed_count_wall_us(fn, n):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return 1e6 * (time.perf_counter() - t0) / n
+def _fixed_count_wall_us(fn, n, repeats=5):
+    """wall_us for collectives: every rank runs the same number of calls."""
+    per_call = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        per_call.append(1e6 * (time.perf_counter() - t0) / n)
+    return sorted(per_call)[repeats // 2]
 
 
 def _nccl_case(rank, world, M, n_cols, dtype_name, mode):
