@@ -164,10 +164,17 @@ def save_table(path: Path, gpu_name: str, configs: dict[str, LaunchConfig]) -> N
 
 # Called by clear_caches: memos built on pick_config's answers (plans.py) register here.
 _cache_listeners: list = []
+# Bumped by clear_caches, so that a memo begun before a clear can tell it is stale.
+_generation = [0]
+
+
+def config_generation() -> int:
+    return _generation[0]
 
 
 def clear_caches() -> None:
     """Forget memoized tables and configs, e.g. after a new tuned table was written."""
+    _generation[0] += 1
     tuned_table.cache_clear()
     pick_config.cache_clear()
     for listener in _cache_listeners:

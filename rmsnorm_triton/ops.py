@@ -12,8 +12,16 @@ import torch
 
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel, rmsnorm_fwd_split_kernel
 
-from .config import INTERPRET, LaunchConfig, next_pow2, pick_config, preload_weight, row_bucket
 from . import plans
+from .config import (
+    INTERPRET,
+    LaunchConfig,
+    config_generation,
+    next_pow2,
+    pick_config,
+    preload_weight,
+    row_bucket,
+)
 from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
 from .validate import Prepared, check_inputs
@@ -50,6 +58,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     n_rows, n_cols = x.shape
     dev = out.device          # x's device, or a peer's that reads x (tensor parallelism)
     dev_index = dev.index if dev.type == "cuda" else -1
+    generation = config_generation()     # a plan made from a superseded table is not kept
     if cfg is None:
         cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
                           dev_index)
@@ -58,7 +67,9 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     flags = (("HAS_WEIGHT", weight is not None), ("HAS_BIAS", bias is not None),
              ("HAS_RESIDUAL", res is not None), ("ACCUMULATE", bool(accumulate)),
              ("CLAMP_FP16", bool(clamp_fp16_input) and x.dtype == torch.float16),
-             ("WEIGHT_OFFSET", float(weight_offset)), ("BLOCK_N", cfg.block_n))
+             # + 0.0 turns -0.0 into 0.0: the two compare equal, so they share plans and
+             # cached kernels, and must then mean the same thing.
+             ("WEIGHT_OFFSET", float(weight_offset) + 0.0), ("BLOCK_N", cfg.block_n))
     if cfg.splits > 1:
         launcher, grid = _launch_split, n_rows * cfg.splits
         flags += (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits)))
@@ -77,7 +88,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
             _run_kernel(launcher, grid, cfg, dev_index, args, scalars, flags)
     if plan_key is not None:
         plans.remember(plan_key, p, *operands, launcher, grid, scalars, flags, cfg.num_warps,
-                       cfg.splits > 1)
+                       cfg.splits > 1, generation)
     if p.residual_user is not None:
         p.residual_user.copy_(res.view(p.shape))
     if p.out_user is not None:
@@ -199,7 +210,7 @@ def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtyp
             _rms_norm_out_op(x, weight, bias, out, eps, weight_offset, accumulate,
                              clamp_fp16_input)
             return out
-    elif out is None:
+    elif out is None and not accumulate:
         plan = plans.lookup(plans.norm_key(x, weight, bias, eps, weight_offset, out_dtype,
                                            clamp_fp16_input))
         if plan is not None and plan.usable() and plans.grad_free(x, weight, bias):

@@ -6,8 +6,11 @@ Stream protocol (no host synchronization anywhere):
 - Each device's norm runs on that device's high-priority TP stream (`ctx.stream(dev)`), after
   its input is ready; the caller's current stream on that device then waits for the result.
 - The fused path with new outputs skips the TP streams: every device's kernel reads x in place
-  on that device's current stream, after one event recorded on x's producer. A decode-sized
-  call is all host time, and that removes most of it (bench/RESULTS.md).
+  on that device's current stream, after one event recorded on x's producer, and x's stream
+  then waits for those reads (the caller may write x next). A decode-sized call is all host
+  time, and that removes most of it (bench/RESULTS.md).
+- Capturing a multi-GPU call in one CUDA graph needs each GPU's current stream to be a
+  non-default stream forked from the capture stream (see bench/bench_tp.py's `capture`).
 - Whenever a tensor is used on a stream other than the one it was allocated on, the caching
   allocator is told (`record_stream`), so freeing it early never hands its memory out too soon.
 CPU devices take the same code with plain tensors and no streams: the logic runs without GPUs.
@@ -182,15 +185,15 @@ class TPContext:
                                            for d in self._splits[broadcast_type])
         return ok
 
-    def _ready_event(self, device_index: int):
-        """This thread's event for "x is ready" on a device. Re-recording it is safe: a wait
-        already queued keeps the record it was queued after."""
+    def _event(self, role: str, device_index: int):
+        """This thread's reusable event for one role on one device. Re-recording it is safe:
+        a wait already queued keeps the record it was queued after."""
         events = getattr(self._local, "events", None)
         if events is None:
             events = self._local.events = {}
-        event = events.get(device_index)
+        event = events.get((role, device_index))
         if event is None:
-            event = events[device_index] = torch.cuda.Event()
+            event = events[role, device_index] = torch.cuda.Event()
         return event
 
     # -- replication ---------------------------------------------------------------------------
@@ -404,19 +407,26 @@ def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, we
     ws, bs = _per_device(weights, n, "weights"), _per_device(biases, n, "biases")
     kw = dict(out_dtype=out_dtype, weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input)
     src = x.device.index
-    ready = None
+    producer = None
     results = []
     for dev, w, b in zip(devices, ws, bs):
         if dev.index == src:
             results.append(rms_norm(x, w, eps, bias=b, **kw))
             continue
-        if ready is None:
-            ready = ctx._ready_event(src)
-            ready.record(ctx._current_stream(src))
+        if producer is None:
+            producer = ctx._current_stream(src)
+            ready = ctx._event("ready", src)
+            ready.record(producer)
         stream = ctx._current_stream(dev.index)
         stream.wait_event(ready)
         x.record_stream(stream)
         results.append(_norm_from_peer(x, dev, w, b, None, eps, **kw))
+        # The caller may overwrite x on its stream next (a residual add in place): that must
+        # wait for this peer's read. It also joins the peer's stream back into a CUDA-graph
+        # capture that started on x's GPU.
+        read = ctx._event("read", dev.index)
+        read.record(stream)
+        producer.wait_event(read)
     return results
 
 
@@ -448,6 +458,9 @@ def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_o
                     t.record_stream(tp)
             _wait_for(caller, tp)
             y.record_stream(caller)
+        if x.device != dev:
+            # Read in place from a peer: x's own GPU must not overwrite it before this read.
+            _wait_for(torch.cuda.current_stream(x.device), tp)
         results.append(y)
     return results
 

@@ -36,6 +36,9 @@ def _operand_key(t):
 
 def norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
     """The signature of rms_norm(x, weight, eps, ...) with out=None, or None (no plan)."""
+    if x.__class__ is not torch.Tensor:
+        # Subclasses (and FX proxies) take the full path, whose output is a plain tensor.
+        return None
     try:
         # Classes too: eps=True must not share the plan of eps=1 (bool is refused).
         # x.stride() only where x is not contiguous: it costs more than the test.
@@ -51,6 +54,8 @@ def norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
 
 def fused_key(x, residual, weight, bias, eps, weight_offset, out_dtype):
     """The signature of fused_add_rms_norm(x, residual, weight, eps, ...) with out=None."""
+    if x.__class__ is not torch.Tensor or residual.__class__ is not torch.Tensor:
+        return None
     try:
         return (x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(),
                 residual.dtype, residual.device, _operand_key(weight), _operand_key(bias),
@@ -132,7 +137,9 @@ class Plan:
 
     def _new_out(self, x):
         if self.like_x:
-            return torch.empty_like(x, dtype=self.out_dtype)
+            # contiguous_format: standard strides also where x's size-1 dims have odd ones.
+            return torch.empty_like(x, dtype=self.out_dtype,
+                                    memory_format=torch.contiguous_format)
         return torch.empty(self.out_shape, dtype=self.out_dtype, device=self.device)
 
     def norm(self, x, weight, bias):
@@ -166,9 +173,15 @@ class Plan:
 
 
 def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: int,
-             scalars: tuple, constexprs: tuple, num_warps: int, split: bool) -> None:
-    """Store a plan for `key` if this call's form allows one (see the module docstring)."""
+             scalars: tuple, constexprs: tuple, num_warps: int, split: bool,
+             generation: int) -> None:
+    """Store a plan for `key` if this call's form allows one (see the module docstring).
+
+    `generation`: config's, read before the launch config was picked; if the tuned table
+    changed since, the config may be superseded and no plan is kept."""
     if key is None or split or p.out_user is not None or p.residual_user is not None:
+        return
+    if generation != config.config_generation():
         return
     if p.x.data_ptr() != x.data_ptr() or p.weight is not weight or p.bias is not bias:
         return                      # a staging copy was made: the plan would skip it

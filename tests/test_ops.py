@@ -298,3 +298,15 @@ def test_weight_fetch_order_does_not_change_results(device, monkeypatch, preload
     assert_close(out, rmsnorm_ref(x, w, weight_offset=1.0, bias=b))
     torch.testing.assert_close(out, want, rtol=0, atol=0)
     plans.clear()
+
+
+def test_fx_symbolic_trace_names_the_argument():
+    """Tracing hands rms_norm a Proxy: the error says what x must be, as for any non-tensor."""
+    import torch.fx
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return rt.rms_norm(x, None)
+
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        torch.fx.symbolic_trace(Net())

@@ -443,3 +443,63 @@ def test_gpu_exllamav2_module_forward_after_tp_split(use_p2p):
         outs = norm.forward(x, output_fp32=True)
         _assert_all_equal(outs, [_local(x, w.half().to(d), d, out_dtype=FP32,
                                         clamp_fp16_input=True) for d in devs])
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("fused", [True, "auto"])
+@pytest.mark.parametrize("with_out", [False, True], ids=["new-out", "out-buffers"])
+def test_gpu_caller_may_overwrite_x_as_soon_as_forward_tp_returns(fused, with_out):
+    """Peers read x in place: x's own stream must wait for those reads before the caller's
+    next write to x (a residual add in place) runs."""
+    devs = _gpus()
+    ctx = TPContext(devs)
+    if not all(ctx.can_read(d, devs[0]) for d in devs):
+        pytest.skip("these GPUs have no peer access between them")
+    ws = _weights(devs)
+    x = rand_x((GM, GN), BF16, devs[0])
+    want = _expected(x, ws)
+    outs = [torch.empty(GM, GN, dtype=BF16, device=d) for d in devs] if with_out else None
+    _sync_all()
+    for d in devs[1:]:                       # every peer's current stream is busy for a while
+        with torch.cuda.device(d):
+            torch.cuda._sleep(SLEEP_CYCLES)
+    ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=fused, out=outs)
+    x.zero_()                                # the caller's next write, on x's current stream
+    _sync_all()
+    _assert_all_equal(ys, want)
+
+
+@needs_2_gpus
+def test_gpu_fused_forward_tp_captures_in_one_graph():
+    """With a non-default current stream on every other GPU, forked from the capture stream
+    and joined back, a fused call replays as captured."""
+    from contextlib import ExitStack
+
+    devs = _gpus()
+    ctx = TPContext(devs, fused=True)
+    if not all(ctx.can_read(d, devs[0]) for d in devs):
+        pytest.skip("these GPUs have no peer access between them")
+    ws = _weights(devs)
+    x = rand_x((GM, GN), BF16, devs[0])
+    graph = torch.cuda.CUDAGraph()
+    sides = [torch.cuda.Stream(d) for d in devs[1:]]
+    with ExitStack() as stack:
+        for s in sides:                      # the peers' current streams, warm-up included:
+            stack.enter_context(torch.cuda.stream(s))   # their allocator pools then have blocks
+        for _ in range(2):
+            forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS)
+        _sync_all()
+        with torch.cuda.graph(graph):
+            cap = torch.cuda.current_stream(devs[0])
+            for s in sides:
+                s.wait_stream(cap)
+            ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS)
+            for s in sides:
+                cap.wait_stream(s)
+    for y in ys:
+        y.fill_(float("nan"))
+    _sync_all()
+    x.copy_(rand_x((GM, GN), BF16, devs[0]))
+    graph.replay()
+    _sync_all()
+    _assert_all_equal(ys, _expected(x, ws))

@@ -137,3 +137,65 @@ def test_a_new_tuned_table_drops_the_plans(device):
     assert len(plans._plans) == 1
     config.clear_caches()
     assert len(plans._plans) == 0
+
+
+def test_accumulate_without_out_is_refused_with_a_plan_present(device):
+    x, w = rand_x((4, 64), BF16, device), rand_w(64, BF16, device)
+    rt.rms_norm(x, w)
+    assert len(plans._plans) == 1
+    with pytest.raises(ValueError, match="accumulate=True adds into out"):
+        rt.rms_norm(x, w, accumulate=True)
+
+
+def test_plan_outputs_have_standard_strides(device):
+    """A decode slice with odd strides on size-1 dims: the same output layout on every call."""
+    w = rand_w(64, BF16, device)
+    strides = set()
+    for _ in range(3):
+        x = rand_x((1, 7, 64), BF16, device)[:, -1:, :]
+        assert x.is_contiguous() and x.stride() != (64, 64, 1)
+        y = rt.rms_norm(x, w)
+        strides.add(y.stride())
+        assert_close(y, rmsnorm_ref(x, w))
+    assert strides == {(64, 64, 1)}
+
+
+def test_tensor_subclasses_take_the_full_path(device):
+    class Tagged(torch.Tensor):
+        pass
+
+    w = rand_w(64, BF16, device)
+    for _ in range(2):
+        x = rand_x((4, 64), BF16, device).as_subclass(Tagged)
+        y = rt.rms_norm(x, w)
+        assert type(y) is torch.Tensor
+        assert_close(y, rmsnorm_ref(x.as_subclass(torch.Tensor), w))
+    assert len(plans._plans) == 0
+
+
+def test_negative_zero_offset_means_zero(device):
+    """-0.0 == 0.0, so they share plans and kernels: the output's zeros must not depend on
+    which of the two came first (both add +0.0)."""
+    x = rand_x((2, 64), FP32, device)
+    w = rand_w(64, FP32, device)
+    w[::2] = -0.0
+    first = rt.rms_norm(x, w, weight_offset=-0.0)
+    plans.clear()
+    rt.rms_norm(x, w, weight_offset=0.0)
+    again = rt.rms_norm(x, w, weight_offset=-0.0)
+    assert torch.equal(torch.signbit(first), torch.signbit(again))
+
+
+def test_a_plan_made_across_a_table_change_is_not_kept(device, monkeypatch):
+    from rmsnorm_triton import ops
+    real = ops.pick_config
+
+    def pick_then_clear(*args):
+        cfg = real(*args)
+        config.clear_caches()          # another thread writes a new tuned table meanwhile
+        return cfg
+
+    monkeypatch.setattr(ops, "pick_config", pick_then_clear)
+    x, w = rand_x((2, 64), BF16, device), rand_w(64, BF16, device)
+    assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+    assert len(plans._plans) == 0
