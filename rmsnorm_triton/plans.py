@@ -20,7 +20,7 @@ import torch
 
 from . import config
 from .launcher import CachedLauncher, Runner
-from .validate import Prepared
+from .validate import Prepared, _byte_range
 
 _MAX_PLANS = 4096
 _plans: dict = {}
@@ -43,11 +43,8 @@ def norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
         # Classes too: eps=True must not share the plan of eps=1 (bool is refused).
         # x.stride() only where x is not contiguous: it costs more than the test.
         return (x.shape, x.is_contiguous() or x.stride(), x.dtype, x.device,
-                None if weight is None else (weight.shape, weight.dtype, weight.device,
-                                             weight.is_contiguous()),
-                None if bias is None else _operand_key(bias), eps, eps.__class__,
-                weight_offset, weight_offset.__class__,
-                out_dtype, clamp_fp16_input)
+                _operand_key(weight), _operand_key(bias), eps, eps.__class__,
+                weight_offset, weight_offset.__class__, out_dtype, clamp_fp16_input)
     except AttributeError:          # not a tensor: the full path names the argument
         return None
 
@@ -84,7 +81,8 @@ def _extent(t: Optional[torch.Tensor]) -> int:
     """Bytes from t's first element to one past its last."""
     if t is None or t.numel() == 0:
         return 0
-    return (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+    start, end = _byte_range(t)
+    return end - start
 
 
 class Plan:
@@ -95,9 +93,9 @@ class Plan:
     def __init__(self, p: Prepared, launcher: CachedLauncher, grid: int, scalars: tuple,
                  constexprs: tuple, num_warps: int):
         self.out_shape, self.out_dtype, self.device = p.shape, p.out.dtype, p.out.device
-        # empty_like costs ~2 us less than torch.empty on a slow host; it keeps x's layout,
-        # which is the contiguous one the kernel writes only when x is contiguous itself.
-        self.like_x = p.x.is_contiguous() and p.x.device == p.out.device
+        # empty_like costs ~2 us less than torch.empty on a slow host; a peer's output (tensor
+        # parallelism) lives on another GPU than x, so it takes torch.empty.
+        self.like_x = p.x.device == p.out.device
         self.dev_index = self.device.index if self.device.type == "cuda" else -1
         self.grid, self.scalars, self.launcher = grid, scalars, launcher
         self.constexprs, self.num_warps = constexprs, num_warps
@@ -113,21 +111,22 @@ class Plan:
         rp = xp if residual is None else residual.data_ptr()
         wp = xp if weight is None else weight.data_ptr()
         bp = xp if bias is None else bias.data_ptr()
-        runner, launcher = self.runner, self.launcher
-        args = (x, x if residual is None else residual, x if weight is None else weight,
-                x if bias is None else bias, out, *self.scalars)
         # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel.
-        if runner is not None and not (xp | rp | wp | bp | op) & 15 and launcher.enabled:
+        aligned = not (xp | rp | wp | bp | op) & 15
+        runner, launcher = self.runner, self.launcher
+        if runner is not None and runner.int_pointers and aligned and launcher.enabled:
             try:
+                # ints: the key put every tensor on this plan's GPU (or a readable peer's)
                 runner(self.grid, _current_stream(self.dev_index),
-                       # ints only where the key put every tensor on this plan's GPU
-                       (xp, rp, wp, bp, op, *self.scalars) if runner.int_pointers else args)
+                       (xp, rp, wp, bp, op, *self.scalars))
                 return
             except (AttributeError, TypeError):
                 # An incompatible Triton: this call and every later one take its own path.
                 launcher.enabled = False
+        args = (x, x if residual is None else residual, x if weight is None else weight,
+                x if bias is None else bias, out, *self.scalars)
         launcher(self.grid, self.dev_index, args, self.constexprs, self.num_warps)
-        if runner is None and not (xp | rp | wp | bp | op) & 15:
+        if runner is None and aligned:
             self.runner = launcher.runner(self.dev_index, args, self.constexprs,
                                           self.num_warps)
 
