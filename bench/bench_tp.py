@@ -7,6 +7,9 @@ Providers (bf16, N=8192 by default; x on cuda:0; each GPU has its own weight rep
   tp_copy     forward_tp(fused=False): P2P copies on side streams, norms on the TP streams
   tp_fused    forward_tp(fused=True): every GPU's kernel reads x over NVLink (no copy), on its
               current stream
+  tp_fanout   forward_tp(fused=True) at any size through the fanout: one kernel on cuda:0 writes
+              every GPU's copy over NVLink (the default: any size with one peer, up to 1 MB
+              with more)
   tp_staged   forward_tp on TPContext(use_p2p=False): through pinned host memory (exllamav2's way)
   loop_naive  for each GPU: rms_norm(x.to(gpu)) on the current streams, no TPContext
   one_p2p     one P2P copy to cuda:1 and one norm there: the floor for a single peer
@@ -83,12 +86,22 @@ def wall_us(fn, devs, budget_s=0.05, repeats=5):
     return sorted(per_call)[repeats // 2]
 
 
-def capture(fn, devs):
+def capture(fn, devs, warmup=2):
     """One CUDA graph of fn over all GPUs: each GPU's current stream forks from the capture
-    stream (so it is captured too) and joins back before the capture ends."""
+    stream (so it is captured too) and joins back before the capture ends. The warm-up calls
+    run on those same streams, so that their allocators hold the blocks the capture takes.
+
+    Order matters: entering another GPU's stream also makes that GPU current, so the graph is
+    opened on devs[0] first and the other GPUs' streams are entered inside it."""
     graph = torch.cuda.CUDAGraph()
     sides = [torch.cuda.Stream(d) for d in devs[1:]]
-    with torch.cuda.graph(graph):
+    with ExitStack() as stack:
+        for s in sides:
+            stack.enter_context(torch.cuda.stream(s))
+        for _ in range(warmup):
+            fn()
+    sync_all(devs)
+    with torch.cuda.device(devs[0]), torch.cuda.graph(graph):
         cap = torch.cuda.current_stream(devs[0])
         with ExitStack() as stack:
             for s in sides:
@@ -130,7 +143,8 @@ def providers(devs, args):
                 "tp_staged": TPContext(devs, use_p2p=False)}
     peers = all(contexts["tp_copy"].can_read(a, b) for a in devs for b in devs)
     if peers:
-        contexts["tp_fused"] = TPContext(devs, fused=True)
+        contexts["tp_fused"] = TPContext(devs, fused=True, fanout_max_bytes=0)
+        contexts["tp_fanout"] = TPContext(devs, fused=True, fanout_max_bytes=1 << 62)
     table = {}
 
     for name, ctx in contexts.items():
@@ -140,6 +154,8 @@ def providers(devs, args):
         if name == "tp_fused":
             def graph(c, ctx=ctx):
                 return forward_tp(ctx, BROADCAST_RS, c.x, c.ws, None, EPS, out=c.outs)
+        elif name == "tp_fanout":
+            graph = eager                    # new outputs: the fanout needs them
         elif name == "tp_copy":
             def graph(c, ctx=ctx):
                 xs = ctx.broadcast(c.x, BROADCAST_RS, out=c.copies)
@@ -179,11 +195,9 @@ def measure(case, name, call, mode, part, args):
                dtype=args.dtype, check="", note="")
     try:
         if mode == "graph":
-            for _ in range(2):               # compile and warm every allocator outside capture
-                call(case)
-            sync_all(devs)
             captured = []
             graph = capture(lambda: captured.append(call(case)), devs)
+            captured = captured[-1:]
             for o in case.outs:              # the replay, not the warm-up, must fill them
                 o.fill_(float("nan"))
             sync_all(devs)                   # graph nodes on other GPUs ignore their streams

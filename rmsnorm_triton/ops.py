@@ -10,7 +10,11 @@ from typing import Optional
 
 import torch
 
-from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel, rmsnorm_fwd_split_kernel
+from rmsnorm_triton.kernels.rmsnorm import (
+    rmsnorm_fwd_fanout_kernel,
+    rmsnorm_fwd_kernel,
+    rmsnorm_fwd_split_kernel,
+)
 
 from . import plans
 from .config import (
@@ -24,7 +28,9 @@ from .config import (
 )
 from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
-from .validate import Prepared, check_inputs
+from .validate import Prepared, as_rows, check_args, check_inputs
+
+MAX_FANOUT = 8      # outputs rmsnorm_fwd_fanout_kernel can write (its y0..y7)
 
 
 def _needs_grad(*tensors) -> bool:
@@ -99,6 +105,49 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
 # The interpreter runs Python, not compiled kernels: it always takes Triton's own path.
 _launch_rows = CachedLauncher(rmsnorm_fwd_kernel, enabled=not INTERPRET)
 _launch_split = CachedLauncher(rmsnorm_fwd_split_kernel, enabled=not INTERPRET)
+_launch_fanout = CachedLauncher(rmsnorm_fwd_fanout_kernel, enabled=not INTERPRET)
+
+
+def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offset=0.0,
+                clamp_fp16_input=False) -> Optional[plans.FanoutPlan]:
+    """A plan that writes rms_norm(x, weights[i], eps, bias=biases[i]) on devices[i] for every
+    i with one kernel on x's device, reading a peer's weight and writing its output over peer
+    access (tensor parallelism; parallel.py checks that access and orders the streams).
+
+    Raises what rms_norm raises for bad arguments. None where this form has no fanout launch
+    (the caller normalizes per device instead): more than MAX_FANOUT devices, gradients, an x
+    or weight the kernel cannot address as it is, or a launch config that is not one tile
+    per row or that differs between the devices (copy i must equal device i's own rms_norm).
+    """
+    if not 1 <= len(devices) <= MAX_FANOUT or _needs_grad(x, *weights, *biases):
+        return None
+    for dev, w, b in zip(devices, weights, biases):
+        check_args(x, w, bias=b, out_dtype=out_dtype, eps=eps, weight_offset=weight_offset,
+                   device=dev)
+    if x.numel() == 0 or any(t is not None and not t.is_contiguous() for t in (*weights, *biases)):
+        return None
+    n_cols = x.shape[-1]
+    n_rows = x.numel() // n_cols
+    x2d = as_rows(x, n_cols, writable=False)
+    if x2d is None:
+        return None
+    out_dtype = out_dtype or x.dtype
+    cfgs = {pick_config(n_cols, row_bucket(n_rows), x.dtype, out_dtype, False,
+                        d.index if d.type == "cuda" else -1) for d in devices}
+    cfg = cfgs.pop()
+    if cfgs or cfg.splits > 1 or cfg.looped:
+        return None
+    has_w, has_b = weights[0] is not None, biases[0] is not None
+    if any((w is not None) != has_w for w in weights) or \
+            any((b is not None) != has_b for b in biases):
+        return None
+    flags = (("HAS_WEIGHT", has_w), ("HAS_BIAS", has_b),
+             ("CLAMP_FP16", bool(clamp_fp16_input) and x.dtype == torch.float16),
+             ("WEIGHT_OFFSET", float(weight_offset) + 0.0),     # as _launch: -0.0 is 0.0
+             ("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("COPIES", len(devices)))
+    scalars = (n_rows, n_cols, x2d.stride(0), n_cols, float(eps))
+    return plans.FanoutPlan(x, devices, out_dtype, _launch_fanout, -(-n_rows // cfg.block_m),
+                            scalars, flags, cfg.num_warps, MAX_FANOUT, has_w, has_b)
 
 
 def _run_kernel(launcher, grid, cfg: LaunchConfig, dev_index: int, args, scalars, flags):

@@ -9,10 +9,15 @@ Stream protocol (no host synchronization anywhere):
   on that device's current stream, after one event recorded on x's producer, and x's stream
   then waits for those reads (the caller may write x next). A decode-sized call is all host
   time, and that removes most of it (bench/RESULTS.md).
+- Small fused sources take one launch in all (fanout): a kernel on x's GPU, on its current
+  stream, writes every device's copy over peer access. x's stream first waits for each peer's
+  current stream (whose allocator just handed out that peer's output), and each peer's stream
+  then waits for the launch.
 - Capturing a multi-GPU call in one CUDA graph needs each GPU's current stream to be a
   non-default stream forked from the capture stream (see bench/bench_tp.py's `capture`).
 - Whenever a tensor is used on a stream other than the one it was allocated on, the caching
-  allocator is told (`record_stream`), so freeing it early never hands its memory out too soon.
+  allocator is told (`record_stream`), so freeing it early never hands its memory out too soon;
+  except where the allocating stream itself waits for that use before the call returns.
 CPU devices take the same code with plain tensors and no streams: the logic runs without GPUs.
 """
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch itself)
 
 from . import plans
-from .ops import _launch, rms_norm
+from .ops import MAX_FANOUT, _launch, _needs_grad, fanout_plan, rms_norm
 from .validate import as_rows, check_inputs
 
 # exllamav2's numbering (tensor_p.py / ext_tp.h): what each split divides.
@@ -40,6 +45,12 @@ _COLLECTIVE_MIN_BYTES = 1 << 20
 # every size measured; 4 x H100: faster up to 16 MB) and hands larger sources on 3+ GPUs to the
 # collective (4 x H100, 64 MB: 481 us against 565 us read in place).
 _AUTO_FUSED_MAX_BYTES = 32 << 20
+# The fanout: one kernel on the source GPU normalizes x once and writes every device's copy over
+# peer access (one launch per call instead of one per GPU; NVLink writes also beat reads). With
+# one peer it won at every size measured (2 x H100, 268 MB: 741 against 914 us read in place);
+# with three peers the source's NVLink egress carries three copies, and it won only up to 1 MB
+# (4 x H100, 16 MB: 173 against 161 us).
+_FANOUT_MAX_BYTES_SHARED = 1 << 20
 
 
 def _as_device(d) -> torch.device:
@@ -60,10 +71,13 @@ class TPContext:
     of forward_tp's `fused` (False, True, or "auto": the measured-faster choice per size).
     collective_min_bytes: GPU sources of at least this size that go to 2 or more other GPUs
     use one NCCL broadcast (in-process, torch.cuda.comm) instead of one copy per GPU.
+    fanout_max_bytes: fused sources up to this size are normalized once on their GPU by one
+    kernel that writes every device's copy; larger ones are read by each device's own kernel.
+    None (default): any size when the source has one peer, 1 MB when it has more.
     """
 
     def __init__(self, devices, splits=None, *, use_p2p=None, fused="auto",
-                 collective_min_bytes=_COLLECTIVE_MIN_BYTES):
+                 collective_min_bytes=_COLLECTIVE_MIN_BYTES, fanout_max_bytes=None):
         self.devices = [_as_device(d) for d in devices]
         if not self.devices:
             raise ValueError("TPContext needs at least one device")
@@ -76,14 +90,21 @@ class TPContext:
         if fused not in FUSED_CHOICES:
             raise ValueError(f"fused must be one of {FUSED_CHOICES}, got {fused!r}")
         self.fused = fused
+        for name, value in (("collective_min_bytes", collective_min_bytes),
+                            ("fanout_max_bytes", fanout_max_bytes)):
+            if (value is not None or name != "fanout_max_bytes") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be an int >= 0 (bytes), got {value!r}")
         self.collective_min_bytes = collective_min_bytes
+        self.fanout_max_bytes = fanout_max_bytes
         self._splits = {bt: list(self.devices) for bt in BROADCAST_TYPES}
         for bt, devs in (splits or {}).items():
             self._splits[self._check_type(bt)] = self._check_split(bt, devs)
         self._lock = threading.Lock()   # guards lazy side streams and the pinned buffer
         self._local = threading.local()  # per thread: one reusable readiness event per GPU
         self._stream_objs = {}
-        self._readable = {}
+        self._readable, self._writable = {}, {}
+        self._fanouts = {}              # forward_tp's route key -> fanout plan (repeat calls)
         self._streams, self._side, self._peer = {}, {}, {}
         self._pinned, self._pinned_busy = None, []
         if self.is_cuda:
@@ -184,6 +205,24 @@ class TPContext:
             ok = self._readable[key] = all(d == source or self.can_read(d, source)
                                            for d in self._splits[broadcast_type])
         return ok
+
+    def _fanout_max(self, broadcast_type, source) -> int:
+        """The largest source (bytes) that takes the fanout to this split: -1 where a kernel on
+        `source` may not write every device of it (memoized: peer access is settled)."""
+        key = (broadcast_type, source, self.fanout_max_bytes)
+        limit = self._writable.get(key)
+        if limit is None:
+            split = self._splits[broadcast_type]
+            peers = sum(d != source for d in split)
+            if len(split) > MAX_FANOUT or not all(d == source or self.can_read(source, d)
+                                                   for d in split):
+                limit = -1
+            elif self.fanout_max_bytes is not None:
+                limit = self.fanout_max_bytes
+            else:
+                limit = 1 << 62 if peers <= 1 else _FANOUT_MAX_BYTES_SHARED
+            self._writable[key] = limit
+        return limit
 
     def _event(self, role: str, device_index: int):
         """This thread's reusable event for one role on one device. Re-recording it is safe:
@@ -419,7 +458,8 @@ def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, we
             ready.record(producer)
         stream = ctx._current_stream(dev.index)
         stream.wait_event(ready)
-        x.record_stream(stream)
+        # No x.record_stream(stream): x's stream waits for this read below, so memory freed
+        # there is not handed out before the read is done.
         results.append(_norm_from_peer(x, dev, w, b, None, eps, **kw))
         # The caller may overwrite x on its stream next (a residual add in place): that must
         # wait for this peer's read. It also joins the peer's stream back into a CUDA-graph
@@ -428,6 +468,66 @@ def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, we
         read.record(stream)
         producer.wait_event(read)
     return results
+
+
+def _fanout_plan_for(ctx, x, devices, weights, biases, eps, *, out_dtype, weight_offset,
+                     clamp_fp16_input):
+    """The fanout plan for this call (made on first use), or None where that launch does not
+    apply (more GPUs than the kernel has outputs for, long rows, gradients, ...)."""
+    n = len(devices)
+    ws, bs = _per_device(weights, n, "weights"), _per_device(biases, n, "biases")
+    key = plans.fanout_key(x, devices, ws, bs, eps, weight_offset, out_dtype, clamp_fp16_input)
+    if key is None:
+        return None
+    plan = plans.lookup(key)
+    if plan is None:
+        plan = fanout_plan(x, devices, ws, bs, eps, out_dtype=out_dtype,
+                           weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input)
+        plans.store(key, plan)
+    return None if plan is None or _needs_grad(x, *ws, *bs) else plan
+
+
+def _fan_out(ctx, plan, x, weights, biases) -> list:
+    """One kernel on x's GPU normalizes x once and writes every device's copy.
+
+    Each peer's output is allocated on its current stream, which may still use that memory
+    for earlier work: x's stream waits for every peer's stream before the launch, and every
+    peer's stream waits for the launch after it."""
+    outs = plan.outputs(x, weights)
+    src = plan.src
+    producer = ctx._current_stream(src)
+    peers = [ctx._current_stream(d.index) for d in plan.devices if d.index != src]
+    for stream in peers:
+        free = ctx._event("free", stream.device_index)
+        free.record(stream)
+        producer.wait_event(free)
+    plan.launch(x, weights, biases, outs)
+    if peers:
+        done = ctx._event("done", src)
+        done.record(producer)
+        for stream in peers:
+            stream.wait_event(done)
+    return outs
+
+
+def _operand_keys(tensors):
+    return None if tensors is None else tuple(map(plans._operand_key, tensors))
+
+
+def _route_key(ctx, broadcast_type, x, weights, biases, eps, out_dtype, weight_offset,
+               clamp_fp16_input, fused):
+    """Everything that decides forward_tp's route for a call with new outputs, and the fanout
+    plan it uses: a repeat call that finds its key in ctx._fanouts goes straight to _fan_out."""
+    if broadcast_type.__class__ is not int:
+        return None
+    key = plans.norm_key(x, None, None, eps, weight_offset, out_dtype, clamp_fp16_input)
+    if key is None:
+        return None
+    try:
+        return (broadcast_type, fused, ctx.fused, ctx.fanout_max_bytes, ctx.collective_min_bytes,
+                key, _operand_keys(weights), _operand_keys(biases))
+    except (AttributeError, TypeError):
+        return None
 
 
 def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_offset,
@@ -491,6 +591,14 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
     over peer access inside its norm kernel, no copy; "auto" does so where peer access exists
     and copies elsewhere; False copies, then normalizes.
     """
+    route = None
+    if out is None and x_or_list.__class__ is torch.Tensor:
+        # A decode step is all host time: a repeat call skips every decision below.
+        route = _route_key(ctx, broadcast_type, x_or_list, weights, biases, eps, out_dtype,
+                           weight_offset, clamp_fp16_input, fused)
+        plan = None if route is None else ctx._fanouts.get(route)
+        if plan is not None and not _needs_grad(x_or_list, *(weights or ()), *(biases or ())):
+            return _fan_out(ctx, plan, x_or_list, weights, biases)
     devices = ctx.devices_for(broadcast_type)
     kw = dict(out_dtype=out_dtype, weight_offset=weight_offset,
               clamp_fp16_input=clamp_fp16_input, out=out)
@@ -507,6 +615,16 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
             as_rows(x, x.shape[-1], writable=False) is None:
         x = x.contiguous()       # on the producer's stream, so the readiness event covers it
     if peer_read and out is None and ctx._all_read(broadcast_type, x.device):
+        if x.numel() * x.element_size() <= ctx._fanout_max(broadcast_type, x.device):
+            plan = _fanout_plan_for(ctx, x, devices, weights, biases, eps, out_dtype=out_dtype,
+                                    weight_offset=weight_offset,
+                                    clamp_fp16_input=clamp_fp16_input)
+            if plan is not None:
+                if route is not None and x is x_or_list:
+                    if len(ctx._fanouts) > 1024:
+                        ctx._fanouts.clear()
+                    ctx._fanouts[route] = plan
+                return _fan_out(ctx, plan, x, weights, biases)
         return _norm_reading_source(ctx, x, devices, weights, biases, eps, out_dtype=out_dtype,
                                     weight_offset=weight_offset,
                                     clamp_fp16_input=clamp_fp16_input)

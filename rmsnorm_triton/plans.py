@@ -171,6 +171,95 @@ class Plan:
         return out
 
 
+def fanout_key(x, devices, weights, biases, eps, weight_offset, out_dtype, clamp_fp16_input):
+    """The signature of one fanout launch (x normalized once, a copy per device), or None."""
+    key = norm_key(x, None, None, eps, weight_offset, out_dtype, clamp_fp16_input)
+    if key is None:
+        return None
+    try:
+        return ("fanout", key, tuple(devices), tuple(_operand_key(w) for w in weights),
+                tuple(_operand_key(b) for b in biases))
+    except AttributeError:
+        return None
+
+
+class FanoutPlan:
+    """rms_norm(x, weights[i], bias=biases[i]) for every device i, in one launch on x's GPU.
+
+    Built by ops.fanout_plan, which checked every argument and picked the launch config each
+    device's own rms_norm would take (so copy i equals that call bit for bit). Outputs are
+    allocated on their devices' current streams; the launch runs on x's GPU's current stream,
+    and ordering the two is the caller's job (parallel.py)."""
+    __slots__ = ("out_shape", "out_dtype", "devices", "src", "grid", "scalars", "launcher",
+                 "constexprs", "num_warps", "runner", "pad", "has_weight", "has_bias")
+
+    def __init__(self, x, devices, out_dtype, launcher: CachedLauncher, grid: int,
+                 scalars: tuple, constexprs: tuple, num_warps: int, slots: int,
+                 has_weight: bool, has_bias: bool):
+        self.out_shape, self.out_dtype = x.shape, out_dtype
+        self.devices = tuple(devices)
+        self.src = x.device.index if x.device.type == "cuda" else -1
+        self.grid, self.scalars, self.launcher = grid, scalars, launcher
+        self.constexprs, self.num_warps = constexprs, num_warps
+        self.pad = slots - len(devices)          # unused kernel slots, given x's address
+        self.has_weight, self.has_bias = has_weight, has_bias
+        self.runner: Optional[Runner] = None
+
+    def outputs(self, x, weights) -> list:
+        if self.has_weight:
+            # new_empty on the device's own weight: ~2 us less than torch.empty(device=) on a
+            # slow host (no device argument to parse).
+            return [w.new_empty(self.out_shape, dtype=self.out_dtype) for w in weights]
+        return [torch.empty(self.out_shape, dtype=self.out_dtype, device=d)
+                for d in self.devices]
+
+    def launch(self, x, weights, biases, outs) -> None:
+        """Write outs (from outputs()) on x's GPU's current stream."""
+        if self.grid == 0:
+            return
+        xp = x.data_ptr()
+        pad = (xp,) * self.pad
+        ptrs = (xp, *[o.data_ptr() for o in outs], *pad,
+                *([w.data_ptr() for w in weights] if self.has_weight else (xp,) * len(outs)),
+                *pad,
+                *([b.data_ptr() for b in biases] if self.has_bias else (xp,) * len(outs)),
+                *pad)
+        bits = 0
+        for p in ptrs:
+            bits |= p
+        # Triton launches on the current device: switch to x's GPU for this call.
+        prev = self.src if self.src < 0 else _current_device()
+        if prev != self.src:
+            _set_device(self.src)
+        try:
+            runner, launcher = self.runner, self.launcher
+            if runner is not None and runner.int_pointers and not bits & 15 and launcher.enabled:
+                try:
+                    runner(self.grid, _current_stream(self.src), (*ptrs, *self.scalars))
+                    return
+                except (AttributeError, TypeError):
+                    launcher.enabled = False
+            n = len(outs)
+            tensors = (x, *outs, *[x] * self.pad,
+                       *(weights if self.has_weight else [x] * n), *[x] * self.pad,
+                       *(biases if self.has_bias else [x] * n), *[x] * self.pad)
+            args = (*tensors, *self.scalars)
+            launcher(self.grid, self.src, args, self.constexprs, self.num_warps)
+            if runner is None and not bits & 15:
+                self.runner = launcher.runner(self.src, args, self.constexprs, self.num_warps)
+        finally:
+            if prev != self.src:
+                _set_device(prev)
+
+
+def store(key, plan) -> None:
+    if key is None:
+        return
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[key] = plan
+
+
 def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: int,
              scalars: tuple, constexprs: tuple, num_warps: int, split: bool,
              generation: int) -> None:

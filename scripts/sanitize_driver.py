@@ -4,7 +4,8 @@ Run under compute-sanitizer by scripts/sanitize.py (memcheck, racecheck, initche
 without it first so that every kernel is compiled and cached before the slow runs. Paths:
 single tile, several rows per program, odd N, the split-row kernel (a GPU's long rows), the
 looped kernel (forced: a tuned table may pick it), strided and non-collapsible views, fused add
-with an fp32 residual, accumulate, clamp, bias, Gemma offset, in place, every in/out dtype pair.
+with an fp32 residual, accumulate, clamp, bias, Gemma offset, in place, every in/out dtype pair,
+and the tensor-parallel fanout kernel (its copies all on this one device).
 
 Exit status: 0 all cases matched, 3 a case failed, 0 with a message when there is no GPU.
 """
@@ -93,6 +94,22 @@ def non_collapsible(N):
     assert torch.isnan(buf[..., N:]).all()
 
 
+def fanout(M, N, copies=3):
+    """The fanout kernel writing `copies` outputs, each with its own weight and bias."""
+    x = rand_x((M, N), FP16, DEV)
+    ws = [rand_w(N, FP16, DEV, gemma=True) for _ in range(copies)]
+    bs = [torch.randn(N, device=DEV).to(BF16) for _ in range(copies)]
+    dev = torch.device(DEV, 0) if DEV == "cuda" else torch.device(DEV)
+    plan = rt.ops.fanout_plan(x, [dev] * copies, ws, bs, 1e-6, out_dtype=FP32,
+                              weight_offset=1.0)
+    outs = plan.outputs(x, ws)
+    for o in outs:
+        o.fill_(float("nan"))
+    plan.launch(x, ws, bs, outs)
+    for w, b, y in zip(ws, bs, outs):
+        assert_close(y, rmsnorm_ref(x, w, weight_offset=1.0, bias=b))
+
+
 def cases(quick):
     c = [
         ("single-tile N4096", lambda: norm(4, 4096, BF16, FP32)),
@@ -114,6 +131,7 @@ def cases(quick):
                                                    bias_dtype=BF16, accumulate=True, clamp=True)),
         ("split fused fp32 residual", lambda: fused(2, 40000)),
         ("split in place", lambda: in_place(2, 40000)),
+        ("fanout 3 copies N999", lambda: fanout(5, 999)),
     ]
     looped = [
         ("looped N40000", lambda: norm(2, 40000, BF16, BF16)),

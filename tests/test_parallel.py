@@ -143,7 +143,10 @@ def test_peer_launch_equals_rms_norm_on_one_device(device, out_dtype):
     (dict(devices=["cpu"], splits={7: ["cpu"]}), "broadcast_type"),
     (dict(devices=["cpu"], splits={BROADCAST_RS: []}), "empty"),
     (dict(devices=["cpu"], fused="yes"), "fused"),
-], ids=["no-devices", "mixed", "bad-type", "empty-split", "bad-fused"])
+    (dict(devices=["cpu"], fanout_max_bytes=-1), "fanout_max_bytes must be an int >= 0"),
+    (dict(devices=["cpu"], collective_min_bytes=1.5), r"collective_min_bytes .* got 1.5"),
+], ids=["no-devices", "mixed", "bad-type", "empty-split", "bad-fused", "bad-fanout",
+        "bad-collective"])
 def test_bad_context_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TPContext(**kwargs)
@@ -257,7 +260,9 @@ def _expected(x, ws, **kw):
 PATHS = [pytest.param(dict(use_p2p=None, collective_min_bytes=1 << 62), False, id="p2p-copy"),
          pytest.param(dict(use_p2p=None, collective_min_bytes=0), False, id="nccl-collective"),
          pytest.param(dict(use_p2p=False), False, id="staged"),
-         pytest.param(dict(use_p2p=None), "auto", id="fused")]
+         pytest.param(dict(use_p2p=None, fanout_max_bytes=0), "auto", id="fused"),
+         pytest.param(dict(use_p2p=None, fanout_max_bytes=1 << 62), "auto", id="fanout")]
+FANOUT = [pytest.param(0, id="peer-reads"), pytest.param(1 << 62, id="fanout")]
 
 
 @needs_2_gpus
@@ -446,13 +451,15 @@ def test_gpu_exllamav2_module_forward_after_tp_split(use_p2p):
 
 
 @needs_2_gpus
+@pytest.mark.parametrize("fanout_max_bytes", FANOUT)
 @pytest.mark.parametrize("fused", [True, "auto"])
 @pytest.mark.parametrize("with_out", [False, True], ids=["new-out", "out-buffers"])
-def test_gpu_caller_may_overwrite_x_as_soon_as_forward_tp_returns(fused, with_out):
+def test_gpu_caller_may_overwrite_x_as_soon_as_forward_tp_returns(fused, with_out,
+                                                                  fanout_max_bytes):
     """Peers read x in place: x's own stream must wait for those reads before the caller's
     next write to x (a residual add in place) runs."""
     devs = _gpus()
-    ctx = TPContext(devs)
+    ctx = TPContext(devs, fanout_max_bytes=fanout_max_bytes)
     if not all(ctx.can_read(d, devs[0]) for d in devs):
         pytest.skip("these GPUs have no peer access between them")
     ws = _weights(devs)
@@ -470,13 +477,64 @@ def test_gpu_caller_may_overwrite_x_as_soon_as_forward_tp_returns(fused, with_ou
 
 
 @needs_2_gpus
-def test_gpu_fused_forward_tp_captures_in_one_graph():
+def test_gpu_fanout_waits_for_earlier_work_on_the_memory_of_its_outputs():
+    """A peer's output comes from its current stream's allocator, which may hand out memory
+    that queued work there still writes: the fanout launch must wait for that work."""
+    devs = _gpus()
+    ctx = TPContext(devs, fanout_max_bytes=1 << 62)
+    if not all(ctx.can_read(devs[0], d) for d in devs):
+        pytest.skip("these GPUs have no peer access between them")
+    ws = _weights(devs)
+    x = rand_x((GM, GN), BF16, devs[0])
+    want = _expected(x, ws)
+    _sync_all()
+    for d in devs[1:]:
+        with torch.cuda.device(d):
+            stale = torch.empty(GM, GN, dtype=BF16, device=d)
+            torch.cuda._sleep(SLEEP_CYCLES)
+            stale.fill_(float("nan"))        # queued behind the sleep, then freed at once:
+            del stale                        # the next same-size allocation reuses it
+    ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=True)
+    _sync_all()
+    _assert_all_equal(ys, want)
+
+
+@needs_2_gpus
+def test_gpu_repeat_calls_follow_new_data_weights_and_settings():
+    """Repeat decode-sized calls take a memoized route (one per signature): they must still
+    read this call's x and weights, and follow later changes of the context's settings."""
+    devs = _gpus()
+    ctx = TPContext(devs)
+    if not all(ctx.can_read(devs[0], d) for d in devs):
+        pytest.skip("these GPUs have no peer access between them")
+    weight_sets = [_weights(devs), _weights(devs)]
+    for settings in ({}, {"fanout_max_bytes": 0}, {"fused": False}):
+        for name, value in settings.items():
+            setattr(ctx, name, value)
+        for _ in range(3):
+            x = rand_x((8, GN), BF16, devs[0])
+            for ws in weight_sets:
+                _assert_all_equal(forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS),
+                                  _expected(x, ws))
+        if not settings:
+            assert len(ctx._fanouts) == 1, "one route for one signature"
+    w = weight_sets[0][0].clone().requires_grad_()
+    with torch.enable_grad():                # autograd: never the forward-only fanout
+        ctx.fused, ctx.fanout_max_bytes = "auto", 1 << 62
+        ys = forward_tp(ctx, BROADCAST_RS, x, [w] + weight_sets[0][1:], None, EPS)
+    assert ys[0].requires_grad
+    _assert_all_equal([y.detach() for y in ys], _expected(x, weight_sets[0]))
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("fanout_max_bytes", FANOUT)
+def test_gpu_fused_forward_tp_captures_in_one_graph(fanout_max_bytes):
     """With a non-default current stream on every other GPU, forked from the capture stream
     and joined back, a fused call replays as captured."""
     from contextlib import ExitStack
 
     devs = _gpus()
-    ctx = TPContext(devs, fused=True)
+    ctx = TPContext(devs, fused=True, fanout_max_bytes=fanout_max_bytes)
     if not all(ctx.can_read(d, devs[0]) for d in devs):
         pytest.skip("these GPUs have no peer access between them")
     ws = _weights(devs)
@@ -488,11 +546,14 @@ def test_gpu_fused_forward_tp_captures_in_one_graph():
             stack.enter_context(torch.cuda.stream(s))   # their allocator pools then have blocks
         for _ in range(2):
             forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS)
-        _sync_all()
-        with torch.cuda.graph(graph):
-            cap = torch.cuda.current_stream(devs[0])
+    _sync_all()
+    # Entering another GPU's stream makes that GPU current: open the graph on devs[0] first.
+    with torch.cuda.device(devs[0]), torch.cuda.graph(graph):
+        cap = torch.cuda.current_stream(devs[0])
+        with ExitStack() as stack:
             for s in sides:
                 s.wait_stream(cap)
+                stack.enter_context(torch.cuda.stream(s))
             ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS)
             for s in sides:
                 cap.wait_stream(s)

@@ -1,0 +1,89 @@
+"""ops.fanout_plan: one kernel writing every tensor-parallel device's copy (parallel.py's small
+fused sources). On the CPU all copies live on one device; on a GPU too (2+ GPUs: test_parallel)."""
+import pytest
+import torch
+
+import rmsnorm_triton as rt
+from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
+from rmsnorm_triton.ops import MAX_FANOUT, fanout_plan
+
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+DEV = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+EPS = 1e-6
+
+
+def _run(x, ws, bs, **kw):
+    """The plan's outputs, NaN-poisoned before the launch; also returns the plan."""
+    plan = fanout_plan(x, [DEV] * len(ws), ws, bs, EPS, **kw)
+    assert plan is not None
+    outs = plan.outputs(x, ws)
+    for o in outs:
+        o.fill_(float("nan"))
+    plan.launch(x, ws, bs, outs)
+    return outs
+
+
+@pytest.mark.parametrize("copies", [1, 2, 3, MAX_FANOUT])
+@pytest.mark.parametrize("x_dtype,out_dtype", [(BF16, None), (FP16, FP32), (FP32, BF16)],
+                         ids=["bf16", "fp16-fp32", "fp32-bf16"])
+@pytest.mark.parametrize("shape", [(1, 4096), (3, 100), (2, 5, 96)], ids=str)
+def test_every_copy_equals_its_own_rms_norm(copies, x_dtype, out_dtype, shape):
+    """Copy i uses weights[i] and biases[i] and equals rms_norm with them bit for bit."""
+    torch.manual_seed(copies)
+    n = shape[-1]
+    x = rand_x(shape, x_dtype, DEV)
+    ws = [rand_w(n, x_dtype, DEV, gemma=True) for _ in range(copies)]
+    bs = [rand_w(n, FP32, DEV) for _ in range(copies)]
+    outs = _run(x, ws, bs, out_dtype=out_dtype, weight_offset=1.0)
+    want_dtype = out_dtype or x_dtype
+    for w, b, y in zip(ws, bs, outs):
+        assert y.shape == x.shape and y.dtype == want_dtype and y.device == DEV
+        assert_close(y, rmsnorm_ref(x, w, EPS, weight_offset=1.0, bias=b))
+        torch.testing.assert_close(y, rt.rms_norm(x, w, EPS, bias=b, out_dtype=out_dtype,
+                                                  weight_offset=1.0), rtol=0, atol=0)
+
+
+def test_no_weight_row_strided_x_and_clamp():
+    big = rand_x((6, 160), FP16, DEV)
+    big[0, 3] = float("inf")
+    x = big[:, :128]                        # rows 160 apart: read in place
+    outs = _run(x, [None, None], [None, None], clamp_fp16_input=True)
+    want = rt.rms_norm(x, None, EPS, clamp_fp16_input=True)
+    for y in outs:
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["too-many", "strided-weight", "mixed-weights", "grad",
+                                  "x-not-addressable"])
+def test_forms_without_a_fanout_launch_return_none(case):
+    n = 64
+    x = rand_x((4, n), BF16, DEV)
+    ws = [rand_w(n, BF16, DEV) for _ in range(2)]
+    bs = [None, None]
+    if case == "too-many":
+        ws, bs = [ws[0]] * (MAX_FANOUT + 1), [None] * (MAX_FANOUT + 1)
+    elif case == "strided-weight":
+        ws[1] = rand_w(2 * n, BF16, DEV)[::2]
+    elif case == "mixed-weights":
+        ws[1] = None
+    elif case == "grad":
+        ws[0] = ws[0].clone().requires_grad_()
+    else:
+        x = rand_x((4, 2 * n), BF16, DEV)[:, ::2]      # no unit column stride
+    assert fanout_plan(x, [DEV] * len(ws), ws, bs, EPS) is None
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(weights=[torch.ones(63)]), ValueError, r"weight must have shape \(64,\)"),
+    (dict(weights=[torch.ones(64, dtype=torch.int32)]), TypeError, "weight must be"),
+    (dict(eps=-1.0), ValueError, "eps must be"),
+    (dict(out_dtype=torch.int8), TypeError, "out_dtype must be"),
+])
+def test_bad_arguments_raise_like_rms_norm(kwargs, exc, match):
+    x = rand_x((4, 64), BF16, DEV)
+    ws = [w.to(DEV) for w in kwargs.pop("weights", [torch.ones(64, dtype=BF16)])]
+    args = dict(eps=EPS, out_dtype=None)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        fanout_plan(x, [DEV] * len(ws), ws, [None] * len(ws), args.pop("eps"), **args)
