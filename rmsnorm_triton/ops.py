@@ -21,6 +21,7 @@ from .config import (
     INTERPRET,
     LaunchConfig,
     config_generation,
+    device_name,
     next_pow2,
     pick_config,
     preload_weight,
@@ -115,11 +116,13 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     access (tensor parallelism; parallel.py checks that access and orders the streams).
 
     Raises what rms_norm raises for bad arguments. None where this form has no fanout launch
-    (the caller normalizes per device instead): more than MAX_FANOUT devices, gradients, an x
-    or weight the kernel cannot address as it is, or a launch config that is not one tile
-    per row or that differs between the devices (copy i must equal device i's own rms_norm).
+    (the caller normalizes per device instead): more than MAX_FANOUT devices, an x or weight
+    the kernel cannot address as it is, GPUs of different models (the kernel is compiled for
+    x's), or a launch config that is not one tile per row or that differs between the devices
+    (copy i must equal device i's own rms_norm). The answer depends on the call's signature
+    only; gradients are the caller's to refuse (the kernel is forward-only).
     """
-    if not 1 <= len(devices) <= MAX_FANOUT or _needs_grad(x, *weights, *biases):
+    if not 1 <= len(devices) <= MAX_FANOUT:
         return None
     for dev, w, b in zip(devices, weights, biases):
         check_args(x, w, bias=b, out_dtype=out_dtype, eps=eps, weight_offset=weight_offset,
@@ -132,8 +135,11 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     if x2d is None:
         return None
     out_dtype = out_dtype or x.dtype
-    cfgs = {pick_config(n_cols, row_bucket(n_rows), x.dtype, out_dtype, False,
-                        d.index if d.type == "cuda" else -1) for d in devices}
+    indices = [d.index if d.type == "cuda" else -1 for d in devices]
+    if len({device_name(i) for i in indices}) > 1:
+        return None
+    cfgs = {pick_config(n_cols, row_bucket(n_rows), x.dtype, out_dtype, False, i)
+            for i in indices}
     cfg = cfgs.pop()
     if cfgs or cfg.splits > 1 or cfg.looped:
         return None

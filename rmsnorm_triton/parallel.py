@@ -28,6 +28,7 @@ import torch
 import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch itself)
 
 from . import plans
+from .config import config_generation
 from .ops import MAX_FANOUT, _launch, _needs_grad, fanout_plan, rms_norm
 from .validate import as_rows, check_inputs
 
@@ -477,14 +478,15 @@ def _fanout_plan_for(ctx, x, devices, weights, biases, eps, *, out_dtype, weight
     n = len(devices)
     ws, bs = _per_device(weights, n, "weights"), _per_device(biases, n, "biases")
     key = plans.fanout_key(x, devices, ws, bs, eps, weight_offset, out_dtype, clamp_fp16_input)
-    if key is None:
+    if key is None or _needs_grad(x, *ws, *bs):
         return None
     plan = plans.lookup(key)
     if plan is None:
+        generation = config_generation()
         plan = fanout_plan(x, devices, ws, bs, eps, out_dtype=out_dtype,
                            weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input)
-        plans.store(key, plan)
-    return None if plan is None or _needs_grad(x, *ws, *bs) else plan
+        plans.store(key, plans.NO_FANOUT if plan is None else plan, generation)
+    return None if plan is plans.NO_FANOUT else plan
 
 
 def _fan_out(ctx, plan, x, weights, biases) -> list:
@@ -524,8 +526,12 @@ def _route_key(ctx, broadcast_type, x, weights, biases, eps, out_dtype, weight_o
     if key is None:
         return None
     try:
-        return (broadcast_type, fused, ctx.fused, ctx.fanout_max_bytes, ctx.collective_min_bytes,
-                key, _operand_keys(weights), _operand_keys(biases))
+        # The config generation: a new tuned table may change the launch config, which the
+        # fanout's copies must share with each device's own rms_norm.
+        route = (broadcast_type, fused, ctx.fused, ctx.fanout_max_bytes,
+                 ctx.collective_min_bytes, config_generation(), key, _operand_keys(weights),
+                 _operand_keys(biases))
+        return route
     except (AttributeError, TypeError):
         return None
 
@@ -596,7 +602,10 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
         # A decode step is all host time: a repeat call skips every decision below.
         route = _route_key(ctx, broadcast_type, x_or_list, weights, biases, eps, out_dtype,
                            weight_offset, clamp_fp16_input, fused)
-        plan = None if route is None else ctx._fanouts.get(route)
+        try:
+            plan = None if route is None else ctx._fanouts.get(route)
+        except TypeError:       # an unhashable argument: the full path below names it
+            plan = route = None
         if plan is not None and not _needs_grad(x_or_list, *(weights or ()), *(biases or ())):
             return _fan_out(ctx, plan, x_or_list, weights, biases)
     devices = ctx.devices_for(broadcast_type)

@@ -183,6 +183,10 @@ def fanout_key(x, devices, weights, biases, eps, weight_offset, out_dtype, clamp
         return None
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)       # new_empty gives a plain tensor for these
+NO_FANOUT = object()        # a signature that fanout_plan refused: not asked again
+
+
 class FanoutPlan:
     """rms_norm(x, weights[i], bias=biases[i]) for every device i, in one launch on x's GPU.
 
@@ -206,9 +210,9 @@ class FanoutPlan:
         self.runner: Optional[Runner] = None
 
     def outputs(self, x, weights) -> list:
-        if self.has_weight:
+        if self.has_weight and all(w.__class__ in _PLAIN for w in weights):
             # new_empty on the device's own weight: ~2 us less than torch.empty(device=) on a
-            # slow host (no device argument to parse).
+            # slow host (no device argument to parse). Other subclasses would return their own.
             return [w.new_empty(self.out_shape, dtype=self.out_dtype) for w in weights]
         return [torch.empty(self.out_shape, dtype=self.out_dtype, device=d)
                 for d in self.devices]
@@ -252,8 +256,10 @@ class FanoutPlan:
                 _set_device(prev)
 
 
-def store(key, plan) -> None:
-    if key is None:
+def store(key, plan, generation: int) -> None:
+    """Keep `plan` (or NO_FANOUT) for `key`, unless the tuned table changed since `generation`
+    was read, before the plan's config was picked."""
+    if key is None or generation != config.config_generation():
         return
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()

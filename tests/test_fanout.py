@@ -5,6 +5,7 @@ import torch
 
 import rmsnorm_triton as rt
 from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
+from rmsnorm_triton import parallel, plans
 from rmsnorm_triton.ops import MAX_FANOUT, fanout_plan
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
@@ -54,7 +55,7 @@ def test_no_weight_row_strided_x_and_clamp():
         torch.testing.assert_close(y, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", ["too-many", "strided-weight", "mixed-weights", "grad",
+@pytest.mark.parametrize("case", ["too-many", "strided-weight", "mixed-weights",
                                   "x-not-addressable"])
 def test_forms_without_a_fanout_launch_return_none(case):
     n = 64
@@ -67,8 +68,6 @@ def test_forms_without_a_fanout_launch_return_none(case):
         ws[1] = rand_w(2 * n, BF16, DEV)[::2]
     elif case == "mixed-weights":
         ws[1] = None
-    elif case == "grad":
-        ws[0] = ws[0].clone().requires_grad_()
     else:
         x = rand_x((4, 2 * n), BF16, DEV)[:, ::2]      # no unit column stride
     assert fanout_plan(x, [DEV] * len(ws), ws, bs, EPS) is None
@@ -87,3 +86,29 @@ def test_bad_arguments_raise_like_rms_norm(kwargs, exc, match):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         fanout_plan(x, [DEV] * len(ws), ws, [None] * len(ws), args.pop("eps"), **args)
+
+
+def test_forward_tp_asks_once_per_signature_and_never_under_autograd(monkeypatch):
+    """A refused signature is remembered (long rows would otherwise re-validate every call);
+    a call that autograd must see never gets a plan (the kernel is forward-only)."""
+    asked = []
+
+    def counting(*args, **kwargs):
+        asked.append(1)
+        return fanout_plan(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "fanout_plan", counting)
+    plans.clear()
+    ctx = rt.TPContext([DEV.type] if DEV.type == "cpu" else [DEV])
+    devs = ctx.devices_for(rt.BROADCAST_RS)
+    x = rand_x((3, 64), BF16, DEV)
+    ws = [rand_w(64, BF16, DEV)]
+    strided = [rand_w(128, BF16, DEV)[::2]]          # refused: not addressable as it is
+    kw = dict(out_dtype=None, weight_offset=0.0, clamp_fp16_input=False)
+    for _ in range(3):
+        assert parallel._fanout_plan_for(ctx, x, devs, strided, None, EPS, **kw) is None
+    assert len(asked) == 1
+    assert parallel._fanout_plan_for(ctx, x, devs, ws, None, EPS, **kw) is not None
+    with torch.enable_grad():
+        grad_ws = [ws[0].clone().requires_grad_()]
+        assert parallel._fanout_plan_for(ctx, x, devs, grad_ws, None, EPS, **kw) is None

@@ -170,6 +170,11 @@ def test_bad_call_arguments():
         forward_tp(ctx, BROADCAST_RS, x, [w[:-1] for w in ws], None, EPS)
     with pytest.raises(ValueError, match="fused"):
         forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused="sometimes")
+    # Unhashable values pass the repeat-call memo and get the full path's message.
+    with pytest.raises(ValueError, match=r"fused must be one of .* got \['auto'\]"):
+        forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=["auto"])
+    with pytest.raises(TypeError, match=r"eps must be a float, got list"):
+        forward_tp(ctx, BROADCAST_RS, x, ws, None, [EPS])
 
 
 # ---- the seed-compatible module on a TPContext ---------------------------------------------------
@@ -518,6 +523,9 @@ def test_gpu_repeat_calls_follow_new_data_weights_and_settings():
                                   _expected(x, ws))
         if not settings:
             assert len(ctx._fanouts) == 1, "one route for one signature"
+            rt.config.clear_caches()         # a new tuned table: routes are made again
+            _assert_all_equal(forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS), _expected(x, ws))
+            assert len(ctx._fanouts) == 2
     w = weight_sets[0][0].clone().requires_grad_()
     with torch.enable_grad():                # autograd: never the forward-only fanout
         ctx.fused, ctx.fanout_max_bytes = "auto", 1 << 62
