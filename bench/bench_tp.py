@@ -155,7 +155,8 @@ def providers(devs, args):
             def graph(c, ctx=ctx):
                 return forward_tp(ctx, BROADCAST_RS, c.x, c.ws, None, EPS, out=c.outs)
         elif name == "tp_fanout":
-            graph = eager                    # new outputs: the fanout needs them
+            def graph(c, ctx=ctx):           # into a graph's static buffers, as engines do
+                return forward_tp(ctx, BROADCAST_RS, c.x, c.ws, None, EPS, out=c.outs)
         elif name == "tp_copy":
             def graph(c, ctx=ctx):
                 xs = ctx.broadcast(c.x, BROADCAST_RS, out=c.copies)

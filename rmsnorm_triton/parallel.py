@@ -30,7 +30,7 @@ import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch 
 from . import plans
 from .config import config_generation
 from .ops import MAX_FANOUT, _launch, _needs_grad, fanout_plan, rms_norm
-from .validate import as_rows, check_inputs
+from .validate import FLOAT_DTYPES, _overlaps, as_rows, check_inputs
 
 # exllamav2's numbering (tensor_p.py / ext_tp.h): what each split divides.
 BROADCAST_KV, BROADCAST_ID, BROADCAST_VC, BROADCAST_RS, BROADCAST_Q = range(5)
@@ -489,13 +489,15 @@ def _fanout_plan_for(ctx, x, devices, weights, biases, eps, *, out_dtype, weight
     return None if plan is plans.NO_FANOUT else plan
 
 
-def _fan_out(ctx, plan, x, weights, biases) -> list:
-    """One kernel on x's GPU normalizes x once and writes every device's copy.
+def _fan_out(ctx, plan, x, weights, biases, outs=None) -> list:
+    """One kernel on x's GPU normalizes x once and writes every device's copy (into `outs`,
+    the caller's buffers from _writable_outs, or new ones).
 
-    Each peer's output is allocated on its current stream, which may still use that memory
-    for earlier work: x's stream waits for every peer's stream before the launch, and every
-    peer's stream waits for the launch after it."""
-    outs = plan.outputs(x, weights)
+    Each peer's output is allocated on (or, the caller's, ready on) its current stream, which
+    may still use that memory for earlier work: x's stream waits for every peer's stream
+    before the launch, and every peer's stream waits for the launch after it."""
+    if outs is None:
+        outs = plan.outputs(x, weights)
     src = plan.src
     producer = ctx._current_stream(src)
     peers = [ctx._current_stream(d.index) for d in plan.devices if d.index != src]
@@ -510,6 +512,26 @@ def _fan_out(ctx, plan, x, weights, biases) -> list:
         for stream in peers:
             stream.wait_event(done)
     return outs
+
+
+def _writable_outs(x, devices, out, out_dtype, weights, biases):
+    """(out as a list, its dtype) if the fanout can write the caller's buffers as they are:
+    one plain contiguous tensor of x's shape per device, all of one dtype, none overlapping a
+    tensor the kernel reads. Else None, and the general path checks them (and names what is
+    wrong)."""
+    n = len(devices)
+    outs, ws, bs = (_per_device(v, n, name) for v, name in
+                    ((out, "out"), (weights, "weights"), (biases, "biases")))
+    dtype = outs[0].dtype if isinstance(outs[0], torch.Tensor) else None
+    if dtype not in FLOAT_DTYPES or out_dtype not in (None, dtype):
+        return None
+    for o, dev, w, b in zip(outs, devices, ws, bs):
+        if o.__class__ is not torch.Tensor or o.device != dev or o.dtype != dtype or \
+                o.shape != x.shape or not o.is_contiguous():
+            return None
+        if any(t is not None and _overlaps(o, t) for t in (x, w, b)):
+            return None
+    return outs, dtype
 
 
 def _operand_keys(tensors):
@@ -623,8 +645,21 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
     if peer_read and x.dim() > 0 and not x.is_contiguous() and \
             as_rows(x, x.shape[-1], writable=False) is None:
         x = x.contiguous()       # on the producer's stream, so the readiness event covers it
+    fits = peer_read and ctx._all_read(broadcast_type, x.device) and \
+        x.numel() * x.element_size() <= ctx._fanout_max(broadcast_type, x.device)
+    if fits and out is not None:
+        # The caller's buffers (a CUDA graph's, say) take the fanout too, where it can write
+        # them as they are.
+        writable = _writable_outs(x, devices, out, out_dtype, weights, biases)
+        if writable is not None:
+            outs, dtype = writable
+            plan = _fanout_plan_for(ctx, x, devices, weights, biases, eps, out_dtype=dtype,
+                                    weight_offset=weight_offset,
+                                    clamp_fp16_input=clamp_fp16_input)
+            if plan is not None:
+                return _fan_out(ctx, plan, x, weights, biases, outs)
     if peer_read and out is None and ctx._all_read(broadcast_type, x.device):
-        if x.numel() * x.element_size() <= ctx._fanout_max(broadcast_type, x.device):
+        if fits:
             plan = _fanout_plan_for(ctx, x, devices, weights, biases, eps, out_dtype=out_dtype,
                                     weight_offset=weight_offset,
                                     clamp_fp16_input=clamp_fp16_input)

@@ -505,6 +505,35 @@ def test_gpu_fanout_waits_for_earlier_work_on_the_memory_of_its_outputs():
 
 
 @needs_2_gpus
+def test_gpu_fanout_writes_the_callers_buffers(monkeypatch):
+    """Preallocated contiguous outputs (a CUDA graph's) take the fanout too; out's dtype is the
+    output dtype, and a contradicting out_dtype is refused by the general path's check."""
+    from rmsnorm_triton import parallel
+
+    devs = _gpus()
+    ctx = TPContext(devs)
+    if not all(ctx.can_read(devs[-1], d) for d in devs):
+        pytest.skip("these GPUs have no peer access between them")
+    fanned = []
+    real = parallel._fan_out
+    monkeypatch.setattr(parallel, "_fan_out", lambda *a: fanned.append(1) or real(*a))
+    x = rand_x((8, GN), FP16, devs[-1])                  # 64 KB: the fanout on 2 and 4 GPUs
+    w, b = rand_w(GN, FP16, "cuda:0"), rand_w(GN, FP32, "cuda:0")
+    ws, bs = [w.to(d) for d in devs], [b.to(d) for d in devs]
+    outs = [torch.full((8, GN), float("nan"), dtype=FP32, device=d) for d in devs]
+    ys = forward_tp(ctx, BROADCAST_KV, x, ws, bs, EPS, fused=True, out=outs, weight_offset=1.0)
+    assert fanned and all(y is o for y, o in zip(ys, outs))
+    _assert_all_equal(ys, [_local(x, wd, d, bias=bd, out_dtype=FP32, weight_offset=1.0)
+                           for d, wd, bd in zip(devs, ws, bs)])
+    with pytest.raises(ValueError, match="out_dtype"):
+        forward_tp(ctx, BROADCAST_KV, x, ws, bs, EPS, fused=True, out=outs, out_dtype=BF16)
+    big = rand_x((8, GN), FP16, devs[0])                 # out[0] holds weights[0]'s memory
+    outs16 = [big] + [torch.empty(8, GN, dtype=FP16, device=d) for d in devs[1:]]
+    with pytest.raises(ValueError, match="out overlaps weight"):
+        forward_tp(ctx, BROADCAST_KV, x, [big[7]] + ws[1:], bs, EPS, fused=True, out=outs16)
+
+
+@needs_2_gpus
 def test_gpu_repeat_calls_follow_new_data_weights_and_settings():
     """Repeat decode-sized calls take a memoized route (one per signature): they must still
     read this call's x and weights, and follow later changes of the context's settings."""
