@@ -615,9 +615,11 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
     """Normalize hidden states on every device of the split; returns one tensor per device.
 
     x_or_list: one tensor (on any GPU or the host), broadcast first; or a list already laid
-    out over the split's devices. fused (default ctx.fused): True makes every other GPU read x
-    over peer access inside its norm kernel, no copy; "auto" does so where peer access exists
-    and copies elsewhere; False copies, then normalizes.
+    out over the split's devices. fused (default ctx.fused): True normalizes without copying x:
+    one kernel on x's GPU writes every copy over peer access (the fanout, up to
+    ctx.fanout_max_bytes), or every GPU's kernel reads x over peer access; "auto" does so where
+    peer access exists and copies elsewhere; False copies, then normalizes. out: one buffer
+    per device (None allocates).
     """
     route = None
     if out is None and x_or_list.__class__ is torch.Tensor:
