@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from datetime import timedelta
 
 import torch
@@ -38,7 +37,8 @@ import triton
 
 import rmsnorm_triton as rt
 from rmsnorm_triton.atomic import write_atomic, write_text_atomic
-from rmsnorm_triton.parallel import BROADCAST_RS, TPContext, forward_tp, norm_on_devices
+from rmsnorm_triton.parallel import (BROADCAST_RS, TPContext, capture_graph, forward_tp,
+                                     norm_on_devices)
 
 EPS = 1e-6
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -84,33 +84,6 @@ def wall_us(fn, devs, budget_s=0.05, repeats=5):
         sync_all(devs)
         per_call.append(1e6 * (time.perf_counter() - t0) / n)
     return sorted(per_call)[repeats // 2]
-
-
-def capture(fn, devs, warmup=2):
-    """One CUDA graph of fn over all GPUs: each GPU's current stream forks from the capture
-    stream (so it is captured too) and joins back before the capture ends. The warm-up calls
-    run on those same streams, so that their allocators hold the blocks the capture takes.
-
-    Order matters: entering another GPU's stream also makes that GPU current, so the graph is
-    opened on devs[0] first and the other GPUs' streams are entered inside it."""
-    graph = torch.cuda.CUDAGraph()
-    sides = [torch.cuda.Stream(d) for d in devs[1:]]
-    with ExitStack() as stack:
-        for s in sides:
-            stack.enter_context(torch.cuda.stream(s))
-        for _ in range(warmup):
-            fn()
-    sync_all(devs)
-    with torch.cuda.device(devs[0]), torch.cuda.graph(graph):
-        cap = torch.cuda.current_stream(devs[0])
-        with ExitStack() as stack:
-            for s in sides:
-                s.wait_stream(cap)
-                stack.enter_context(torch.cuda.stream(s))
-            fn()
-            for s in sides:
-                cap.wait_stream(s)
-    return graph
 
 
 # ---- single-process providers -------------------------------------------------------------------
@@ -197,7 +170,7 @@ def measure(case, name, call, mode, part, args):
     try:
         if mode == "graph":
             captured = []
-            graph = capture(lambda: captured.append(call(case)), devs)
+            graph = capture_graph(lambda: captured.append(call(case)), devs)
             captured = captured[-1:]
             for o in case.outs:              # the replay, not the warm-up, must fill them
                 o.fill_(float("nan"))

@@ -14,7 +14,7 @@ Stream protocol (no host synchronization anywhere):
   current stream (whose allocator just handed out that peer's output), and each peer's stream
   then waits for the launch.
 - Capturing a multi-GPU call in one CUDA graph needs each GPU's current stream to be a
-  non-default stream forked from the capture stream (see bench/bench_tp.py's `capture`).
+  non-default stream forked from the capture stream (`capture_graph` below does it).
 - Whenever a tensor is used on a stream other than the one it was allocated on, the caching
   allocator is told (`record_stream`), so freeing it early never hands its memory out too soon;
   except where the allocating stream itself waits for that use before the call returns.
@@ -23,6 +23,7 @@ CPU devices take the same code with plain tensors and no streams: the logic runs
 from __future__ import annotations
 
 import threading
+from contextlib import ExitStack
 
 import torch
 import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch itself)
@@ -104,7 +105,7 @@ class TPContext:
         self._lock = threading.Lock()   # guards lazy side streams and the pinned buffer
         self._local = threading.local()  # per thread: one reusable readiness event per GPU
         self._stream_objs = {}
-        self._readable, self._writable = {}, {}
+        self._readable, self._fanout_limits = {}, {}
         self._fanouts = {}              # forward_tp's route key -> fanout plan (repeat calls)
         self._streams, self._side, self._peer = {}, {}, {}
         self._pinned, self._pinned_busy = None, []
@@ -211,7 +212,7 @@ class TPContext:
         """The largest source (bytes) that takes the fanout to this split: -1 where a kernel on
         `source` may not write every device of it (memoized: peer access is settled)."""
         key = (broadcast_type, source, self.fanout_max_bytes)
-        limit = self._writable.get(key)
+        limit = self._fanout_limits.get(key)
         if limit is None:
             split = self._splits[broadcast_type]
             peers = sum(d != source for d in split)
@@ -222,7 +223,7 @@ class TPContext:
                 limit = self.fanout_max_bytes
             else:
                 limit = 1 << 62 if peers <= 1 else _FANOUT_MAX_BYTES_SHARED
-            self._writable[key] = limit
+            self._fanout_limits[key] = limit
         return limit
 
     def _event(self, role: str, device_index: int):
@@ -647,8 +648,8 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
     if peer_read and x.dim() > 0 and not x.is_contiguous() and \
             as_rows(x, x.shape[-1], writable=False) is None:
         x = x.contiguous()       # on the producer's stream, so the readiness event covers it
-    fits = peer_read and ctx._all_read(broadcast_type, x.device) and \
-        x.numel() * x.element_size() <= ctx._fanout_max(broadcast_type, x.device)
+    readable = peer_read and ctx._all_read(broadcast_type, x.device)
+    fits = readable and x.numel() * x.element_size() <= ctx._fanout_max(broadcast_type, x.device)
     if fits and out is not None:
         # The caller's buffers (a CUDA graph's, say) take the fanout too, where it can write
         # them as they are.
@@ -660,7 +661,7 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
                                     clamp_fp16_input=clamp_fp16_input)
             if plan is not None:
                 return _fan_out(ctx, plan, x, weights, biases, outs)
-    if peer_read and out is None and ctx._all_read(broadcast_type, x.device):
+    if readable and out is None:
         if fits:
             plan = _fanout_plan_for(ctx, x, devices, weights, biases, eps, out_dtype=out_dtype,
                                     weight_offset=weight_offset,
@@ -676,3 +677,34 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
                                     clamp_fp16_input=clamp_fp16_input)
     inputs = ctx._replicate(x, devices, norm_streams=True, peer_read=peer_read)
     return _norm_all(ctx, inputs, devices, weights, biases, eps, **kw)
+
+
+def capture_graph(fn, devices, warmup: int = 2) -> "torch.cuda.CUDAGraph":
+    """One CUDA graph of fn() over several GPUs, devices[0] first (where x lives).
+
+    Each other GPU gets a new current stream, forked from the capture stream (so its work is
+    captured too) and joined back before the capture ends. The warm-up calls run on those same
+    streams, so that their allocators hold the blocks the capture takes. Order matters:
+    entering another GPU's stream also makes that GPU current, so the graph is opened on
+    devices[0] first and the other GPUs' streams are entered inside it. Outputs made on other
+    GPUs during the capture come from their normal pools: keep them alive while replaying."""
+    devices = [_as_device(d) for d in devices]
+    graph = torch.cuda.CUDAGraph()
+    sides = [torch.cuda.Stream(d) for d in devices[1:]]
+    with ExitStack() as stack:
+        for s in sides:
+            stack.enter_context(torch.cuda.stream(s))
+        for _ in range(warmup):
+            fn()
+    for d in devices:
+        torch.cuda.synchronize(d)
+    with torch.cuda.device(devices[0]), torch.cuda.graph(graph):
+        cap = torch.cuda.current_stream(devices[0])
+        with ExitStack() as stack:
+            for s in sides:
+                s.wait_stream(cap)
+                stack.enter_context(torch.cuda.stream(s))
+            fn()
+            for s in sides:
+                cap.wait_stream(s)
+    return graph

@@ -5,8 +5,8 @@ import torch
 import rmsnorm_triton as rt
 from helpers import assert_guard_intact, poisoned, rand_w, rand_x
 from rmsnorm_triton.parallel import (BROADCAST_ID, BROADCAST_KV, BROADCAST_Q, BROADCAST_RS,
-                                     BROADCAST_VC, TPContext, _norm_from_peer, forward_tp,
-                                     norm_on_devices)
+                                     BROADCAST_VC, TPContext, _norm_from_peer, capture_graph,
+                                     forward_tp, norm_on_devices)
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 M, N = 5, 96
@@ -568,32 +568,16 @@ def test_gpu_repeat_calls_follow_new_data_weights_and_settings():
 def test_gpu_fused_forward_tp_captures_in_one_graph(fanout_max_bytes):
     """With a non-default current stream on every other GPU, forked from the capture stream
     and joined back, a fused call replays as captured."""
-    from contextlib import ExitStack
-
     devs = _gpus()
     ctx = TPContext(devs, fused=True, fanout_max_bytes=fanout_max_bytes)
     if not all(ctx.can_read(d, devs[0]) for d in devs):
         pytest.skip("these GPUs have no peer access between them")
     ws = _weights(devs)
     x = rand_x((GM, GN), BF16, devs[0])
-    graph = torch.cuda.CUDAGraph()
-    sides = [torch.cuda.Stream(d) for d in devs[1:]]
-    with ExitStack() as stack:
-        for s in sides:                      # the peers' current streams, warm-up included:
-            stack.enter_context(torch.cuda.stream(s))   # their allocator pools then have blocks
-        for _ in range(2):
-            forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS)
-    _sync_all()
-    # Entering another GPU's stream makes that GPU current: open the graph on devs[0] first.
-    with torch.cuda.device(devs[0]), torch.cuda.graph(graph):
-        cap = torch.cuda.current_stream(devs[0])
-        with ExitStack() as stack:
-            for s in sides:
-                s.wait_stream(cap)
-                stack.enter_context(torch.cuda.stream(s))
-            ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS)
-            for s in sides:
-                cap.wait_stream(s)
+    calls = []
+    graph = capture_graph(lambda: calls.append(forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS)),
+                          devs)
+    ys = calls[-1]                           # the captured call's outputs (after 2 warm-ups)
     for y in ys:
         y.fill_(float("nan"))
     _sync_all()
