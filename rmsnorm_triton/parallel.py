@@ -623,7 +623,7 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
     per device (None allocates).
     """
     route = None
-    if out is None and x_or_list.__class__ is torch.Tensor:
+    if out is None and ctx.is_cuda and x_or_list.__class__ is torch.Tensor:
         # A decode step is all host time: a repeat call skips every decision below.
         route = _route_key(ctx, broadcast_type, x_or_list, weights, biases, eps, out_dtype,
                            weight_offset, clamp_fp16_input, fused)
