@@ -39,12 +39,13 @@ def broadcast_rms_norm(x, weight=None, eps=1e-6, *, src=0, group=None, **kw):
         raise RuntimeError("broadcast_rms_norm needs torch.distributed initialized: call "
                            "torch.distributed.init_process_group first (e.g. under torchrun)")
     _check_before_collective(x, weight, eps, kw)
-    if x.is_contiguous():
+    if x.is_contiguous() and not x.is_neg():
         dist.broadcast(x, src, group=group)
         return rms_norm(x, weight, eps, **kw)
-    # NCCL and gloo send one contiguous block: broadcast a contiguous copy, then hand the
-    # received values back to the caller's buffer as its contract says.
-    flat = x.contiguous()
+    # NCCL and gloo send one contiguous block of memory as it is: broadcast a contiguous copy
+    # (a negative view's memory holds -x), then hand the received values back to the caller's
+    # buffer as its contract says.
+    flat = x.resolve_neg().contiguous()
     dist.broadcast(flat, src, group=group)
     if dist.get_rank() != src:
         x.copy_(flat)

@@ -127,7 +127,8 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     for dev, w, b in zip(devices, weights, biases):
         check_args(x, w, bias=b, out_dtype=out_dtype, eps=eps, weight_offset=weight_offset,
                    device=dev)
-    if x.numel() == 0 or any(t is not None and not t.is_contiguous() for t in (*weights, *biases)):
+    if x.numel() == 0 or any(t is not None and (t.is_neg() or not t.is_contiguous())
+                             for t in (*weights, *biases)):
         return None
     n_cols = x.shape[-1]
     n_rows = x.numel() // n_cols

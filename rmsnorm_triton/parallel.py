@@ -31,7 +31,7 @@ import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch 
 from . import plans
 from .config import config_generation
 from .ops import MAX_FANOUT, _launch, _needs_grad, fanout_plan, rms_norm
-from .validate import FLOAT_DTYPES, _overlaps, as_rows, check_inputs
+from .validate import FLOAT_DTYPES, _overlaps, as_rows, check_dense, check_inputs
 
 # exllamav2's numbering (tensor_p.py / ext_tp.h): what each split divides.
 BROADCAST_KV, BROADCAST_ID, BROADCAST_VC, BROADCAST_RS, BROADCAST_Q = range(5)
@@ -252,8 +252,10 @@ class TPContext:
         Ready on the device's TP stream (norm_streams) or on its current stream (broadcast).
         peer_read: a device with peer access reads x in place instead of receiving a copy.
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        check_dense("x", x)
+        if x.is_neg():
+            # Collectives, staging and peer reads move memory, which holds -x in a negative view.
+            x = x.resolve_neg()
         outs = _per_device(out, len(devices), "out")
         for i, (dev, buf) in enumerate(zip(devices, outs)):
             if buf is not None and (not isinstance(buf, torch.Tensor) or buf.device != dev
@@ -528,7 +530,7 @@ def _writable_outs(x, devices, out, out_dtype, weights, biases):
         return None
     for o, dev, w, b in zip(outs, devices, ws, bs):
         if o.__class__ is not torch.Tensor or o.device != dev or o.dtype != dtype or \
-                o.shape != x.shape or not o.is_contiguous():
+                o.shape != x.shape or not o.is_contiguous() or o.is_neg():
             return None
         if any(t is not None and _overlaps(o, t) for t in (x, w, b)):
             return None
@@ -555,7 +557,7 @@ def _route_key(ctx, broadcast_type, x, weights, biases, eps, out_dtype, weight_o
                  ctx.collective_min_bytes, config_generation(), key, _operand_keys(weights),
                  _operand_keys(biases))
         return route
-    except (AttributeError, TypeError):
+    except (AttributeError, TypeError, RuntimeError):
         return None
 
 
@@ -645,9 +647,11 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
         return norm_on_devices(ctx, xs, weights, biases, eps, **kw)
     x = x_or_list
     peer_read = _resolve_fused(ctx, fused, x, devices)
-    if peer_read and x.dim() > 0 and not x.is_contiguous() and \
+    if peer_read and x.dim() > 0 and (x.is_neg() or not x.is_contiguous()) and \
             as_rows(x, x.shape[-1], writable=False) is None:
-        x = x.contiguous()       # on the producer's stream, so the readiness event covers it
+        # On the producer's stream, so the readiness event covers it. resolve_neg: a negative
+        # view's memory holds -x, and peers read the memory.
+        x = x.resolve_neg().contiguous()
     readable = peer_read and ctx._all_read(broadcast_type, x.device)
     fits = readable and x.numel() * x.element_size() <= ctx._fanout_max(broadcast_type, x.device)
     if fits and out is not None:

@@ -31,7 +31,8 @@ _current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 def _operand_key(t):
-    return None if t is None else (t.shape, t.dtype, t.device, t.is_contiguous())
+    # is_neg: a negative view's memory holds -t; it takes the full path, which copies it.
+    return None if t is None else (t.shape, t.dtype, t.device, t.is_contiguous(), t.is_neg())
 
 
 def norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
@@ -42,10 +43,11 @@ def norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
     try:
         # Classes too: eps=True must not share the plan of eps=1 (bool is refused).
         # x.stride() only where x is not contiguous: it costs more than the test.
-        return (x.shape, x.is_contiguous() or x.stride(), x.dtype, x.device,
+        return (x.shape, x.is_contiguous() or x.stride(), x.is_neg(), x.dtype, x.device,
                 _operand_key(weight), _operand_key(bias), eps, eps.__class__,
                 weight_offset, weight_offset.__class__, out_dtype, clamp_fp16_input)
-    except AttributeError:          # not a tensor: the full path names the argument
+    except (AttributeError, RuntimeError):
+        # Not a tensor, or a sparse or nested one (no strides): the full path names it.
         return None
 
 
@@ -54,10 +56,11 @@ def fused_key(x, residual, weight, bias, eps, weight_offset, out_dtype):
     if x.__class__ is not torch.Tensor or residual.__class__ is not torch.Tensor:
         return None
     try:
-        return (x.shape, x.stride(), x.dtype, x.device, residual.shape, residual.stride(),
-                residual.dtype, residual.device, _operand_key(weight), _operand_key(bias),
-                eps, eps.__class__, weight_offset, weight_offset.__class__, out_dtype)
-    except AttributeError:
+        return (x.shape, x.stride(), x.is_neg(), x.dtype, x.device, residual.shape,
+                residual.stride(), residual.is_neg(), residual.dtype, residual.device,
+                _operand_key(weight), _operand_key(bias), eps, eps.__class__, weight_offset,
+                weight_offset.__class__, out_dtype)
+    except (AttributeError, RuntimeError):
         return None
 
 
@@ -179,7 +182,7 @@ def fanout_key(x, devices, weights, biases, eps, weight_offset, out_dtype, clamp
     try:
         return ("fanout", key, tuple(devices), tuple(_operand_key(w) for w in weights),
                 tuple(_operand_key(b) for b in biases))
-    except AttributeError:
+    except (AttributeError, RuntimeError):
         return None
 
 

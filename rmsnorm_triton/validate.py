@@ -35,10 +35,19 @@ class Prepared:
 def _check_float(name: str, t, allow_none: bool = True) -> None:
     if t is None and allow_none:
         return
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_dense(name, t)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be {_DTYPE_NAMES}, got {t.dtype}")
+
+
+def check_dense(name: str, t) -> None:
+    """A tensor whose memory strides describe: kernels and copies would misread any other."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_nested or t.layout != torch.strided:
+        kind = "a nested" if t.is_nested else f"a {t.layout}"
+        raise TypeError(f"{name} must be a dense tensor (torch.strided layout), got {kind} "
+                        "tensor")
 
 
 def _finite(v) -> bool:
@@ -64,7 +73,10 @@ def as_rows(t: torch.Tensor, n_cols: int, writable: bool) -> Optional[torch.Tens
     """A [M, N] view of t with one row stride and unit column stride, or None if none exists.
 
     Writable views also need rows that do not overlap (an expanded input may repeat a row).
+    A negative view (torch's lazy negation bit) has none either: its memory holds -t.
     """
+    if t.is_neg():
+        return None
     if t.dim() == 2 and (t.stride(1) == 1 or n_cols == 1) and n_cols > 0:
         rows = t if t.stride(1) == 1 else t.as_strided(t.shape, (t.stride(0), 1))
         if writable and rows.shape[0] > 1 and rows.stride(0) < n_cols:
@@ -181,13 +193,15 @@ def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtyp
 
     x2d = as_rows(x, n_cols, writable=False)
     if x2d is None:
-        x2d = x.contiguous().view(n_rows, n_cols)
+        # resolve_neg: contiguous() keeps a negative view's bit, which the kernel cannot see.
+        x2d = x.resolve_neg().contiguous().view(n_rows, n_cols)
 
     res2d, res_user = None, None
     if residual is not None:
         res2d = as_rows(residual, n_cols, writable=True)
         if res2d is None:
-            res2d, res_user = residual.contiguous().view(n_rows, n_cols), residual
+            res2d = residual.resolve_neg().contiguous().view(n_rows, n_cols)
+            res_user = residual
 
     out_user = None
     if out is None:
@@ -197,11 +211,12 @@ def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtyp
         out2d = as_rows(out, n_cols, writable=True)
         if out2d is None:
             out_user = out
-            out2d = (out.contiguous() if accumulate else torch.empty_like(out, memory_format=
-                     torch.contiguous_format)).view(n_rows, n_cols)
-    # The kernel indexes weight and bias with unit stride: w[::2] is copied once.
-    if weight is not None and not weight.is_contiguous():
-        weight = weight.contiguous()
-    if bias is not None and not bias.is_contiguous():
-        bias = bias.contiguous()
+            out2d = (out.resolve_neg().contiguous() if accumulate else torch.empty_like(
+                out, memory_format=torch.contiguous_format)).view(n_rows, n_cols)
+    # The kernel indexes weight and bias with unit stride and reads their memory as it is:
+    # w[::2] and negative views are copied once.
+    if weight is not None and (weight.is_neg() or not weight.is_contiguous()):
+        weight = weight.resolve_neg().contiguous()
+    if bias is not None and (bias.is_neg() or not bias.is_contiguous()):
+        bias = bias.resolve_neg().contiguous()
     return Prepared(x2d, weight, bias, res2d, out2d, x.shape, out_user, res_user)

@@ -42,6 +42,10 @@ def _worker(rank, init_file, backend):
                                                   out_dtype=torch.float32)
             assert torch.equal(big[:, :N], data) and torch.equal(y, want)
             assert (big[:, N:] == 0).all(), f"rank {rank}: wrote outside the view"
+            # A negative view sends its values, not its memory (which holds -data).
+            x = torch._neg_view(-data) if rank == src else torch.zeros_like(data)
+            y = rt.distributed.broadcast_rms_norm(x, w, EPS, src=src, out_dtype=torch.float32)
+            assert torch.equal(x, data) and torch.equal(y, want), f"rank {rank}: negative view"
     finally:
         dist.destroy_process_group()
 

@@ -362,3 +362,46 @@ def test_longest_rows_finish_on_gpu():
     assert [int(n) for n, _ in results] == [1 << 20, 1 << 22, MAX_N]
     for n, err in results:
         assert float(err) < 8e-3, f"N={n}: rel err {err}"
+
+
+# ---- negative views -------------------------------------------------------------------------
+# torch's lazy negation (torch._neg_view; conj() views of complex tensors set it too) leaves
+# the memory holding -t. The kernels read memory, so such a tensor must be materialized first,
+# also after a plain call of the same shape has left a fast path (a plan) behind.
+
+@pytest.mark.parametrize("which", ["x", "weight", "bias"])
+def test_negative_view_inputs(device, which):
+    N = 256
+    x, w = rand_x((4, N), FP32, device), rand_w(N, FP32, device)
+    bias = torch.randn(N, device=device)
+    rt.rms_norm(x, w, bias=bias)               # the plain call first: it leaves a plan
+    args = {"x": x, "weight": w, "bias": bias}
+    args[which] = torch._neg_view(-args[which])
+    assert args[which].is_neg()
+    want = rmsnorm_ref(x, w, bias=bias)
+    for _ in range(2):                         # the first call and a repeat one
+        assert_close(rt.rms_norm(args["x"], args["weight"], bias=args["bias"]), want)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_negative_view_out(device, accumulate):
+    N = 256
+    x, w = rand_x((4, N), BF16, device), rand_w(N, BF16, device)
+    start = rand_x((4, N), FP32, device)
+    out = torch._neg_view(-start) if accumulate else torch._neg_view(
+        torch.full((4, N), float("nan"), device=device))
+    rt.rms_norm(x, w, out=out, accumulate=accumulate)
+    want = rmsnorm_ref(x, w) + (start.double() if accumulate else 0)
+    assert_close(out.resolve_neg(), want)
+
+
+def test_negative_view_residual(device):
+    N = 256
+    x, w = rand_x((4, N), BF16, device), rand_w(N, BF16, device)
+    base = rand_x((4, N), FP32, device)
+    rt.fused_add_rms_norm(x, base.clone(), w)  # the plain call first: it leaves a plan
+    residual = torch._neg_view(-base)
+    y, _ = rt.fused_add_rms_norm(x, residual, w)
+    want_residual = x.float() + base
+    torch.testing.assert_close(residual.resolve_neg(), want_residual, rtol=0, atol=0)
+    assert_close(y, rmsnorm_ref(want_residual, w), dtype=BF16)

@@ -113,6 +113,22 @@ CASES = [
          ("weight must be a torch.Tensor", "got list")),
     Case("residual-none", (FUSED,), _arg("residual", lambda d: None), TypeError,
          ("residual must be a torch.Tensor", "got NoneType")),
+    # -- layouts: the kernels read dense memory through strides ---------------------------------
+    Case("x-sparse", ALL, _arg("x", lambda d: torch.randn(ROWS, N, device=d).to_sparse()),
+         TypeError, ("x must be a dense tensor", "got a torch.sparse_coo tensor")),
+    Case("x-sparse-csr", ALL,
+         _arg("x", lambda d: torch.randn(ROWS, N, device=d).to_sparse_csr()), TypeError,
+         ("x must be a dense tensor", "got a torch.sparse_csr tensor")),
+    Case("x-nested", ALL, _arg("x", lambda d: torch.nested.nested_tensor(
+        [torch.randn(2, N, device=d), torch.randn(3, N, device=d)], layout=torch.jagged)),
+        TypeError, ("x must be a dense tensor", "got a nested tensor")),
+    Case("weight-sparse", ALL, _arg("weight", lambda d: torch.randn(N, device=d).to_sparse()),
+         TypeError, ("weight must be a dense tensor", "got a torch.sparse_coo tensor")),
+    Case("out-sparse", ALL, _arg("out", lambda d: torch.zeros(ROWS, N, device=d).to_sparse()),
+         TypeError, ("out must be a dense tensor", "got a torch.sparse_coo tensor")),
+    Case("residual-sparse", (FUSED,),
+         _arg("residual", lambda d: torch.randn(ROWS, N, device=d).to_sparse()), TypeError,
+         ("residual must be a dense tensor", "got a torch.sparse_coo tensor")),
     # -- shapes ----------------------------------------------------------------------------------
     Case("weight-shape", ALL, _arg("weight", _t(torch.float32, (N - 1,))), ValueError,
          (f"weight must have shape ({N},)", f"got ({N - 1},)")),

@@ -74,6 +74,16 @@ def test_forward_tp_equals_single_device(x_dtype, out_dtype):
     assert ys[0].dtype == (out_dtype or x_dtype)
 
 
+def test_negative_view_source_is_read_as_its_values():
+    ctx = TPContext(["cpu", "cpu"])
+    x = rand_x((M, N), BF16, "cpu")
+    neg = torch._neg_view(-x)                # equal to x; its memory holds -x
+    ws = [rand_w(N, BF16, "cpu")] * 2
+    _assert_all_equal(forward_tp(ctx, BROADCAST_RS, neg, ws, None, EPS),
+                      [_local(x, w, "cpu") for w in ws])
+    _assert_all_equal(ctx.broadcast(neg, BROADCAST_RS), [x, x])
+
+
 def test_bias_offset_and_clamp_pass_through():
     ctx = TPContext(["cpu", "cpu"])
     x = rand_x((M, N), FP16, "cpu")
@@ -278,13 +288,14 @@ def test_gpu_results_equal_single_gpu_bit_for_bit(ctx_kw, fused, src):
     ctx = TPContext(devs, **ctx_kw)
     ws = _weights(devs)
     big = rand_x((GM, GN + 64), BF16, devs[src])
-    for x in (big[:, :GN].contiguous(), big[:, :GN]):          # contiguous and row-strided
+    # Contiguous, row-strided, and a negative view (its memory holds -x).
+    for x in (big[:, :GN].contiguous(), big[:, :GN], torch._neg_view(-big[:, :GN])):
         for out_dtype in (None, FP32):
             ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=fused, out_dtype=out_dtype)
             _assert_all_equal(ys, _expected(x, ws, out_dtype=out_dtype))
         copies = ctx.broadcast(x, BROADCAST_RS)
         _assert_all_equal(copies, [x.to(d) for d in devs])
-        assert copies[src] is x
+        assert copies[src] is x or x.is_neg()
 
 
 @needs_2_gpus
