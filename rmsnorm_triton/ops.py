@@ -95,7 +95,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
             _run_kernel(launcher, grid, cfg, dev_index, args, scalars, flags)
     if plan_key is not None:
         plans.remember(plan_key, p, *operands, launcher, grid, scalars, flags, cfg.num_warps,
-                       cfg.splits > 1, generation)
+                       cfg.splits, generation)
     if p.residual_user is not None:
         p.residual_user.copy_(res.view(p.shape))
     if p.out_user is not None:

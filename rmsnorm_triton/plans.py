@@ -7,8 +7,9 @@ signature takes the full path (validate, build row views, pick a config, launch)
 that is the difference between ~40 us and ~15 us a decode-sized call.
 
 Only the common forms get plans: a new output (no `out=`), tensors the kernel addresses as they
-are (no staging copy), one program per row group (not the split-row kernel), no gradients, the
-current device. Everything else takes the full path on every call. What depends on data
+are (no staging copy), no gradients, the current device. Everything else takes the full path on
+every call. A split-row plan also allocates its partial-sum workspace per call, as the full path
+does. What depends on data
 pointers is checked per call: 16-byte alignment (Triton specializes on it) and, for the fused
 add, that the residual it writes overlaps no tensor it reads.
 """
@@ -91,10 +92,10 @@ def _extent(t: Optional[torch.Tensor]) -> int:
 class Plan:
     """One signature's launch: output allocation, grid, and the arguments that never change."""
     __slots__ = ("out_shape", "out_dtype", "device", "dev_index", "grid", "scalars", "launcher",
-                 "constexprs", "num_warps", "runner", "extents", "like_x")
+                 "constexprs", "num_warps", "runner", "extents", "like_x", "parts_shape")
 
     def __init__(self, p: Prepared, launcher: CachedLauncher, grid: int, scalars: tuple,
-                 constexprs: tuple, num_warps: int):
+                 constexprs: tuple, num_warps: int, splits: int = 1):
         self.out_shape, self.out_dtype, self.device = p.shape, p.out.dtype, p.out.device
         # empty_like costs ~2 us less than torch.empty on a slow host; a peer's output (tensor
         # parallelism) lives on another GPU than x, so it takes torch.empty.
@@ -106,6 +107,8 @@ class Plan:
         # residual, x, weight, bias: the fused add checks per call that the first overlaps none
         # of the others (data pointers are not part of the signature).
         self.extents = tuple(_extent(t) for t in (p.residual, p.x, p.weight, p.bias))
+        # The split-row kernel's partial sums, one slot per program (ops._run_kernel).
+        self.parts_shape = (p.x.shape[0], splits) if splits > 1 else None
 
     def launch(self, x, residual, weight, bias, out) -> None:
         if self.grid == 0:
@@ -117,17 +120,20 @@ class Plan:
         # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel.
         aligned = not (xp | rp | wp | bp | op) & 15
         runner, launcher = self.runner, self.launcher
+        parts = ()
+        if self.parts_shape is not None:
+            parts = (torch.full(self.parts_shape, -1.0, dtype=torch.float32, device=self.device),)
         if runner is not None and runner.int_pointers and aligned and launcher.enabled:
             try:
                 # ints: the key put every tensor on this plan's GPU (or a readable peer's)
                 runner(self.grid, _current_stream(self.dev_index),
-                       (xp, rp, wp, bp, op, *self.scalars))
+                       (xp, rp, wp, bp, op, *[t.data_ptr() for t in parts], *self.scalars))
                 return
             except (AttributeError, TypeError):
                 # An incompatible Triton: this call and every later one take its own path.
                 launcher.enabled = False
         args = (x, x if residual is None else residual, x if weight is None else weight,
-                x if bias is None else bias, out, *self.scalars)
+                x if bias is None else bias, out, *parts, *self.scalars)
         launcher(self.grid, self.dev_index, args, self.constexprs, self.num_warps)
         if runner is None and aligned:
             self.runner = launcher.runner(self.dev_index, args, self.constexprs,
@@ -270,13 +276,13 @@ def store(key, plan, generation: int) -> None:
 
 
 def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: int,
-             scalars: tuple, constexprs: tuple, num_warps: int, split: bool,
+             scalars: tuple, constexprs: tuple, num_warps: int, splits: int,
              generation: int) -> None:
     """Store a plan for `key` if this call's form allows one (see the module docstring).
 
     `generation`: config's, read before the launch config was picked; if the tuned table
     changed since, the config may be superseded and no plan is kept."""
-    if key is None or split or p.out_user is not None or p.residual_user is not None:
+    if key is None or p.out_user is not None or p.residual_user is not None:
         return
     if generation != config.config_generation():
         return
@@ -287,7 +293,7 @@ def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: 
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
     try:
-        _plans[key] = Plan(p, launcher, grid, scalars, constexprs, num_warps)
+        _plans[key] = Plan(p, launcher, grid, scalars, constexprs, num_warps, splits)
     except TypeError:
         pass
 

@@ -199,3 +199,26 @@ def test_a_plan_made_across_a_table_change_is_not_kept(device, monkeypatch):
     x, w = rand_x((2, 64), BF16, device), rand_w(64, BF16, device)
     assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
     assert len(plans._plans) == 0
+
+
+@pytest.mark.parametrize("N", [40000, 70001])
+def test_long_row_plans_match_the_oracle(device, N):
+    """Rows past config.MAX_SINGLE_TILE_N: on a GPU the split-row kernel, whose plan also
+    allocates a fresh partial-sum workspace per call; in the interpreter the looped kernel."""
+    M = 3
+    w, bias = rand_w(N, BF16, device), torch.randn(N, device=device).to(BF16)
+    for _ in range(3):
+        x = rand_x((M, N), BF16, device)
+        _poison_allocator((M, N), BF16, device)
+        y = rt.rms_norm(x, w, bias=bias, weight_offset=1.0)
+        assert_close(y, rmsnorm_ref(x, w, weight_offset=1.0, bias=bias))
+        res = rand_x((M, N), FP32, device)
+        want_res = x.float() + res
+        _poison_allocator((M, N), BF16, device)
+        y, _ = rt.fused_add_rms_norm(x, res, w)
+        torch.testing.assert_close(res, want_res, rtol=0, atol=0)
+        assert_close(y, rmsnorm_ref(want_res, w))
+    assert len(plans._plans) == 2
+    if device == "cuda":
+        assert all(p.parts_shape is not None for p in plans._plans.values()), \
+            "expected the split-row kernel on a GPU"
