@@ -5,7 +5,8 @@ without it first so that every kernel is compiled and cached before the slow run
 single tile, several rows per program, odd N, the split-row kernel (a GPU's long rows), the
 looped kernel (forced: a tuned table may pick it), strided and non-collapsible views, fused add
 with an fp32 residual, accumulate, clamp, bias, Gemma offset, in place, every in/out dtype pair,
-and the tensor-parallel fanout kernel (its copies all on this one device).
+the tensor-parallel fanout kernel (its copies all on this one device), and repeat calls through
+their launch plans (single tile, split-row, fused add).
 
 Exit status: 0 all cases matched, 3 a case failed, 0 with a message when there is no GPU.
 """
@@ -110,6 +111,19 @@ def fanout(M, N, copies=3):
         assert_close(y, rmsnorm_ref(x, w, weight_offset=1.0, bias=b))
 
 
+def planned(M, N):
+    """Repeat calls with new outputs: the second one takes its launch plan (plans.py), which
+    for long rows also allocates the split-row kernel's workspace."""
+    w = rand_w(N, BF16, DEV)
+    for _ in range(2):
+        x = rand_x((M, N), BF16, DEV)
+        assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+        res = rand_x((M, N), FP32, DEV)
+        want_res = x.float() + res
+        y, _ = rt.fused_add_rms_norm(x, res, w)
+        assert_close(y, rmsnorm_ref(want_res, w))
+
+
 def cases(quick):
     c = [
         ("single-tile N4096", lambda: norm(4, 4096, BF16, FP32)),
@@ -132,6 +146,8 @@ def cases(quick):
         ("split fused fp32 residual", lambda: fused(2, 40000)),
         ("split in place", lambda: in_place(2, 40000)),
         ("fanout 3 copies N999", lambda: fanout(5, 999)),
+        ("plans N1000", lambda: planned(3, 1000)),
+        ("split plans N40000", lambda: planned(2, 40000)),
     ]
     looped = [
         ("looped N40000", lambda: norm(2, 40000, BF16, BF16)),
