@@ -198,7 +198,8 @@ def save_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], *
     weight_map = {}
     for i in range(shards):
         name = SINGLE_NAME if shards == 1 else f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: tensors[k].detach().contiguous().cpu() for k in keys[i::shards]}
+        # resolve_neg: safetensors writes memory, which holds -t in a negative view.
+        part = {k: tensors[k].detach().resolve_neg().contiguous().cpu() for k in keys[i::shards]}
         write_atomic(directory / name, lambda tmp, part=part: save_file(part, tmp))
         weight_map.update(dict.fromkeys(part, name))
     if shards > 1 and write_index:

@@ -95,8 +95,10 @@ class RMSNorm(nn.Module):
         """
         devices = context.devices_for(broadcast_type)
         self.tp_context, self.broadcast_type = context, broadcast_type
-        self.tp_weights = [self.weight.detach().to(d) for d in devices]
-        self.tp_biases = None if self.bias is None else [self.bias.detach().to(d) for d in devices]
+        # resolve_neg: a negative view would be copied on every call (and refused a fanout).
+        self.tp_weights = [self.weight.detach().to(d).resolve_neg() for d in devices]
+        self.tp_biases = None if self.bias is None else [self.bias.detach().to(d).resolve_neg()
+                                                         for d in devices]
 
     def forward_tp(self, x, *, fused=None) -> list:
         """x: one tensor (broadcast first) or a list, one per device -> one result per device."""

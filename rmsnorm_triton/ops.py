@@ -159,11 +159,7 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
 
 def _run_kernel(launcher, grid, cfg: LaunchConfig, dev_index: int, args, scalars, flags):
     if cfg.splits > 1:
-        # Allocated per call (stream-ordered by the caching allocator), so concurrent streams
-        # never share one; -1 marks a partial sum not yet published.
-        parts = torch.full((scalars[0], cfg.splits), -1.0, dtype=torch.float32,
-                           device=args[4].device)
-        args += (parts,)
+        args += (plans.split_workspace((scalars[0], cfg.splits), args[4].device),)
     launcher(grid, dev_index, (*args, *scalars), flags, cfg.num_warps)
 
 

@@ -253,11 +253,14 @@ class TPContext:
         peer_read: a device with peer access reads x in place instead of receiving a copy.
         """
         check_dense("x", x)
-        if x.is_neg():
-            # Collectives, staging and peer reads move memory, which holds -x in a negative view.
-            x = x.resolve_neg()
+        if x.is_neg() or x.is_conj():
+            # Collectives, staging and peer reads move memory, which holds -x in a negative
+            # view (and conj(x) in a conjugate one).
+            x = x.resolve_conj().resolve_neg()
         outs = _per_device(out, len(devices), "out")
         for i, (dev, buf) in enumerate(zip(devices, outs)):
+            if buf is not None:
+                check_dense(f"out[{i}]", buf)
             if buf is not None and (not isinstance(buf, torch.Tensor) or buf.device != dev
                                     or buf.shape != x.shape or buf.dtype != x.dtype):
                 got = (f"{tuple(buf.shape)} {buf.dtype} on {buf.device}"
@@ -529,8 +532,9 @@ def _writable_outs(x, devices, out, out_dtype, weights, biases):
     if dtype not in FLOAT_DTYPES or out_dtype not in (None, dtype):
         return None
     for o, dev, w, b in zip(outs, devices, ws, bs):
-        if o.__class__ is not torch.Tensor or o.device != dev or o.dtype != dtype or \
-                o.shape != x.shape or not o.is_contiguous() or o.is_neg():
+        if o.__class__ is not torch.Tensor or o.is_nested or o.layout != torch.strided or \
+                o.device != dev or o.dtype != dtype or o.shape != x.shape or \
+                not o.is_contiguous() or o.is_neg():
             return None
         if any(t is not None and _overlaps(o, t) for t in (x, w, b)):
             return None
@@ -646,6 +650,7 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
                              f"{broadcast_type} {devices}, in that order; got {seen}")
         return norm_on_devices(ctx, xs, weights, biases, eps, **kw)
     x = x_or_list
+    check_dense("x", x)             # before anything below asks x for strides
     peer_read = _resolve_fused(ctx, fused, x, devices)
     if peer_read and x.dim() > 0 and (x.is_neg() or not x.is_contiguous()) and \
             as_rows(x, x.shape[-1], writable=False) is None:

@@ -21,7 +21,7 @@ import torch
 
 from . import config
 from .launcher import CachedLauncher, Runner
-from .validate import Prepared, _byte_range
+from .validate import Prepared, _byte_range, check_dense
 
 _MAX_PLANS = 4096
 _plans: dict = {}
@@ -81,6 +81,21 @@ def lookup(key) -> Optional["Plan"]:
         return None
 
 
+def split_workspace(shape: tuple, device) -> torch.Tensor:
+    """The split-row kernel's partial sums, one fp32 slot per program: -1 marks a partial not
+    yet published (sums of squares are >= 0 or NaN). Allocated per call, stream-ordered by the
+    caching allocator, so launches on concurrent streams never share one."""
+    return torch.full(shape, -1.0, dtype=torch.float32, device=device)
+
+
+def _refuse_lazy(*named) -> None:
+    """A data pointer of 0 in a non-empty call: a lazy zero tensor, which the signature does
+    not tell from a real one. check_dense names it (TypeError)."""
+    for name, t in named:
+        if t is not None:
+            check_dense(name, t)
+
+
 def _extent(t: Optional[torch.Tensor]) -> int:
     """Bytes from t's first element to one past its last."""
     if t is None or t.numel() == 0:
@@ -117,12 +132,13 @@ class Plan:
         rp = xp if residual is None else residual.data_ptr()
         wp = xp if weight is None else weight.data_ptr()
         bp = xp if bias is None else bias.data_ptr()
+        if not (xp and rp and wp and bp):
+            _refuse_lazy(("x", x), ("residual", residual), ("weight", weight), ("bias", bias))
         # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel.
         aligned = not (xp | rp | wp | bp | op) & 15
         runner, launcher = self.runner, self.launcher
-        parts = ()
-        if self.parts_shape is not None:
-            parts = (torch.full(self.parts_shape, -1.0, dtype=torch.float32, device=self.device),)
+        parts = () if self.parts_shape is None else (split_workspace(self.parts_shape,
+                                                                     self.device),)
         if runner is not None and runner.int_pointers and aligned and launcher.enabled:
             try:
                 # ints: the key put every tensor on this plan's GPU (or a readable peer's)
@@ -231,14 +247,16 @@ class FanoutPlan:
         if self.grid == 0:
             return
         xp = x.data_ptr()
-        pad = (xp,) * self.pad
-        ptrs = (xp, *[o.data_ptr() for o in outs], *pad,
-                *([w.data_ptr() for w in weights] if self.has_weight else (xp,) * len(outs)),
-                *pad,
-                *([b.data_ptr() for b in biases] if self.has_bias else (xp,) * len(outs)),
-                *pad)
-        bits = 0
-        for p in ptrs:
+        n, pad = len(outs), (xp,) * self.pad
+        wps = [w.data_ptr() for w in weights] if self.has_weight else (xp,) * n
+        bps = [b.data_ptr() for b in biases] if self.has_bias else (xp,) * n
+        if not (xp and all(wps) and all(bps)):
+            _refuse_lazy(("x", x), *[(f"weights[{i}]", w) for i, w in enumerate(weights)],
+                         *[(f"biases[{i}]", b) for i, b in enumerate(biases)])
+        ops = [o.data_ptr() for o in outs]
+        ptrs = (xp, *ops, *pad, *wps, *pad, *bps, *pad)
+        bits = xp
+        for p in (*ops, *wps, *bps):         # the pads repeat xp
             bits |= p
         # Triton launches on the current device: switch to x's GPU for this call.
         prev = self.src if self.src < 0 else _current_device()
@@ -252,7 +270,6 @@ class FanoutPlan:
                     return
                 except (AttributeError, TypeError):
                     launcher.enabled = False
-            n = len(outs)
             tensors = (x, *outs, *[x] * self.pad,
                        *(weights if self.has_weight else [x] * n), *[x] * self.pad,
                        *(biases if self.has_bias else [x] * n), *[x] * self.pad)

@@ -48,6 +48,11 @@ def check_dense(name: str, t) -> None:
         kind = "a nested" if t.is_nested else f"a {t.layout}"
         raise TypeError(f"{name} must be a dense tensor (torch.strided layout), got {kind} "
                         "tensor")
+    if not torch.compiler.is_compiling() and t._is_zerotensor():
+        # torch's lazy zeros (autograd internals) have no memory behind them at all; under
+        # torch.compile (which cannot trace this query) tensors are fake and never lazy.
+        raise TypeError(f"{name} must be a dense tensor with memory, got a lazy zero tensor "
+                        "(torch._efficientzerotensor); pass torch.zeros(...) instead")
 
 
 def _finite(v) -> bool:

@@ -129,6 +129,11 @@ CASES = [
     Case("residual-sparse", (FUSED,),
          _arg("residual", lambda d: torch.randn(ROWS, N, device=d).to_sparse()), TypeError,
          ("residual must be a dense tensor", "got a torch.sparse_coo tensor")),
+    Case("x-lazy-zero", ALL, _arg("x", lambda d: torch._efficientzerotensor((ROWS, N), device=d)),
+         TypeError, ("x must be a dense tensor with memory", "lazy zero tensor")),
+    Case("weight-lazy-zero", ALL,
+         _arg("weight", lambda d: torch._efficientzerotensor((N,), device=d)), TypeError,
+         ("weight must be a dense tensor with memory", "lazy zero tensor")),
     # -- shapes ----------------------------------------------------------------------------------
     Case("weight-shape", ALL, _arg("weight", _t(torch.float32, (N - 1,))), ValueError,
          (f"weight must have shape ({N},)", f"got ({N - 1},)")),

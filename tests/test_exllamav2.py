@@ -197,3 +197,18 @@ def test_wrong_hidden_size_is_an_error_not_garbage(tmp_path, device):
     norm, _ = _loaded(tmp_path, device)
     with pytest.raises(ValueError, match=r"weight must have shape \(95,\)"):
         norm.forward(rand_x((2, 95), torch.float16, device))
+
+
+def test_sparse_weight_is_refused_and_negative_views_are_kept_as_values(tmp_path, device):
+    arch = SimpleNamespace(lm=SimpleNamespace(norm_constant_bias=0.0))
+    sparse = SimpleNamespace(config=SimpleNamespace(norm_eps=1e-6, arch=arch),
+                             get_tensor=lambda name: torch.randn(N).to_sparse(),
+                             has_tensor=lambda name: name.endswith(".weight"))
+    with pytest.raises(TypeError, match="must be a dense tensor"):
+        ExLlamaV2RMSNorm(sparse, KEY).load()
+    # A negative view (memory holding -w) saved and loaded: the values arrive, not the memory.
+    w = rand_w(N, torch.float16, "cpu")
+    norm, _ = _loaded(tmp_path, device, weight=torch._neg_view(-w))
+    assert torch.equal(norm.weight.cpu(), w)
+    x = rand_x((3, N), torch.float16, device)
+    assert_close(norm.forward(x), rmsnorm_ref(x, w.to(device)))

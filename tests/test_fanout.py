@@ -112,3 +112,13 @@ def test_forward_tp_asks_once_per_signature_and_never_under_autograd(monkeypatch
     with torch.enable_grad():
         grad_ws = [ws[0].clone().requires_grad_()]
         assert parallel._fanout_plan_for(ctx, x, devs, grad_ws, None, EPS, **kw) is None
+
+
+def test_lazy_zero_weight_is_refused_at_launch():
+    """A plan's signature cannot tell torch's lazy zeros (no memory) from a real weight."""
+    x = rand_x((3, 64), torch.bfloat16, DEV)
+    ws = [rand_w(64, torch.bfloat16, DEV) for _ in range(2)]
+    plan = fanout_plan(x, [DEV] * 2, ws, [None, None], EPS)
+    lazy = [ws[0], torch._efficientzerotensor((64,), dtype=torch.bfloat16, device=DEV)]
+    with pytest.raises(TypeError, match=r"weights\[1\] must be a dense tensor with memory"):
+        plan.launch(x, lazy, [None, None], plan.outputs(x, ws))

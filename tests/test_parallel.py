@@ -5,8 +5,8 @@ import torch
 import rmsnorm_triton as rt
 from helpers import assert_guard_intact, poisoned, rand_w, rand_x
 from rmsnorm_triton.parallel import (BROADCAST_ID, BROADCAST_KV, BROADCAST_Q, BROADCAST_RS,
-                                     BROADCAST_VC, TPContext, _norm_from_peer, capture_graph,
-                                     forward_tp, norm_on_devices)
+                                     BROADCAST_VC, TPContext, _norm_from_peer, _writable_outs,
+                                     capture_graph, forward_tp, norm_on_devices)
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 M, N = 5, 96
@@ -82,6 +82,22 @@ def test_negative_view_source_is_read_as_its_values():
     _assert_all_equal(forward_tp(ctx, BROADCAST_RS, neg, ws, None, EPS),
                       [_local(x, w, "cpu") for w in ws])
     _assert_all_equal(ctx.broadcast(neg, BROADCAST_RS), [x, x])
+
+
+def test_sparse_sources_and_buffers_are_refused():
+    ctx = TPContext(["cpu", "cpu"])
+    x = rand_x((M, N), BF16, "cpu")
+    ws = [rand_w(N, BF16, "cpu")] * 2
+    for bad in (x.to_sparse(), x.to_sparse_csr()):
+        with pytest.raises(TypeError, match="x must be a dense tensor"):
+            forward_tp(ctx, BROADCAST_RS, bad, ws, None, EPS)
+        with pytest.raises(TypeError, match="x must be a dense tensor"):
+            ctx.broadcast(bad, BROADCAST_RS)
+    with pytest.raises(TypeError, match=r"out\[1\] must be a dense tensor"):
+        ctx.broadcast(x, BROADCAST_RS, out=[None, torch.zeros(M, N, dtype=BF16).to_sparse()])
+    # The fanout's check of the caller's buffers steps aside (the general path names them).
+    csr = [torch.zeros(M, N, dtype=BF16).to_sparse_csr()] * 2
+    assert _writable_outs(x, ctx.devices, csr, None, ws, None) is None
 
 
 def test_bias_offset_and_clamp_pass_through():

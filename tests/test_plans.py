@@ -222,3 +222,57 @@ def test_long_row_plans_match_the_oracle(device, N):
     if device == "cuda":
         assert all(p.parts_shape is not None for p in plans._plans.values()), \
             "expected the split-row kernel on a GPU"
+
+
+def test_lazy_zero_tensors_are_refused_on_the_plan_path(device):
+    """torch's lazy zeros have the signature of a real tensor but no memory (data_ptr 0): a
+    plan left by a plain call must refuse them as the full path does, not launch on null."""
+    M, N = 4, 256
+    x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
+    rt.rms_norm(x, w)
+    rt.fused_add_rms_norm(x, rand_x((M, N), BF16, device), w)
+    assert len(plans._plans) == 2
+    zeros_w = torch._efficientzerotensor((N,), dtype=BF16, device=device)
+    zeros_x = torch._efficientzerotensor((M, N), dtype=BF16, device=device)
+    for call in (lambda: rt.rms_norm(x, zeros_w), lambda: rt.rms_norm(zeros_x, w),
+                 lambda: rt.fused_add_rms_norm(x, rand_x((M, N), BF16, device), zeros_w)):
+        with pytest.raises(TypeError, match="lazy zero tensor"):
+            call()
+
+
+class _RecordingLauncher:
+    """Stands in for the split-row kernel's launcher (the interpreter cannot run that kernel:
+    its programs wait for each other): records every launch and writes the oracle's result."""
+    enabled = True
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, grid, dev_index, args, constexprs, num_warps):
+        x, w, out, parts = args[0], args[2], args[4], args[5]
+        self.calls.append((grid, [a.__class__ for a in args], parts.clone(), args[6:],
+                           constexprs, num_warps))
+        out.copy_(rmsnorm_ref(x, w).to(out.dtype))
+
+    def runner(self, *args):
+        return None
+
+
+def test_split_row_plan_launches_with_the_full_paths_arguments(device, monkeypatch):
+    from rmsnorm_triton import ops
+    fake = _RecordingLauncher()
+    monkeypatch.setattr(ops, "_launch_split", fake)
+    monkeypatch.setattr(ops, "pick_config",
+                        lambda *a: config.LaunchConfig(1, 256, 4, False, splits=4))
+    M, N = 3, 1000
+    w = rand_w(N, BF16, device)
+    for _ in range(2):                      # the full path, then the plan
+        x = rand_x((M, N), BF16, device)
+        _poison_allocator((M, N), BF16, device)
+        assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+    assert len(plans._plans) == 1 and len(fake.calls) == 2
+    first, planned = fake.calls             # (grid, argument classes, workspace, scalars, ...)
+    assert first[0] == M * 4
+    assert first[:2] == planned[:2] and first[3:] == planned[3:]
+    for ws in (first[2], planned[2]):       # a fresh workspace per call, every slot unpublished
+        assert ws.dtype == torch.float32 and ws.shape == (M, 4) and bool((ws == -1).all())
