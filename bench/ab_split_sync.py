@@ -1,0 +1,170 @@
+"""How the split-row kernel's programs share a row's sum of squares: the shipped scheme against
+the alternatives measured in bench/RESULTS.md ("Long rows at 16M elements").
+
+    python bench/ab_split_sync.py [M1xN1,M2xN2,...]
+
+- shipped: a per-call workspace filled with -1 (one small kernel), each program publishes its
+  partial with a release exchange and polls all of the row's slots with one vector atomic.
+- counter: publish, then bump one per-row counter and poll that single word.
+- two_kernels: one kernel writes the partials, a second re-reads x and normalizes
+  (x first read with evict_last, so that the re-read may come from L2).
+- self_reset: a persistent workspace, no fill: each row's last reader (a per-row counter) puts
+  the slots back to -1 for the next launch.
+Every variant is checked bit for bit against rms_norm first. bf16, weight, no bias; % of the
+copy ceiling (bytes: read x, write y, read w); the fill alone is also timed.
+"""
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+import rmsnorm_triton as rt
+from rmsnorm_triton.config import heuristic_config, next_pow2
+from rmsnorm_triton.kernels.rmsnorm import _load_cols, _load_h, _normalize_store
+from rmsnorm_triton.timing import copy_ceiling_gbps
+
+SHAPES = [(256, 65536), (128, 131072), (64, 262144), (512, 65536), (2048, 65536),
+          (512, 262144)]
+
+
+@triton.jit
+def _slice(x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N: tl.constexpr,
+           SPLITS: tl.constexpr):
+    """This program's row, slice, and the pointers and mask it works with."""
+    pid = tl.program_id(0).to(tl.int64)
+    row, part = pid // SPLITS, pid % SPLITS
+    start = part * BLOCK_N
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    return (row, part, x_ptr + row * stride_x_row + start, w_ptr + start,
+            y_ptr + row * stride_y_row + start, cols, start + cols < n_cols)
+
+
+@triton.jit
+def _finish(total, h, w_ptr, y_rows, cols, mask, n_cols, eps):
+    rstd = tl.rsqrt(total * (1.0 / n_cols) + eps)
+    w = _load_cols(w_ptr, cols, mask, True)
+    _normalize_store(y_rows, w, 0.0, cols, mask, h, rstd, True, False, False, 0.0)
+
+
+@triton.jit
+def counter_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
+                   BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
+    row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
+        x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N, SPLITS)
+    h = _load_h(x_rows, x_rows, cols, mask, False, False, False)
+    base = part_ptr + row * (SPLITS + 1)            # SPLITS slots, then the counter (-1 at rest)
+    tl.atomic_xchg(base + part, tl.sum(tl.sum(h * h, axis=1), axis=0), sem="release")
+    tl.atomic_add(base + SPLITS, 1.0, sem="release")
+    count = tl.atomic_add(base + SPLITS, 0.0, sem="acquire")
+    while count < SPLITS - 1.0:
+        count = tl.atomic_add(base + SPLITS, 0.0, sem="acquire")
+    slots = tl.arange(0, SPLITS_P2)
+    parts = tl.atomic_add(base + slots, 0.0, mask=slots < SPLITS, sem="acquire")
+    _finish(tl.sum(tl.where(slots < SPLITS, parts, 0.0), axis=0), h, w_ptr, y_rows, cols, mask,
+            n_cols, eps)
+
+
+@triton.jit
+def partials_kernel(x_ptr, part_ptr, n_cols, stride_x_row, BLOCK_N: tl.constexpr,
+                    SPLITS: tl.constexpr):
+    row, part, x_rows, _w, _y, cols, mask = _slice(x_ptr, x_ptr, x_ptr, n_cols, stride_x_row, 0,
+                                                   BLOCK_N, SPLITS)
+    h = tl.load(x_rows + cols, mask=mask, other=0.0, eviction_policy="evict_last")
+    h = h.to(tl.float32)
+    tl.store(part_ptr + row * SPLITS + part, tl.sum(tl.sum(h * h, axis=1), axis=0))
+
+
+@triton.jit
+def normalize_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
+                     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
+    row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
+        x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N, SPLITS)
+    slots = tl.arange(0, SPLITS_P2)
+    parts = tl.load(part_ptr + row * SPLITS + slots, mask=slots < SPLITS, other=0.0)
+    h = tl.load(x_rows + cols, mask=mask, other=0.0, eviction_policy="evict_first")
+    _finish(tl.sum(tl.where(slots < SPLITS, parts, 0.0), axis=0), h.to(tl.float32), w_ptr,
+            y_rows, cols, mask, n_cols, eps)
+
+
+@triton.jit
+def self_reset_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
+                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
+    row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
+        x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N, SPLITS)
+    h = _load_h(x_rows, x_rows, cols, mask, False, False, False)
+    base = part_ptr + row * (SPLITS + 1)            # SPLITS slots, then readers (-1 at rest)
+    tl.atomic_xchg(base + part, tl.sum(tl.sum(h * h, axis=1), axis=0), sem="release")
+    slots = tl.arange(0, SPLITS_P2)
+    slot_mask = slots < SPLITS
+    parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
+    waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    while waiting > 0:
+        parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
+        waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    if tl.atomic_add(base + SPLITS, 1.0, sem="acq_rel") == SPLITS - 2.0:
+        tl.store(base + slots, tl.full([SPLITS_P2], -1.0, tl.float32), mask=slot_mask)
+        tl.store(base + SPLITS, -1.0)
+    _finish(tl.sum(tl.where(slot_mask, parts, 0.0), axis=0), h, w_ptr, y_rows, cols, mask,
+            n_cols, eps)
+
+
+_persistent = {}
+
+
+def variant(name, x, w, eps=1e-6):
+    M, N = x.shape
+    cfg = heuristic_config(N, M, x.element_size())
+    s = cfg.splits
+    meta = dict(BLOCK_N=cfg.block_n, SPLITS=s, num_warps=cfg.num_warps)
+    y = torch.empty_like(x)
+    grid = (M * s,)
+    if name == "counter":
+        parts = torch.full((M, s + 1), -1.0, device=x.device)
+        counter_kernel[grid](x, w, y, parts, N, x.stride(0), y.stride(0), eps,
+                             SPLITS_P2=next_pow2(s), **meta)
+    elif name == "two_kernels":
+        parts = torch.empty((M, s), device=x.device)
+        partials_kernel[grid](x, parts, N, x.stride(0), **meta)
+        normalize_kernel[grid](x, w, y, parts, N, x.stride(0), y.stride(0), eps,
+                               SPLITS_P2=next_pow2(s), **meta)
+    else:
+        ws = _persistent.get(x.device)
+        if ws is None or ws.numel() < M * (s + 1):
+            ws = _persistent[x.device] = torch.full((M * (s + 1),), -1.0, device=x.device)
+        self_reset_kernel[grid](x, w, y, ws, N, x.stride(0), y.stride(0), eps,
+                                SPLITS_P2=next_pow2(s), **meta)
+    return y
+
+
+def main():
+    shapes = [tuple(map(int, s.split("x"))) for s in sys.argv[1].split(",")] if sys.argv[1:] \
+        else SHAPES
+    ceiling = copy_ceiling_gbps()
+    print(f"copy ceiling {ceiling:.0f} GB/s; % of it (best of 3 rounds)")
+    names = ["shipped", "counter", "two_kernels", "self_reset"]
+    print(f"{'M x N':>14} " + " ".join(f"{n:>12}" for n in names) + f" {'fill alone':>11}")
+    for M, N in shapes:
+        x = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+        want = rt.rms_norm(x, w)
+        calls = {"shipped": lambda: rt.rms_norm(x, w)}
+        for name in names[1:]:
+            calls[name] = lambda name=name: variant(name, x, w)
+            for _ in range(2):
+                assert torch.equal(calls[name](), want), (name, M, N)
+        nbytes = M * N * 4 + N * 2
+        best = {n: 0.0 for n in names}
+        for _ in range(3):
+            for name, fn in calls.items():
+                ms = triton.testing.do_bench(fn, return_mode="median")
+                best[name] = max(best[name], nbytes / ms / 1e6 / ceiling * 100)
+        splits = heuristic_config(N, M, 2).splits
+        fill_us = triton.testing.do_bench(lambda: torch.full((M, splits), -1.0, device="cuda"),
+                                          return_mode="median") * 1e3
+        print(f"{M:>6} x {N:<6} " + " ".join(f"{best[n]:11.1f}%" for n in names)
+              + f" {fill_us:8.1f} us", flush=True)
+
+
+if __name__ == "__main__":
+    main()
