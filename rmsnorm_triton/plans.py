@@ -9,9 +9,9 @@ that is the difference between ~40 us and ~15 us a decode-sized call.
 Only the common forms get plans: a new output (no `out=`), tensors the kernel addresses as they
 are (no staging copy), no gradients, the current device. Everything else takes the full path on
 every call. A split-row plan also allocates its partial-sum workspace per call, as the full path
-does. What depends on data
-pointers is checked per call: 16-byte alignment (Triton specializes on it) and, for the fused
-add, that the residual it writes overlaps no tensor it reads.
+does. What depends on data pointers is checked per call: 16-byte alignment (Triton specializes
+on it), null pointers (torch's lazy zero tensors) and, for the fused add, that the residual it
+writes overlaps no tensor it reads.
 """
 from __future__ import annotations
 
@@ -253,10 +253,10 @@ class FanoutPlan:
         if not (xp and all(wps) and all(bps)):
             _refuse_lazy(("x", x), *[(f"weights[{i}]", w) for i, w in enumerate(weights)],
                          *[(f"biases[{i}]", b) for i, b in enumerate(biases)])
-        ops = [o.data_ptr() for o in outs]
-        ptrs = (xp, *ops, *pad, *wps, *pad, *bps, *pad)
+        yps = [o.data_ptr() for o in outs]
+        ptrs = (xp, *yps, *pad, *wps, *pad, *bps, *pad)
         bits = xp
-        for p in (*ops, *wps, *bps):         # the pads repeat xp
+        for p in (*yps, *wps, *bps):         # the pads repeat xp
             bits |= p
         # Triton launches on the current device: switch to x's GPU for this call.
         prev = self.src if self.src < 0 else _current_device()
