@@ -48,14 +48,22 @@ def _finish(total, h, w_ptr, y_rows, cols, mask, n_cols, eps):
 
 
 @triton.jit
+def _load_and_publish(x_rows, part_ptr, row, part, cols, mask, SPLITS: tl.constexpr):
+    """The slice as fp32, and the row's workspace (SPLITS slots, then one counter word, -1 at
+    rest), after publishing this program's partial sum with a release exchange."""
+    h = _load_h(x_rows, x_rows, cols, mask, False, False, False)
+    base = part_ptr + row * (SPLITS + 1)
+    tl.atomic_xchg(base + part, tl.sum(tl.sum(h * h, axis=1), axis=0), sem="release")
+    return h, base
+
+
+@triton.jit
 def counter_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
                    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
     row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
         x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N, SPLITS)
-    h = _load_h(x_rows, x_rows, cols, mask, False, False, False)
-    base = part_ptr + row * (SPLITS + 1)            # SPLITS slots, then the counter (-1 at rest)
-    tl.atomic_xchg(base + part, tl.sum(tl.sum(h * h, axis=1), axis=0), sem="release")
-    tl.atomic_add(base + SPLITS, 1.0, sem="release")
+    h, base = _load_and_publish(x_rows, part_ptr, row, part, cols, mask, SPLITS)
+    tl.atomic_add(base + SPLITS, 1.0, sem="release")           # the counter: one more published
     count = tl.atomic_add(base + SPLITS, 0.0, sem="acquire")
     while count < SPLITS - 1.0:
         count = tl.atomic_add(base + SPLITS, 0.0, sem="acquire")
@@ -92,9 +100,7 @@ def self_reset_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, strid
                       BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
     row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
         x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N, SPLITS)
-    h = _load_h(x_rows, x_rows, cols, mask, False, False, False)
-    base = part_ptr + row * (SPLITS + 1)            # SPLITS slots, then readers (-1 at rest)
-    tl.atomic_xchg(base + part, tl.sum(tl.sum(h * h, axis=1), axis=0), sem="release")
+    h, base = _load_and_publish(x_rows, part_ptr, row, part, cols, mask, SPLITS)
     slots = tl.arange(0, SPLITS_P2)
     slot_mask = slots < SPLITS
     parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
@@ -102,6 +108,7 @@ def self_reset_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, strid
     while waiting > 0:
         parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
         waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    # The counter word counts readers here; the last one restores the row for the next launch.
     if tl.atomic_add(base + SPLITS, 1.0, sem="acq_rel") == SPLITS - 2.0:
         tl.store(base + slots, tl.full([SPLITS_P2], -1.0, tl.float32), mask=slot_mask)
         tl.store(base + SPLITS, -1.0)

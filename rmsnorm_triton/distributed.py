@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from .ops import rms_norm
-from .validate import check_args
+from .validate import check_args, materialized
 
 _NORM_KWARGS = ("bias", "weight_offset", "out_dtype", "out", "accumulate", "clamp_fp16_input")
 
@@ -42,10 +42,9 @@ def broadcast_rms_norm(x, weight=None, eps=1e-6, *, src=0, group=None, **kw):
     if x.is_contiguous() and not x.is_neg():
         dist.broadcast(x, src, group=group)
         return rms_norm(x, weight, eps, **kw)
-    # NCCL and gloo send one contiguous block of memory as it is: broadcast a contiguous copy
-    # (a negative view's memory holds -x), then hand the received values back to the caller's
-    # buffer as its contract says.
-    flat = x.resolve_neg().contiguous()
+    # NCCL and gloo send one contiguous block of memory as it is: broadcast a copy holding x's
+    # values, then hand the received values back to the caller's buffer as its contract says.
+    flat = materialized(x)
     dist.broadcast(flat, src, group=group)
     if dist.get_rank() != src:
         x.copy_(flat)

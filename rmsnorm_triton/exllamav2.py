@@ -13,7 +13,7 @@ from torch import nn
 
 from .ops import rms_norm
 from .reference import rms_norm_reference
-from .validate import check_dense
+from .validate import check_dense, materialized
 
 PLACEHOLDER_EPS = 1e-6   # exllamav2's value until load() reads the model's
 
@@ -80,7 +80,7 @@ class ExLlamaV2RMSNorm:
             raise ValueError(f"{name} must be 1-D (hidden_size,), got shape {tuple(t.shape)}")
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        t = t.half().resolve_neg()       # a negative view would be copied on every call
+        t = materialized(t.half())       # else copied on every call
         # fp32/bf16 values past 65504 would become inf and silently poison every output.
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} has values that are not finite in float16")
@@ -164,8 +164,8 @@ class ExLlamaV2RMSNorm:
         devices = self._tp_context().devices_for(broadcast_type)
         weight, bias = _first(self.weight), _first(self.bias)
         # .to() returns the tensor itself when it already lives on that device.
-        self.weight = [weight.data.to(d).resolve_neg() for d in devices]
-        self.bias = [] if bias is None else [bias.data.to(d).resolve_neg() for d in devices]
+        self.weight = [materialized(weight.data.to(d)) for d in devices]
+        self.bias = [] if bias is None else [materialized(bias.data.to(d)) for d in devices]
         self.broadcast_type = broadcast_type
         self.is_tp = True
 

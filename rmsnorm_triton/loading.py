@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .atomic import write_atomic, write_text_atomic
+from .validate import materialized
 
 CONFIG_NAME = "config.json"
 INDEX_NAME = "model.safetensors.index.json"
@@ -198,8 +199,8 @@ def save_checkpoint(directory, config: dict, tensors: dict[str, torch.Tensor], *
     weight_map = {}
     for i in range(shards):
         name = SINGLE_NAME if shards == 1 else f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        # resolve_neg: safetensors writes memory, which holds -t in a negative view.
-        part = {k: tensors[k].detach().resolve_neg().contiguous().cpu() for k in keys[i::shards]}
+        # safetensors writes memory as it is: values, not a negative view's -t.
+        part = {k: materialized(tensors[k].detach()).cpu() for k in keys[i::shards]}
         write_atomic(directory / name, lambda tmp, part=part: save_file(part, tmp))
         weight_map.update(dict.fromkeys(part, name))
     if shards > 1 and write_index:

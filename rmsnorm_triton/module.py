@@ -15,7 +15,7 @@ from torch import nn
 from .ops import rms_norm
 from .parallel import forward_tp
 from .reference import rms_norm_reference
-from .validate import FLOAT_DTYPES, check_scalars
+from .validate import FLOAT_DTYPES, check_scalars, materialized
 
 # from_module runs an HF norm once to learn whether it scales by w or by (1 + w). Both candidates
 # are computed here in fp32 from the same weight; a genuine match differs by rounding only.
@@ -95,9 +95,9 @@ class RMSNorm(nn.Module):
         """
         devices = context.devices_for(broadcast_type)
         self.tp_context, self.broadcast_type = context, broadcast_type
-        # resolve_neg: a negative view would be copied on every call (and refused a fanout).
-        self.tp_weights = [self.weight.detach().to(d).resolve_neg() for d in devices]
-        self.tp_biases = None if self.bias is None else [self.bias.detach().to(d).resolve_neg()
+        # materialized: a strided or negative-view replica would be copied on every call.
+        self.tp_weights = [materialized(self.weight.detach().to(d)) for d in devices]
+        self.tp_biases = None if self.bias is None else [materialized(self.bias.detach().to(d))
                                                          for d in devices]
 
     def forward_tp(self, x, *, fused=None) -> list:

@@ -31,7 +31,8 @@ import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch 
 from . import plans
 from .config import config_generation
 from .ops import MAX_FANOUT, _launch, _needs_grad, fanout_plan, rms_norm
-from .validate import FLOAT_DTYPES, _overlaps, as_rows, check_dense, check_inputs
+from .validate import (FLOAT_DTYPES, _overlaps, as_rows, check_dense, check_inputs,
+                       materialized)
 
 # exllamav2's numbering (tensor_p.py / ext_tp.h): what each split divides.
 BROADCAST_KV, BROADCAST_ID, BROADCAST_VC, BROADCAST_RS, BROADCAST_Q = range(5)
@@ -654,9 +655,7 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
     peer_read = _resolve_fused(ctx, fused, x, devices)
     if peer_read and x.dim() > 0 and (x.is_neg() or not x.is_contiguous()) and \
             as_rows(x, x.shape[-1], writable=False) is None:
-        # On the producer's stream, so the readiness event covers it. resolve_neg: a negative
-        # view's memory holds -x, and peers read the memory.
-        x = x.resolve_neg().contiguous()
+        x = materialized(x)     # on the producer's stream, so the readiness event covers it
     readable = peer_read and ctx._all_read(broadcast_type, x.device)
     fits = readable and x.numel() * x.element_size() <= ctx._fanout_max(broadcast_type, x.device)
     if fits and out is not None:

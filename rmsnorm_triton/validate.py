@@ -55,6 +55,13 @@ def check_dense(name: str, t) -> None:
                         "(torch._efficientzerotensor); pass torch.zeros(...) instead")
 
 
+def materialized(t: torch.Tensor) -> torch.Tensor:
+    """t's values in contiguous memory the kernels and collectives can read as it is: copied
+    where t is strided or a negative view (torch's lazy negation bit, which contiguous() keeps);
+    t itself otherwise."""
+    return t.resolve_neg().contiguous()
+
+
 def _finite(v) -> bool:
     try:
         return math.isfinite(v)
@@ -198,15 +205,13 @@ def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtyp
 
     x2d = as_rows(x, n_cols, writable=False)
     if x2d is None:
-        # resolve_neg: contiguous() keeps a negative view's bit, which the kernel cannot see.
-        x2d = x.resolve_neg().contiguous().view(n_rows, n_cols)
+        x2d = materialized(x).view(n_rows, n_cols)
 
     res2d, res_user = None, None
     if residual is not None:
         res2d = as_rows(residual, n_cols, writable=True)
         if res2d is None:
-            res2d = residual.resolve_neg().contiguous().view(n_rows, n_cols)
-            res_user = residual
+            res2d, res_user = materialized(residual).view(n_rows, n_cols), residual
 
     out_user = None
     if out is None:
@@ -216,12 +221,10 @@ def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtyp
         out2d = as_rows(out, n_cols, writable=True)
         if out2d is None:
             out_user = out
-            out2d = (out.resolve_neg().contiguous() if accumulate else torch.empty_like(
+            out2d = (materialized(out) if accumulate else torch.empty_like(
                 out, memory_format=torch.contiguous_format)).view(n_rows, n_cols)
     # The kernel indexes weight and bias with unit stride and reads their memory as it is:
     # w[::2] and negative views are copied once.
-    if weight is not None and (weight.is_neg() or not weight.is_contiguous()):
-        weight = weight.resolve_neg().contiguous()
-    if bias is not None and (bias.is_neg() or not bias.is_contiguous()):
-        bias = bias.resolve_neg().contiguous()
+    weight = None if weight is None else materialized(weight)
+    bias = None if bias is None else materialized(bias)
     return Prepared(x2d, weight, bias, res2d, out2d, x.shape, out_user, res_user)
