@@ -51,7 +51,7 @@ def _finish(total, h, w_ptr, y_rows, cols, mask, n_cols, eps):
 def _load_and_publish(x_rows, part_ptr, row, part, cols, mask, SPLITS: tl.constexpr):
     """The slice as fp32, and the row's workspace (SPLITS slots, then one counter word, -1 at
     rest), after publishing this program's partial sum with a release exchange."""
-    h = _load_h(x_rows, x_rows, cols, mask, False, False, False)
+    h = _load_h(x_rows, x_rows, cols, mask, False, False, False, "")
     base = part_ptr + row * (SPLITS + 1)
     tl.atomic_xchg(base + part, tl.sum(tl.sum(h * h, axis=1), axis=0), sem="release")
     return h, base

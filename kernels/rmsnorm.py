@@ -27,11 +27,14 @@ FP16_MAX = tl.constexpr(65504.0)
 def _load_h(
     x_rows, r_rows, cols, mask,
     HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, CLAMP_FP16: tl.constexpr,
+    EVICT: tl.constexpr,
 ):
-    """fp32 values that the norm sees for one [BLOCK_M, BLOCK_N] tile."""
-    h = tl.load(x_rows + cols, mask=mask, other=0.0).to(tl.float32)
+    """fp32 values that the norm sees for one [BLOCK_M, BLOCK_N] tile; EVICT is the loads'
+    eviction policy ("" for the default)."""
+    h = tl.load(x_rows + cols, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
     if HAS_RESIDUAL:
-        s = h + tl.load(r_rows + cols, mask=mask, other=0.0).to(tl.float32)
+        s = h + tl.load(r_rows + cols, mask=mask, other=0.0,
+                        eviction_policy=EVICT).to(tl.float32)
         s = s.to(r_rows.dtype.element_ty)
         if STORE_RESIDUAL:
             tl.store(r_rows + cols, s, mask=mask)
@@ -114,7 +117,7 @@ def rmsnorm_fwd_kernel(
             # DRAM latency is not paid a second time after the reduction.
             w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
             b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
-        h = _load_h(x_rows, r_rows, cols, mask, HAS_RESIDUAL, True, CLAMP_FP16)
+        h = _load_h(x_rows, r_rows, cols, mask, HAS_RESIDUAL, True, CLAMP_FP16, "")
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
         if not PRELOAD_W:
             w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
@@ -125,8 +128,9 @@ def rmsnorm_fwd_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for start in range(0, n_cols, BLOCK_N):
             mask = row_mask & (start + cols < n_cols)
+            # Kept in L2 for the second pass, which reads it once more and lets it go.
             h = _load_h(x_rows + start, r_rows + start, cols, mask,
-                        HAS_RESIDUAL, True, CLAMP_FP16)
+                        HAS_RESIDUAL, True, CLAMP_FP16, "evict_last")
             acc += h * h
         rstd = tl.rsqrt(tl.sum(acc, axis=1) * inv_n + eps)[:, None]
         for start in range(0, n_cols, BLOCK_N):
@@ -134,10 +138,11 @@ def rmsnorm_fwd_kernel(
             mask = row_mask & col_mask
             # Second pass: the updated residual already holds round(x + residual).
             if HAS_RESIDUAL:
-                h = tl.load(r_rows + start + cols, mask=mask, other=0.0).to(tl.float32)
+                h = tl.load(r_rows + start + cols, mask=mask, other=0.0,
+                            eviction_policy="evict_first").to(tl.float32)
             else:
                 h = _load_h(x_rows + start, r_rows + start, cols, mask,
-                            False, False, CLAMP_FP16)
+                            False, False, CLAMP_FP16, "evict_first")
             w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT)
             b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS)
             _normalize_store(y_rows + start, w, b, cols, mask, h, rstd,
@@ -173,7 +178,7 @@ def rmsnorm_fwd_split_kernel(
     y_rows = y_ptr + row * stride_y_row + start
     cols = tl.arange(0, BLOCK_N)[None, :]
     col_mask = start + cols < n_cols
-    h = _load_h(x_rows, r_rows, cols, col_mask, HAS_RESIDUAL, True, CLAMP_FP16)
+    h = _load_h(x_rows, r_rows, cols, col_mask, HAS_RESIDUAL, True, CLAMP_FP16, "")
     partial = tl.sum(tl.sum(h * h, axis=1), axis=0)
     # One release atomic publishes the partial (sums of squares are >= 0 or NaN, never -1).
     tl.atomic_xchg(part_ptr + row * SPLITS + part, partial, sem="release")
@@ -249,7 +254,7 @@ def rmsnorm_fwd_fanout_kernel(
     if COPIES > 7:
         w7 = _load_cols(w7_ptr, cols, col_mask, HAS_WEIGHT)
         b7 = _load_cols(b7_ptr, cols, col_mask, HAS_BIAS)
-    h = _load_h(x_rows, x_rows, cols, mask, False, False, CLAMP_FP16)
+    h = _load_h(x_rows, x_rows, cols, mask, False, False, CLAMP_FP16, "")
     rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
     _normalize_store(y0_ptr + y_offs, w0, b0, cols, mask, h, rstd,
                      HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)

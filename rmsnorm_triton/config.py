@@ -12,6 +12,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import triton
@@ -35,6 +36,19 @@ MAX_SPLIT_SLICE_N = 32768
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
+# The fused add with a 4-byte residual cannot hold a tile this wide: up to this many rows the
+# row is split (4096-element slices: 96.6% at 512 x 32768), past it looped in 16K chunks.
+WIDE_RESIDUAL_MAX_TILE = 32768
+SPLIT_MAX_ROWS = 512
+LOOP_CHUNK_N_WIDE = 16384
+# Rows of 16K elements in a bucket of 512-1024 rows loop over chunks of this many bytes
+# moved (x read + out written: 4096 elements bf16 -> bf16, 2048 bf16 -> fp32).
+LOOP_MID_N = 16384
+LOOP_MID_ROWS = (512, 1024)
+LOOP_CHUNK_BYTES = 16384
+# 2048-wide rows are packed two a program only from this many rows: fewer rows want every
+# program they can get (8 x 2048: 1.48 against 1.61 us in a graph; 16384 rows: 2% faster).
+PACK_2048_MIN_ROWS = 4096
 # Short rows are packed several to a program so that a tile carries >= this many elements:
 # a 128-wide row alone would leave most of a warp's 16-byte lanes idle (65536 x 128: 64 rows
 # a program, 73%; 4 rows, 41%). Rows of 256 or fewer want twice that.
@@ -71,27 +85,52 @@ def row_bucket(n_rows: int) -> int:
     return min(next_pow2(n_rows), 65536)
 
 
-def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int,
-                     on_gpu: bool = True) -> LaunchConfig:
+def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = True,
+                     out_itemsize: int = 0, residual_itemsize: int = 0) -> LaunchConfig:
+    """The launch config for rows of n_cols elements, n_rows = the row bucket. out_itemsize:
+    the output's element size (0: x's); residual_itemsize: the fused add's residual (0: none).
+    The rules and the measurements behind them: bench/RESULTS.md, "Launch heuristic"."""
+    out_itemsize = out_itemsize or x_itemsize
     block_n = next_pow2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
         slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
         slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
         if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
-            return LaunchConfig(block_m=1, block_n=slice_n, num_warps=max(4, slice_n // 2048),
-                                looped=False, splits=triton.cdiv(n_cols, slice_n))
+            return _split(n_cols, slice_n)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
+    if residual_itemsize >= 4 and block_n >= WIDE_RESIDUAL_MAX_TILE:
+        # x, the 4-byte residual and the sum do not fit one 32K-element tile in registers
+        # (spills: 71% at 4096 x 32768): few rows split the row, more loop over it (99%).
+        if on_gpu and not INTERPRET and n_rows <= SPLIT_MAX_ROWS:
+            return _split(n_cols, SPLIT_SLICE_N)
+        return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N_WIDE, num_warps=16, looped=True)
+    if residual_itemsize == 0 and block_n == LOOP_MID_N and LOOP_MID_ROWS[0] <= n_rows \
+            <= LOOP_MID_ROWS[1]:
+        # One wave of 512-1024 rows: a whole 16K row a program holds registers that four
+        # looping programs share, and the second read comes from L2 (evict_last on the first).
+        chunk = 1 << ((LOOP_CHUNK_BYTES // (x_itemsize + out_itemsize)).bit_length() - 1)
+        return LaunchConfig(block_m=1, block_n=chunk, num_warps=16, looped=True)
     block_m = 1
     min_tile = MIN_TILE_ELEMS * (2 if block_n <= 256 else 1)
-    while block_m * block_n < min_tile and block_m < MAX_BLOCK_M and block_m < n_rows:
+    while block_m * block_n < min_tile and block_m < MAX_BLOCK_M and block_m < n_rows and \
+            (block_n <= 1024 or n_rows >= PACK_2048_MIN_ROWS):
         block_m *= 2
     if block_n <= 1024:
         # Packed short rows: 4 warps won at N = 128..1024 (73-82%), 8 lost by 3-9 points.
         return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=4, looped=False)
-    # About 16 elements per thread: two 16-byte loads of 16-bit data in flight per thread.
-    elems_per_thread = 16 if x_itemsize <= 2 else 8
-    num_warps = max(4, min(32, block_m * block_n // (32 * elems_per_thread)))
+    # Elements a thread holds: 16 (16-bit x) for one row of up to 4K; twice that for wider or
+    # packed tiles, so that two or more programs share an SM (32 warps for a 16K row left
+    # one, and 89% of the ceiling). Tiles of 32K keep 32 warps: 64 each would spill.
+    tile = block_m * block_n
+    per_thread = (16 if x_itemsize <= 2 else 8) * (2 if tile >= 8192 or block_m > 1 else 1)
+    max_warps = 16 if tile <= 16384 else 32
+    num_warps = max(4, min(max_warps, tile // (32 * per_thread)))
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
+
+
+def _split(n_cols: int, slice_n: int) -> LaunchConfig:
+    return LaunchConfig(block_m=1, block_n=slice_n, num_warps=max(4, slice_n // 2048),
+                        looped=False, splits=triton.cdiv(n_cols, slice_n))
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
@@ -196,8 +235,15 @@ def tuned_table(gpu_name: str) -> dict[str, LaunchConfig]:
 
 @functools.lru_cache(maxsize=4096)
 def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch.dtype,
-                has_residual: bool, device_index: int) -> LaunchConfig:
-    """The launch config for rows of `n_cols` elements, `bucket` = row_bucket(n_rows)."""
-    tuned = tuned_table(device_name(device_index)).get(
-        table_key(n_cols, bucket, x_dtype, out_dtype, has_residual))
-    return tuned or heuristic_config(n_cols, bucket, x_dtype.itemsize, device_index >= 0)
+                has_residual: bool, device_index: int,
+                residual_dtype: Optional[torch.dtype] = None) -> LaunchConfig:
+    """The launch config for rows of `n_cols` elements, `bucket` = row_bucket(n_rows).
+    residual_dtype: the fused add's residual, where known (default: x's)."""
+    residual_dtype = (residual_dtype or x_dtype) if has_residual else None
+    tuned = None
+    if residual_dtype in (None, x_dtype):       # what the tuner measures
+        tuned = tuned_table(device_name(device_index)).get(
+            table_key(n_cols, bucket, x_dtype, out_dtype, has_residual))
+    return tuned or heuristic_config(n_cols, bucket, x_dtype.itemsize, device_index >= 0,
+                                     out_dtype.itemsize,
+                                     residual_dtype.itemsize if residual_dtype else 0)

@@ -68,7 +68,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     generation = config_generation()     # a plan made from a superseded table is not kept
     if cfg is None:
         cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
-                          dev_index)
+                          dev_index, None if res is None else res.dtype)
     scalars = (n_rows, n_cols, x.stride(0), 0 if res is None else res.stride(0),
                out.stride(0), float(eps))
     flags = (("HAS_WEIGHT", weight is not None), ("HAS_BIAS", bias is not None),

@@ -31,7 +31,7 @@ from .validate import check_inputs
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 WARPS = (4, 8, 16, 32)
 # Looped rows read x twice: worth trying only where a whole row makes a big tile.
-LOOP_MIN_N, CHUNKS, CHUNK_WARPS = 16384, (4096, 8192, 16384), (8, 16)
+LOOP_MIN_N, CHUNKS, CHUNK_WARPS = 16384, (2048, 4096, 8192, 16384), (8, 16)
 SLICES, SLICE_WARPS = (2048, 4096, 8192, 16384), (4, 8)
 # Below this many rows a row per program leaves SMs idle, so splitting rows is worth a try;
 # above it the split-row kernel only adds its exchange of partial sums.
@@ -75,6 +75,11 @@ class Case:
         cap = max(1, MEASURE_BYTES // self.nbytes_per_row)
         return min(self.bucket, 1 << (cap.bit_length() - 1))    # a power of two, as buckets
 
+    def candidates(self, on_gpu: bool = not INTERPRET) -> list[LaunchConfig]:
+        """candidates() for this case; the tuner's residual has x's dtype."""
+        return candidates(self.n_cols, self.bucket, self.x_dtype.itemsize, on_gpu,
+                          self.out_dtype.itemsize, self.x_dtype.itemsize if self.fused else 0)
+
     @property
     def label(self) -> str:
         name = {v: k for k, v in DTYPES.items()}
@@ -89,11 +94,12 @@ def cfg_str(c: Optional[LaunchConfig]) -> str:
     return f"{c.block_m}x{c.block_n} w{c.num_warps} {how}"
 
 
-def candidates(n_cols: int, bucket: int, x_itemsize: int,
-               on_gpu: bool = not INTERPRET) -> list[LaunchConfig]:
+def candidates(n_cols: int, bucket: int, x_itemsize: int, on_gpu: bool = not INTERPRET,
+               out_itemsize: int = 0, residual_itemsize: int = 0) -> list[LaunchConfig]:
     """The heuristic's choice first, then every legal config around it. Split-row configs only
     on a GPU (the interpreter runs programs one at a time; a split row waits on its siblings)."""
-    found = [heuristic_config(n_cols, bucket, x_itemsize, on_gpu)]
+    found = [heuristic_config(n_cols, bucket, x_itemsize, on_gpu, out_itemsize,
+                              residual_itemsize)]
 
     def add(c):
         if c not in found:
@@ -209,7 +215,7 @@ def short_error(e: BaseException) -> str:
 
 
 def tune_case(case: Case, device, min_gain: float) -> Result:
-    cands = candidates(case.n_cols, case.bucket, case.x_dtype.itemsize)
+    cands = case.candidates()
     work = Workload(case, device)
     times, dropped = {}, {}
     for cfg in cands:

@@ -36,7 +36,6 @@ from .tune_space import (
     DTYPES,
     Case,
     Result,
-    candidates,
     cfg_str,
     launch,
     make_inputs,
@@ -109,7 +108,7 @@ class Compiler:
             return
         jobs = []
         for case in cases:
-            for cfg in candidates(case.n_cols, case.bucket, case.x_dtype.itemsize):
+            for cfg in case.candidates():
                 if _spec(case, cfg) not in self.seen:
                     self.seen.add(_spec(case, cfg))
                     jobs.append((case, cfg))
@@ -154,7 +153,7 @@ def print_plan(cases: list[Case], args) -> None:
         k0 = len(kernels)
         t = 0
         for c in group:
-            cands = candidates(c.n_cols, c.bucket, c.x_dtype.itemsize)
+            cands = c.candidates()
             t += len(cands)
             kernels.update(_spec(c, cfg) for cfg in cands)
         n_timings += t
@@ -165,7 +164,7 @@ def print_plan(cases: list[Case], args) -> None:
             if (c.bucket, c.x_dtype.itemsize) in seen:
                 continue
             seen.add((c.bucket, c.x_dtype.itemsize))
-            cands = candidates(c.n_cols, c.bucket, c.x_dtype.itemsize)
+            cands = c.candidates()
             print(f"      rows {c.bucket:>5} ({c.rows} timed), {c.x_dtype.itemsize}-byte x: "
                   + ", ".join(cfg_str(x) for x in cands))
     workers = max(1, args.workers)

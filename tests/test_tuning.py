@@ -179,7 +179,7 @@ def test_every_candidate_of_a_small_case_verifies(pair, fused):
     """The tuner's launch gives the reference's answer for every config it would time."""
     case = tune_space.Case(1000, 4, *pair, fused)
     work = tune_space.Workload(case, torch.device("cpu"))
-    cands = tune_space.candidates(case.n_cols, case.bucket, pair[0].itemsize)
+    cands = case.candidates()
     assert len(cands) > 3
     assert {tune_space.cfg_str(c): work.verify(c) for c in cands} == {
         tune_space.cfg_str(c): None for c in cands}
@@ -266,3 +266,93 @@ def test_cli_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
     assert e.value.code == 0 and "--max-seconds" in capsys.readouterr().out
+
+
+# ---- the heuristic's rules (bench/RESULTS.md, "Launch heuristic") ----------------------------
+
+def _cfg(m, n, w, looped=False, splits=1):
+    return LaunchConfig(m, n, w, looped, splits)
+
+
+@pytest.mark.parametrize("args,want", [
+    # One 16K row a program: 16 warps, never 32 (one program an SM left 11% on the table).
+    ((16384, 16384, 2), _cfg(1, 16384, 16)),
+    ((16384, 64, 2), _cfg(1, 16384, 16)),               # decode stays one tile (the fanout's)
+    # 512-1024 rows of 16K loop in chunks of 16 KB moved (x read + out written).
+    ((16384, 512, 2), _cfg(1, 4096, 16, looped=True)),
+    ((16384, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((16384, 512, 2, True, 2, 2), _cfg(1, 16384, 16)),  # not the fused add
+    # 32 elements a thread from 8K: 5120 and 8192 take 8 warps, 4096 keeps 8.
+    ((5120, 4096, 2), _cfg(1, 8192, 8)),
+    ((8192, 512, 2), _cfg(1, 8192, 8)),
+    ((4096, 1024, 2), _cfg(1, 4096, 8)),
+    # 2048-wide rows: packed two a program only from 4096 rows.
+    ((2048, 8, 2), _cfg(1, 2048, 4)),
+    ((2048, 16384, 2), _cfg(2, 2048, 4)),
+    ((1024, 4096, 2), _cfg(4, 1024, 4)),                # short rows: packed as before
+    # A 4-byte residual at 32K: split on a GPU up to 512 rows, else looped in 16K chunks.
+    pytest.param((32768, 512, 2, True, 2, 4), _cfg(1, 4096, 4, splits=8), marks=pytest.mark.skipif(
+        config.INTERPRET, reason="the interpreter has no split-row kernel")),
+    ((32768, 4096, 2, True, 2, 4), _cfg(1, 16384, 16, looped=True)),
+    ((32768, 512, 2, False, 2, 4), _cfg(1, 16384, 16, looped=True)),
+    ((32768, 4096, 2, True, 2, 2), _cfg(1, 32768, 32)),  # a bf16 residual fits the tile
+])
+def test_heuristic_rules(args, want):
+    assert heuristic_config(*args) == want
+
+
+def test_heuristic_configs_are_legal():
+    """Every answer covers its row exactly once within what the kernels compile."""
+    for n in (1, 100, 1000, 2048, 3000, 5120, 8192, 12288, 16384, 20000, 32768, 65536,
+              131072, 262144, 1 << 21):
+        for bucket in (1, 8, 64, 512, 1024, 4096, 65536):
+            for x_size, out_size, res_size in ((2, 2, 0), (2, 4, 0), (4, 4, 0), (2, 2, 2),
+                                               (2, 2, 4), (4, 4, 4)):
+                for on_gpu in (False, True):
+                    cfg = heuristic_config(n, bucket, x_size, on_gpu, out_size, res_size)
+                    config.check_config(n, cfg)
+                    assert cfg.block_m <= max(1, bucket)
+
+
+def test_pick_config_uses_the_residual_dtype(cache):
+    """The fused add with an fp32 residual at 32K loops; a tuned entry (measured with the
+    residual in x's dtype) is not applied to another residual dtype."""
+    args = (32768, 4096, BF16, BF16, True, -1)
+    assert pick_config(*args, FP32).looped
+    assert not pick_config(*args, BF16).looped and pick_config(*args) == pick_config(*args, BF16)
+    tuned = LaunchConfig(1, 32768, 16, False)
+    save_table(cache_path("cpu"), "cpu", {table_key(32768, 4096, BF16, BF16, True): tuned})
+    assert pick_config(*args, BF16) == tuned
+    assert pick_config(*args, FP32) == heuristic_config(32768, 4096, 2, False, 2, 4)
+
+
+@pytest.mark.parametrize("shape,x_dtype,out_dtype,res_dtype", [
+    pytest.param((512, 16384), BF16, FP32, None, marks=pytest.mark.skipif(
+        not ON_GPU, reason="512 rows of 16K take ~40 s in the interpreter; the looped kernel "
+        "itself runs on the CPU in test_looped_chunks_with_another_output_dtype")),
+    ((3, 32768), BF16, BF16, FP32),             # a 4-byte residual at 32K
+], ids=["loop-16k-fp32-out", "add-fp32-residual-32k"])
+def test_new_heuristic_paths_match_fp64(device, shape, x_dtype, out_dtype, res_dtype):
+    x, w = rand_x(shape, x_dtype, device), rand_w(shape[1], x_dtype, device)
+    out = torch.full(shape, float("nan"), dtype=out_dtype, device=device)
+    if res_dtype is None:
+        ops.rms_norm(x, w, out=out)
+        want = rmsnorm_ref(x, w)
+    else:
+        r = rand_x(shape, res_dtype, device)
+        s = (x.double() + r.double()).to(res_dtype)
+        ops.fused_add_rms_norm(x, r, w, out=out)
+        assert torch.equal(r, s)
+        want = rmsnorm_ref(s, w)
+    assert_close(out, want)
+
+
+@pytest.mark.parametrize("cfg", [_cfg(1, 2048, 16, looped=True), _cfg(2, 4096, 8, looped=True)],
+                         ids=tune_space.cfg_str)
+def test_looped_chunks_with_another_output_dtype(device, cfg):
+    """The looped kernel (eviction hints on both passes) with fp32 out, as the 16K rule runs it."""
+    case = tune_space.Case(16384, 4, BF16, FP32, False)
+    p, w = tune_space.make_inputs(case, device)
+    p.out.fill_(float("nan"))
+    tune_space.launch(p, w, cfg)
+    assert_close(p.out, rmsnorm_ref(p.x, w))
