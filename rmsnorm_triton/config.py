@@ -41,10 +41,13 @@ LOOP_CHUNK_N = 8192
 WIDE_RESIDUAL_MAX_TILE = 32768
 SPLIT_MAX_ROWS = 512
 LOOP_CHUNK_N_WIDE = 16384
-# Rows of 16K elements in a bucket of 512-1024 rows loop over chunks of this many bytes
-# moved (x read + out written: 4096 elements bf16 -> bf16, 2048 bf16 -> fp32).
-LOOP_MID_N = 16384
+# In a bucket of 512-1024 rows, rows of 16-bit x that move at least this many bytes (x read +
+# out written: 12K-16K elements to 16-bit out, 7K-16K to fp32) loop over chunks of
+# LOOP_CHUNK_BYTES moved (4096 elements bf16 -> bf16, 2048 bf16 -> fp32). Measured with 16-bit
+# x only; fp32 x keeps its tiles.
+LOOP_MID_ROW_BYTES = 40960
 LOOP_MID_ROWS = (512, 1024)
+LOOP_MID_MAX_N = 16384
 LOOP_CHUNK_BYTES = 16384
 # 2048-wide rows are packed two a program only from this many rows: fewer rows want every
 # program they can get (8 x 2048: 1.48 against 1.61 us in a graph; 16384 rows: 2% faster).
@@ -104,9 +107,10 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
         if on_gpu and not INTERPRET and n_rows <= SPLIT_MAX_ROWS:
             return _split(n_cols, SPLIT_SLICE_N)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N_WIDE, num_warps=16, looped=True)
-    if residual_itemsize == 0 and block_n == LOOP_MID_N and LOOP_MID_ROWS[0] <= n_rows \
-            <= LOOP_MID_ROWS[1]:
-        # One wave of 512-1024 rows: a whole 16K row a program holds registers that four
+    row_bytes = n_cols * (x_itemsize + out_itemsize)
+    if residual_itemsize == 0 and x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and \
+            row_bytes >= LOOP_MID_ROW_BYTES and LOOP_MID_ROWS[0] <= n_rows <= LOOP_MID_ROWS[1]:
+        # One wave of 512-1024 rows: a whole wide row a program holds registers that several
         # looping programs share, and the second read comes from L2 (evict_last on the first).
         chunk = 1 << ((LOOP_CHUNK_BYTES // (x_itemsize + out_itemsize)).bit_length() - 1)
         return LaunchConfig(block_m=1, block_n=chunk, num_warps=16, looped=True)

@@ -282,9 +282,12 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((16384, 512, 2), _cfg(1, 4096, 16, looped=True)),
     ((16384, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
     ((16384, 512, 2, True, 2, 2), _cfg(1, 16384, 16)),  # not the fused add
+    ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),    # fp32 out: from 40 KB a row
+    ((5120, 1024, 2, True, 4), _cfg(1, 8192, 8)),
+    ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
+    ((16384, 512, 4, True, 4), _cfg(1, 16384, 16)),     # fp32 x: not measured, tiles kept
     # 32 elements a thread from 8K: 5120 and 8192 take 8 warps, 4096 keeps 8.
     ((5120, 4096, 2), _cfg(1, 8192, 8)),
-    ((8192, 512, 2), _cfg(1, 8192, 8)),
     ((4096, 1024, 2), _cfg(1, 4096, 8)),
     # 2048-wide rows: packed two a program only from 4096 rows.
     ((2048, 8, 2), _cfg(1, 2048, 4)),
