@@ -52,6 +52,8 @@ LOOP_CHUNK_BYTES = 16384
 # 2048-wide rows are packed two a program only from this many rows: fewer rows want every
 # program they can get (8 x 2048: 1.48 against 1.61 us in a graph; 16384 rows: 2% faster).
 PACK_2048_MIN_ROWS = 4096
+# Row buckets up to this are decode-sized: their launch config favours latency.
+DECODE_MAX_ROWS = 256
 # Short rows are packed several to a program so that a tile carries >= this many elements:
 # a 128-wide row alone would leave most of a warp's 16-byte lanes idle (65536 x 128: 64 rows
 # a program, 73%; 4 rows, 41%). Rows of 256 or fewer want twice that.
@@ -122,12 +124,15 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     if block_n <= 1024:
         # Packed short rows: 4 warps won at N = 128..1024 (73-82%), 8 lost by 3-9 points.
         return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=4, looped=False)
-    # Elements a thread holds: 16 (16-bit x) for one row of up to 4K; twice that for wider or
-    # packed tiles, so that two or more programs share an SM (32 warps for a 16K row left
-    # one, and 89% of the ceiling). Tiles of 32K keep 32 warps: 64 each would spill.
+    # Elements a thread holds: 16 (16-bit x) for one row of up to 4K, and for any row of a
+    # decode-sized call (up to 256 rows: latency-bound, more threads a row won: 64 x 16384 on
+    # 32 warps 4.05 us against 4.18 on 16). From 512 rows twice that for tiles of 8K or more,
+    # so that two or more programs share an SM (32 warps for a 16K row left one, and 89% of
+    # the ceiling at 16384 rows); packed rows too. Tiles of 32K keep 32 warps.
     tile = block_m * block_n
-    per_thread = (16 if x_itemsize <= 2 else 8) * (2 if tile >= 8192 or block_m > 1 else 1)
-    max_warps = 16 if tile <= 16384 else 32
+    wide = tile >= 8192 and n_rows > DECODE_MAX_ROWS
+    per_thread = (16 if x_itemsize <= 2 else 8) * (2 if wide or block_m > 1 else 1)
+    max_warps = 16 if wide and tile <= 16384 else 32
     num_warps = max(4, min(max_warps, tile // (32 * per_thread)))
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 

@@ -275,9 +275,10 @@ def _cfg(m, n, w, looped=False, splits=1):
 
 
 @pytest.mark.parametrize("args,want", [
-    # One 16K row a program: 16 warps, never 32 (one program an SM left 11% on the table).
+    # From 512 rows, one 16K row a program: 16 warps, not 32 (one program an SM: 89%).
     ((16384, 16384, 2), _cfg(1, 16384, 16)),
-    ((16384, 64, 2), _cfg(1, 16384, 16)),               # decode stays one tile (the fanout's)
+    ((16384, 64, 2), _cfg(1, 16384, 32)),               # decode: latency first, one tile
+    ((8192, 8, 2), _cfg(1, 8192, 16)),
     # 512-1024 rows of 16K loop in chunks of 16 KB moved (x read + out written).
     ((16384, 512, 2), _cfg(1, 4096, 16, looped=True)),
     ((16384, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
