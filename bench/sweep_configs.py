@@ -76,7 +76,7 @@ def main():
             args.out_dtype]
         out = torch.empty_like(x, dtype=out_dtype)
         nbytes = M * N * (2 + out.element_size()) + 2 * N
-        heur = heuristic_config(N, triton.next_power_of_2(M), 2)
+        heur = heuristic_config(N, triton.next_power_of_2(M), 2, True, out.element_size())
         results = []
         for cfg in candidates(M, N):
             try:

@@ -9,8 +9,8 @@ Features are constexpr flags, so a disabled one costs no instruction. Three ways
 - rmsnorm_fwd_kernel, LOOPED=False: a program owns BLOCK_M whole rows, each read once and held
   in registers (rows up to 32K elements).
 - rmsnorm_fwd_kernel, LOOPED=True: the row is streamed twice in BLOCK_N chunks, once for the sum
-  of squares and once to normalize. Never spills, but reads x twice; the interpreter's path for
-  long rows.
+  of squares and once to normalize (the second read from L2). Never spills; the interpreter's
+  path for long rows, and the GPU's for wide rows in a single wave of 512-1024 rows.
 - rmsnorm_fwd_split_kernel: SPLITS programs share a row, each holding one BLOCK_N slice in
   registers; they publish partial sums and wait for each other, so x is read once at any N.
 - rmsnorm_fwd_fanout_kernel: rmsnorm_fwd_kernel's single-tile path writing COPIES outputs, each
@@ -128,7 +128,8 @@ def rmsnorm_fwd_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for start in range(0, n_cols, BLOCK_N):
             mask = row_mask & (start + cols < n_cols)
-            # Kept in L2 for the second pass, which reads it once more and lets it go.
+            # Kept in L2 for the second pass, which reads x (or the updated residual) once
+            # more and lets it go. With the fused add x itself is not read again.
             h = _load_h(x_rows + start, r_rows + start, cols, mask,
                         HAS_RESIDUAL, True, CLAMP_FP16, "evict_last")
             acc += h * h

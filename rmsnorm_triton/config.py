@@ -37,20 +37,22 @@ MAX_SPLIT_SLICE_N = 32768
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
 # The fused add with a 4-byte residual cannot hold a tile this wide: up to this many rows the
-# row is split (4096-element slices: 96.6% at 512 x 32768), past it looped in 16K chunks.
+# row is split (4096-element slices: 96.6% at 512 x 32768), past it looped in 16K chunks. The
+# norm of a 4-byte x takes the same configs (not measured on its own).
 WIDE_RESIDUAL_MAX_TILE = 32768
 SPLIT_MAX_ROWS = 512
 LOOP_CHUNK_N_WIDE = 16384
-# In a bucket of 512-1024 rows, rows of 16-bit x that move at least this many bytes (x read +
-# out written: 12K-16K elements to 16-bit out, 7K-16K to fp32) loop over chunks of
-# LOOP_CHUNK_BYTES moved (4096 elements bf16 -> bf16, 2048 bf16 -> fp32). Measured with 16-bit
-# x only; fp32 x keeps its tiles.
+# In a bucket of 512-1024 rows, rows of 16-bit x (or residual) that move at least this many
+# bytes (x read + out written: 10K-16K elements to 16-bit out, 7K-16K to fp32) loop over
+# chunks of LOOP_CHUNK_BYTES moved (4096 elements bf16 -> bf16, 2048 bf16 -> fp32). Measured
+# at 16K (and 12K for the fused add) to 16-bit out, 7K-8K and 16K to fp32; fp32 x keeps tiles.
 LOOP_MID_ROW_BYTES = 40960
 LOOP_MID_ROWS = (512, 1024)
 LOOP_MID_MAX_N = 16384
 LOOP_CHUNK_BYTES = 16384
 # 2048-wide rows are packed two a program only from this many rows: fewer rows want every
-# program they can get (8 x 2048: 1.48 against 1.61 us in a graph; 16384 rows: 2% faster).
+# program they can get (8 x 2048: 1.48 against 1.61 us in a graph, 64 x 2048: 1.90 against
+# 2.00). From 4096 rows one or two rows a program measured level (16.74 / 16.69 us).
 PACK_2048_MIN_ROWS = 4096
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
@@ -91,9 +93,11 @@ def row_bucket(n_rows: int) -> int:
 
 
 def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = True,
-                     out_itemsize: int = 0, residual_itemsize: int = 0) -> LaunchConfig:
-    """The launch config for rows of n_cols elements, n_rows = the row bucket. out_itemsize:
-    the output's element size (0: x's); residual_itemsize: the fused add's residual (0: none).
+                     out_itemsize: int = 0) -> LaunchConfig:
+    """The launch config for rows of n_cols elements, n_rows = the row bucket. x_itemsize: the
+    element size of the tensor normalized (x, or the fused add's residual: the fused add then
+    takes the config of the unfused norm of its updated residual, and equals it bit for bit);
+    out_itemsize: the output's (0: the same).
     The rules and the measurements behind them: bench/RESULTS.md, "Launch heuristic"."""
     out_itemsize = out_itemsize or x_itemsize
     block_n = next_pow2(n_cols)
@@ -103,14 +107,15 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
         if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
             return _split(n_cols, slice_n)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
-    if residual_itemsize >= 4 and block_n >= WIDE_RESIDUAL_MAX_TILE:
-        # x, the 4-byte residual and the sum do not fit one 32K-element tile in registers
-        # (spills: 71% at 4096 x 32768): few rows split the row, more loop over it (99%).
+    if x_itemsize >= 4 and block_n >= WIDE_RESIDUAL_MAX_TILE:
+        # The fused add's x, 4-byte residual and sum do not fit one 32K-element tile in
+        # registers (spills: 71% at 4096 x 32768): few rows split the row, more loop over it
+        # (99%). The unfused norm of a 4-byte tensor follows, to stay equal to it.
         if on_gpu and not INTERPRET and n_rows <= SPLIT_MAX_ROWS:
             return _split(n_cols, SPLIT_SLICE_N)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N_WIDE, num_warps=16, looped=True)
     row_bytes = n_cols * (x_itemsize + out_itemsize)
-    if residual_itemsize == 0 and x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and \
+    if x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and \
             row_bytes >= LOOP_MID_ROW_BYTES and LOOP_MID_ROWS[0] <= n_rows <= LOOP_MID_ROWS[1]:
         # One wave of 512-1024 rows: a whole wide row a program holds registers that several
         # looping programs share, and the second read comes from L2 (evict_last on the first).
@@ -253,6 +258,5 @@ def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch
     if residual_dtype in (None, x_dtype):       # what the tuner measures
         tuned = tuned_table(device_name(device_index)).get(
             table_key(n_cols, bucket, x_dtype, out_dtype, has_residual))
-    return tuned or heuristic_config(n_cols, bucket, x_dtype.itemsize, device_index >= 0,
-                                     out_dtype.itemsize,
-                                     residual_dtype.itemsize if residual_dtype else 0)
+    return tuned or heuristic_config(n_cols, bucket, (residual_dtype or x_dtype).itemsize,
+                                     device_index >= 0, out_dtype.itemsize)

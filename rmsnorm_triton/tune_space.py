@@ -76,9 +76,9 @@ class Case:
         return min(self.bucket, 1 << (cap.bit_length() - 1))    # a power of two, as buckets
 
     def candidates(self, on_gpu: bool = not INTERPRET) -> list[LaunchConfig]:
-        """candidates() for this case; the tuner's residual has x's dtype."""
+        """candidates() for this case (the tuner's residual has x's dtype)."""
         return candidates(self.n_cols, self.bucket, self.x_dtype.itemsize, on_gpu,
-                          self.out_dtype.itemsize, self.x_dtype.itemsize if self.fused else 0)
+                          self.out_dtype.itemsize)
 
     @property
     def label(self) -> str:
@@ -95,11 +95,10 @@ def cfg_str(c: Optional[LaunchConfig]) -> str:
 
 
 def candidates(n_cols: int, bucket: int, x_itemsize: int, on_gpu: bool = not INTERPRET,
-               out_itemsize: int = 0, residual_itemsize: int = 0) -> list[LaunchConfig]:
+               out_itemsize: int = 0) -> list[LaunchConfig]:
     """The heuristic's choice first, then every legal config around it. Split-row configs only
     on a GPU (the interpreter runs programs one at a time; a split row waits on its siblings)."""
-    found = [heuristic_config(n_cols, bucket, x_itemsize, on_gpu, out_itemsize,
-                              residual_itemsize)]
+    found = [heuristic_config(n_cols, bucket, x_itemsize, on_gpu, out_itemsize)]
 
     def add(c):
         if c not in found:

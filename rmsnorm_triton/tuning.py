@@ -161,11 +161,13 @@ def print_plan(cases: list[Case], args) -> None:
               f"{len(kernels) - k0} kernels to compile")
         seen = set()
         for c in group:
-            if (c.bucket, c.x_dtype.itemsize) in seen:
+            form = (c.bucket, c.x_dtype.itemsize, c.out_dtype.itemsize)
+            if form in seen:
                 continue
-            seen.add((c.bucket, c.x_dtype.itemsize))
+            seen.add(form)
             cands = c.candidates()
-            print(f"      rows {c.bucket:>5} ({c.rows} timed), {c.x_dtype.itemsize}-byte x: "
+            print(f"      rows {c.bucket:>5} ({c.rows} timed), {c.x_dtype.itemsize}-byte x, "
+                  f"{c.out_dtype.itemsize}-byte out: "
                   + ", ".join(cfg_str(x) for x in cands))
     workers = max(1, args.workers)
     est = len(kernels) * COMPILE_S / workers + n_timings * TIME_S

@@ -279,10 +279,10 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((16384, 16384, 2), _cfg(1, 16384, 16)),
     ((16384, 64, 2), _cfg(1, 16384, 32)),               # decode: latency first, one tile
     ((8192, 8, 2), _cfg(1, 8192, 16)),
-    # 512-1024 rows of 16K loop in chunks of 16 KB moved (x read + out written).
+    # 512-1024 rows moving >= 40 KB a row loop in chunks of 16 KB moved (x read + out written).
     ((16384, 512, 2), _cfg(1, 4096, 16, looped=True)),
+    ((12288, 1024, 2), _cfg(1, 4096, 16, looped=True)),
     ((16384, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
-    ((16384, 512, 2, True, 2, 2), _cfg(1, 16384, 16)),  # not the fused add
     ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),    # fp32 out: from 40 KB a row
     ((5120, 1024, 2, True, 4), _cfg(1, 8192, 8)),
     ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
@@ -294,40 +294,75 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((2048, 8, 2), _cfg(1, 2048, 4)),
     ((2048, 16384, 2), _cfg(2, 2048, 4)),
     ((1024, 4096, 2), _cfg(4, 1024, 4)),                # short rows: packed as before
-    # A 4-byte residual at 32K: split on a GPU up to 512 rows, else looped in 16K chunks.
-    pytest.param((32768, 512, 2, True, 2, 4), _cfg(1, 4096, 4, splits=8), marks=pytest.mark.skipif(
-        config.INTERPRET, reason="the interpreter has no split-row kernel")),
-    ((32768, 4096, 2, True, 2, 4), _cfg(1, 16384, 16, looped=True)),
-    ((32768, 512, 2, False, 2, 4), _cfg(1, 16384, 16, looped=True)),
-    ((32768, 4096, 2, True, 2, 2), _cfg(1, 32768, 32)),  # a bf16 residual fits the tile
+    # A 4-byte normalized tensor (the fused add's fp32 residual) at 32K: split on a GPU up to
+    # 512 rows, else looped in 16K chunks; 16-bit keeps its 32K tile.
+    ((32768, 512, 4, True, 2), _cfg(1, 4096, 4, splits=8)),
+    ((32768, 512, 4, False, 2), _cfg(1, 16384, 16, looped=True)),
+    ((32768, 4096, 4, True, 2), _cfg(1, 16384, 16, looped=True)),
+    ((32768, 4096, 2), _cfg(1, 32768, 32)),
 ])
-def test_heuristic_rules(args, want):
+def test_heuristic_rules(monkeypatch, args, want):
+    monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
     assert heuristic_config(*args) == want
 
 
-def test_heuristic_configs_are_legal():
+def test_heuristic_configs_are_legal(monkeypatch):
     """Every answer covers its row exactly once within what the kernels compile."""
-    for n in (1, 100, 1000, 2048, 3000, 5120, 8192, 12288, 16384, 20000, 32768, 65536,
-              131072, 262144, 1 << 21):
-        for bucket in (1, 8, 64, 512, 1024, 4096, 65536):
-            for x_size, out_size, res_size in ((2, 2, 0), (2, 4, 0), (4, 4, 0), (2, 2, 2),
-                                               (2, 2, 4), (4, 4, 4)):
-                for on_gpu in (False, True):
-                    cfg = heuristic_config(n, bucket, x_size, on_gpu, out_size, res_size)
-                    config.check_config(n, cfg)
-                    assert cfg.block_m <= max(1, bucket)
+    for interpret in (False, True):
+        monkeypatch.setattr(config, "INTERPRET", interpret)
+        for n in (1, 100, 1000, 2048, 3000, 5120, 8192, 10240, 12288, 16384, 20000, 32768,
+                  65536, 131072, 262144, 1 << 21, 1 << 24):
+            for bucket in (1, 8, 64, 256, 512, 1024, 4096, 65536):
+                for x_size, out_size in ((2, 2), (2, 4), (4, 4), (4, 2)):
+                    for on_gpu in (False, True):
+                        cfg = heuristic_config(n, bucket, x_size, on_gpu, out_size)
+                        config.check_config(n, cfg)
+                        assert cfg.block_m <= max(1, bucket)
 
 
 def test_pick_config_uses_the_residual_dtype(cache):
-    """The fused add with an fp32 residual at 32K loops; a tuned entry (measured with the
-    residual in x's dtype) is not applied to another residual dtype."""
+    """The fused add takes the config of the norm of its residual (an fp32 residual at 32K
+    loops); a tuned entry (measured with the residual in x's dtype) is not applied to another
+    residual dtype, and a residual of unknown dtype is taken to be x's."""
     args = (32768, 4096, BF16, BF16, True, -1)
+    assert pick_config(*args, FP32) == pick_config(32768, 4096, FP32, BF16, False, -1)
     assert pick_config(*args, FP32).looped
     assert not pick_config(*args, BF16).looped and pick_config(*args) == pick_config(*args, BF16)
     tuned = LaunchConfig(1, 32768, 16, False)
     save_table(cache_path("cpu"), "cpu", {table_key(32768, 4096, BF16, BF16, True): tuned})
-    assert pick_config(*args, BF16) == tuned
-    assert pick_config(*args, FP32) == heuristic_config(32768, 4096, 2, False, 2, 4)
+    assert pick_config(*args, BF16) == tuned and pick_config(*args) == tuned
+    assert pick_config(*args, FP32) == heuristic_config(32768, 4096, 4, False, 2)
+
+
+def test_fused_add_takes_the_config_of_the_norm_of_its_residual(cache):
+    """Without a tuned table, every fused-add config is the one the unfused norm of the
+    residual gets, whatever the dtypes: the two are equal bit for bit (DESIGN.md)."""
+    dtypes = (BF16, torch.float16, FP32)
+    for n in (1000, 2048, 4096, 5120, 8192, 10240, 16384, 32768, 65536):
+        for bucket in (1, 64, 256, 512, 1024, 4096):
+            for x in dtypes:
+                for res in dtypes:
+                    for out in dtypes:
+                        assert pick_config(n, bucket, x, out, True, -1, res) == \
+                            pick_config(n, bucket, res, out, False, -1), (n, bucket, x, res, out)
+
+
+@pytest.mark.parametrize("shape,x_dtype,res_dtype", [
+    pytest.param((300, 10240), BF16, BF16, marks=pytest.mark.skipif(
+        not ON_GPU, reason="300 rows of 10K take ~35 s in the interpreter; "
+        "test_fused_add_takes_the_config_of_the_norm_of_its_residual checks the choice")),
+    ((4, 32768), BF16, FP32),       # a 4-byte residual at 32K: looped, as the norm of fp32
+    ((3, 4096), BF16, FP32),        # warps follow the residual's size, as the unfused norm's
+], ids=["loop-10k", "fp32-residual-32k", "fp32-residual-4k"])
+def test_fused_add_equals_unfused_where_the_rules_differ_by_dtype(device, shape, x_dtype,
+                                                                   res_dtype):
+    """Where a rule depends on the normalized tensor, the fused add picks what the norm of its
+    updated residual picks: equal bit for bit (DESIGN.md)."""
+    x, w = rand_x(shape, x_dtype, device), rand_w(shape[1], x_dtype, device)
+    r = rand_x(shape, res_dtype, device)
+    y, _ = ops.fused_add_rms_norm(x, r, w)
+    torch.testing.assert_close(y, ops.rms_norm(r.clone(), w, out_dtype=x_dtype), rtol=0, atol=0)
+    assert_close(y, rmsnorm_ref(r, w))
 
 
 @pytest.mark.parametrize("shape,x_dtype,out_dtype,res_dtype", [
