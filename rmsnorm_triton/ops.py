@@ -29,7 +29,7 @@ from .config import (
 )
 from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
-from .validate import Prepared, as_rows, check_args, check_inputs
+from .validate import Prepared, as_rows, check_args, check_inputs, on_device
 
 MAX_FANOUT = 8      # outputs rmsnorm_fwd_fanout_kernel can write (its y0..y7)
 
@@ -124,9 +124,12 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     """
     if not 1 <= len(devices) <= MAX_FANOUT:
         return None
-    for dev, w, b in zip(devices, weights, biases):
-        check_args(x, w, bias=b, out_dtype=out_dtype, eps=eps, weight_offset=weight_offset,
-                   device=dev)
+    for i, (dev, w, b) in enumerate(zip(devices, weights, biases)):
+        try:
+            check_args(x, w, bias=b, out_dtype=out_dtype, eps=eps, weight_offset=weight_offset,
+                       device=dev)
+        except (TypeError, ValueError) as e:
+            raise on_device(e, i, dev) from e
     if x.numel() == 0 or any(t is not None and (t.is_neg() or not t.is_contiguous())
                              for t in (*weights, *biases)):
         return None

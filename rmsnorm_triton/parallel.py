@@ -32,7 +32,7 @@ from . import plans
 from .config import config_generation
 from .ops import MAX_FANOUT, _launch, _needs_grad, fanout_plan, rms_norm
 from .validate import (FLOAT_DTYPES, _overlaps, as_rows, check_dense, check_inputs,
-                       materialized)
+                       materialized, on_device)
 
 # exllamav2's numbering (tensor_p.py / ext_tp.h): what each split divides.
 BROADCAST_KV, BROADCAST_ID, BROADCAST_VC, BROADCAST_RS, BROADCAST_Q = range(5)
@@ -456,9 +456,12 @@ def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, we
     src = x.device.index
     producer = None
     results = []
-    for dev, w, b in zip(devices, ws, bs):
+    for i, (dev, w, b) in enumerate(zip(devices, ws, bs)):
         if dev.index == src:
-            results.append(rms_norm(x, w, eps, bias=b, **kw))
+            try:
+                results.append(rms_norm(x, w, eps, bias=b, **kw))
+            except (TypeError, ValueError) as e:
+                raise on_device(e, i, dev) from e
             continue
         if producer is None:
             producer = ctx._current_stream(src)
@@ -468,7 +471,10 @@ def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, we
         stream.wait_event(ready)
         # No x.record_stream(stream): x's stream waits for this read below, so memory freed
         # there is not handed out before the read is done.
-        results.append(_norm_from_peer(x, dev, w, b, None, eps, **kw))
+        try:
+            results.append(_norm_from_peer(x, dev, w, b, None, eps, **kw))
+        except (TypeError, ValueError) as e:
+            raise on_device(e, i, dev) from e
         # The caller may overwrite x on its stream next (a residual add in place): that must
         # wait for this peer's read. It also joins the peer's stream back into a CUDA-graph
         # capture that started on x's GPU.
@@ -573,20 +579,26 @@ def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_o
     outs = _per_device(out, n, "out")
     kw = dict(out_dtype=out_dtype, weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input)
     results = []
-    for x, dev, w, b, o in zip(inputs, devices, ws, bs, outs):
+    for i, (x, dev, w, b, o) in enumerate(zip(inputs, devices, ws, bs, outs)):
         tp = ctx.stream(dev)
         if tp is None:
-            results.append(rms_norm(x, w, eps, bias=b, out=o, **kw))
+            try:
+                results.append(rms_norm(x, w, eps, bias=b, out=o, **kw))
+            except (TypeError, ValueError) as e:
+                raise on_device(e, i, dev) from e
             continue
         caller = torch.cuda.current_stream(dev)
         if tp != caller:
             # Weights, out and list inputs are the caller's: ready on its current stream.
             _wait_for(tp, caller)
         with torch.cuda.stream(tp):
-            if x.device == dev:
-                y = rms_norm(x, w, eps, bias=b, out=o, **kw)
-            else:
-                y = _norm_from_peer(x, dev, w, b, o, eps, **kw)
+            try:
+                if x.device == dev:
+                    y = rms_norm(x, w, eps, bias=b, out=o, **kw)
+                else:
+                    y = _norm_from_peer(x, dev, w, b, o, eps, **kw)
+            except (TypeError, ValueError) as e:
+                raise on_device(e, i, dev) from e
         if tp != caller:
             # Weights are long-lived replicas and are not recorded.
             for t in (x, o):

@@ -137,6 +137,14 @@ def _has_repeated_elements(t: torch.Tensor) -> bool:
     return False
 
 
+def on_device(e: Exception, i: int, device) -> Exception:
+    """Tensor parallelism checks each device's call with the single-device checks, whose
+    messages say "weight", "bias" and "out": the same error, naming the device and its list
+    entries too. Raised from a plain except clause, which costs nothing until it fires."""
+    return type(e)(f"device {i} of the split ({device}), with weights[{i}], biases[{i}] and "
+                   f"out[{i}]: {e}")
+
+
 def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
                eps=1e-6, weight_offset=0.0, accumulate=False, device=None,
                fused=False) -> None:

@@ -194,6 +194,12 @@ def test_bad_call_arguments():
         norm_on_devices(ctx, x, ws, None, EPS)
     with pytest.raises(ValueError, match=r"shape \(96,\)"):
         forward_tp(ctx, BROADCAST_RS, x, [w[:-1] for w in ws], None, EPS)
+    # A bad entry of a per-device list is named by its index, not as a lone "weight".
+    with pytest.raises(ValueError, match=r"device 1 of the split \(cpu\), with weights\[1\].*"
+                                         r"weight must have shape \(96,\)"):
+        forward_tp(ctx, BROADCAST_RS, x, [ws[0], ws[1][:-1]], None, EPS)
+    with pytest.raises(TypeError, match=r"device 0 of the split.*biases\[0\].*bias must be"):
+        forward_tp(ctx, BROADCAST_RS, x, ws, [torch.ones(N, dtype=torch.int32), None], EPS)
     with pytest.raises(ValueError, match="fused"):
         forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused="sometimes")
     # Unhashable values pass the repeat-call memo and get the full path's message.
