@@ -36,10 +36,10 @@ MAX_SPLIT_SLICE_N = 32768
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
-# The fused add with a 4-byte residual cannot hold a tile this wide: up to this many rows the
-# row is split (4096-element slices: 96.6% at 512 x 32768), past it looped in 16K chunks. The
-# norm of a 4-byte x takes the same configs (not measured on its own).
-WIDE_RESIDUAL_MAX_TILE = 32768
+# The fused add with a 4-byte residual cannot hold a tile this wide or wider: up to
+# SPLIT_MAX_ROWS rows the row is split (4096-element slices: 96.6% at 512 x 32768), past it
+# looped in 16K chunks. The norm of a 4-byte x takes the same configs (not measured on its own).
+WIDE_4BYTE_MIN_N = 32768
 SPLIT_MAX_ROWS = 512
 LOOP_CHUNK_N_WIDE = 16384
 # In a bucket of 512-1024 rows, rows of 16-bit x (or residual) that move at least this many
@@ -107,7 +107,7 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
         if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
             return _split(n_cols, slice_n)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
-    if x_itemsize >= 4 and block_n >= WIDE_RESIDUAL_MAX_TILE:
+    if x_itemsize >= 4 and block_n >= WIDE_4BYTE_MIN_N:
         # The fused add's x, 4-byte residual and sum do not fit one 32K-element tile in
         # registers (spills: 71% at 4096 x 32768): few rows split the row, more loop over it
         # (99%). The unfused norm of a 4-byte tensor follows, to stay equal to it.

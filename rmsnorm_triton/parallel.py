@@ -444,6 +444,17 @@ def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, cl
                    operands=(x, weight, bias))
 
 
+def _norm_one(i, x, dev, weight, bias, out, eps, kw):
+    """Device i's norm on dev (reading x from a peer where it lives elsewhere); its argument
+    errors name the device and its list entries."""
+    try:
+        if x.device == dev:
+            return rms_norm(x, weight, eps, bias=bias, out=out, **kw)
+        return _norm_from_peer(x, dev, weight, bias, out, eps, **kw)
+    except (TypeError, ValueError) as e:
+        raise on_device(e, i, dev) from e
+
+
 def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, weight_offset,
                          clamp_fp16_input):
     """The fused path with new outputs: every device's kernel reads x where it lives (over
@@ -458,10 +469,7 @@ def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, we
     results = []
     for i, (dev, w, b) in enumerate(zip(devices, ws, bs)):
         if dev.index == src:
-            try:
-                results.append(rms_norm(x, w, eps, bias=b, **kw))
-            except (TypeError, ValueError) as e:
-                raise on_device(e, i, dev) from e
+            results.append(_norm_one(i, x, dev, w, b, None, eps, kw))
             continue
         if producer is None:
             producer = ctx._current_stream(src)
@@ -471,10 +479,7 @@ def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, we
         stream.wait_event(ready)
         # No x.record_stream(stream): x's stream waits for this read below, so memory freed
         # there is not handed out before the read is done.
-        try:
-            results.append(_norm_from_peer(x, dev, w, b, None, eps, **kw))
-        except (TypeError, ValueError) as e:
-            raise on_device(e, i, dev) from e
+        results.append(_norm_one(i, x, dev, w, b, None, eps, kw))
         # The caller may overwrite x on its stream next (a residual add in place): that must
         # wait for this peer's read. It also joins the peer's stream back into a CUDA-graph
         # capture that started on x's GPU.
@@ -582,23 +587,14 @@ def _norm_all(ctx, inputs, devices, weights, biases, eps, *, out_dtype, weight_o
     for i, (x, dev, w, b, o) in enumerate(zip(inputs, devices, ws, bs, outs)):
         tp = ctx.stream(dev)
         if tp is None:
-            try:
-                results.append(rms_norm(x, w, eps, bias=b, out=o, **kw))
-            except (TypeError, ValueError) as e:
-                raise on_device(e, i, dev) from e
+            results.append(_norm_one(i, x, dev, w, b, o, eps, kw))
             continue
         caller = torch.cuda.current_stream(dev)
         if tp != caller:
             # Weights, out and list inputs are the caller's: ready on its current stream.
             _wait_for(tp, caller)
         with torch.cuda.stream(tp):
-            try:
-                if x.device == dev:
-                    y = rms_norm(x, w, eps, bias=b, out=o, **kw)
-                else:
-                    y = _norm_from_peer(x, dev, w, b, o, eps, **kw)
-            except (TypeError, ValueError) as e:
-                raise on_device(e, i, dev) from e
+            y = _norm_one(i, x, dev, w, b, o, eps, kw)
         if tp != caller:
             # Weights are long-lived replicas and are not recorded.
             for t in (x, o):
