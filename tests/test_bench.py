@@ -91,3 +91,28 @@ def test_markdown_table():
     assert "| op | dtypes | M x N | mode | ours | torch | liger | ours/best |" in md
     assert "| rms_norm | bf16->bf16 | 4096 x 4096 | eager | 20.0 us, 98% | 30.0 us, 65% | n/a |" \
            " 1.10 |" in md
+
+
+def test_timers_keep_each_output_until_its_call_comes_round():
+    """Outputs rotate over as many buffers as there are input sets, as inputs do; a result
+    dropped at once would give every call the same freed (L2-resident) block."""
+    import weakref
+
+    from rmsnorm_triton.timing import _cycle
+
+    made, order = [], []
+
+    def make(i):
+        def call():
+            order.append(i)
+            t = torch.empty(4)
+            made.append(weakref.ref(t))
+            return t
+        return call
+    fn = _cycle([make(i) for i in range(3)])
+    for _ in range(7):
+        fn()
+    assert order == [0, 1, 2, 0, 1, 2, 0]
+    alive = [r() is not None for r in made]
+    # Results 4-6 (the latest of each slot) are held; the earlier ones were let go.
+    assert alive == [False, False, False, False, True, True, True]
