@@ -33,6 +33,15 @@ SPLIT_SLICE_N_LONG = 8192
 # slices, up to 32768 elements (2M-element rows); rows longer still take the looped path.
 MAX_SPLITS = 64
 MAX_SPLIT_SLICE_N = 32768
+# A call of long rows with up to this many elements is latency-bound: each row is cut into as
+# many slices as it may (MAX_SPLITS), none narrower than SPLIT_SLICE_N_FEW (1-8 x 65536 on 32
+# slices of 2048: 1.10-1.29x against 16 of 4096; 1-2 x 262144 on 64 of 4096: 1.04-1.55x; past
+# 512K elements narrower slices lost: 4 x 262144 bf16 7.09 against 6.56 us). Those slices, and
+# any slice written to a 4-byte output, run on SPLIT_WARPS (16-256 x 262144 to fp32 on 8 warps:
+# 1.18-1.21x against 4; many rows to 16-bit out keep 4, level or untested).
+SPLIT_FEW_ELEMS = 1 << 19
+SPLIT_SLICE_N_FEW = 2048
+SPLIT_WARPS = 8
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
@@ -103,9 +112,12 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     block_n = next_pow2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
         slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
+        few = n_rows * n_cols <= SPLIT_FEW_ELEMS
+        if few:
+            slice_n = SPLIT_SLICE_N_FEW
         slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
         if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
-            return _split(n_cols, slice_n)
+            return _split(n_cols, slice_n, SPLIT_WARPS if few or out_itemsize >= 4 else 4)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
     if x_itemsize >= 4 and block_n >= WIDE_4BYTE_MIN_N:
         # The fused add's x, 4-byte residual and sum do not fit one 32K-element tile in
@@ -142,8 +154,8 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 
 
-def _split(n_cols: int, slice_n: int) -> LaunchConfig:
-    return LaunchConfig(block_m=1, block_n=slice_n, num_warps=max(4, slice_n // 2048),
+def _split(n_cols: int, slice_n: int, min_warps: int = 4) -> LaunchConfig:
+    return LaunchConfig(block_m=1, block_n=slice_n, num_warps=max(min_warps, slice_n // 2048),
                         looped=False, splits=triton.cdiv(n_cols, slice_n))
 
 

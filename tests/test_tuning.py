@@ -300,6 +300,16 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((32768, 512, 4, False, 2), _cfg(1, 16384, 16, looped=True)),
     ((32768, 4096, 4, True, 2), _cfg(1, 16384, 16, looped=True)),
     ((32768, 4096, 2), _cfg(1, 32768, 32)),
+    # Long rows: up to 512K elements a call as many slices as allowed, none under 2048, on 8
+    # warps; more keep 4096-8192 slices, on 8 warps to a 4-byte output and 4 to a 16-bit one.
+    ((65536, 1, 2), _cfg(1, 2048, 8, splits=32)),
+    ((65536, 8, 2), _cfg(1, 2048, 8, splits=32)),
+    ((262144, 2, 2, True, 4), _cfg(1, 4096, 8, splits=64)),
+    ((262144, 8, 2, True, 4), _cfg(1, 8192, 8, splits=32)),
+    ((262144, 4, 2), _cfg(1, 8192, 4, splits=32)),
+    ((262144, 256, 2, True, 4), _cfg(1, 8192, 8, splits=32)),
+    ((65536, 2048, 2), _cfg(1, 4096, 4, splits=16)),
+    ((1 << 20, 1, 2), _cfg(1, 16384, 8, splits=64)),
 ])
 def test_heuristic_rules(monkeypatch, args, want):
     monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
