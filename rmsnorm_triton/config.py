@@ -37,8 +37,9 @@ MAX_SPLIT_SLICE_N = 32768
 # many slices as it may (MAX_SPLITS), none narrower than SPLIT_SLICE_N_FEW (1-8 x 65536 on 32
 # slices of 2048: 1.10-1.29x against 16 of 4096; 1-2 x 262144 on 64 of 4096: 1.04-1.55x; past
 # 512K elements narrower slices lost: 4 x 262144 bf16 7.09 against 6.56 us). Those slices, and
-# any slice written to a 4-byte output, run on SPLIT_WARPS (16-256 x 262144 to fp32 on 8 warps:
-# 1.18-1.21x against 4; many rows to 16-bit out keep 4, level or untested).
+# any slice written to a 4-byte output, run on SPLIT_WARPS (8192-wide slices of 16, 128 and 256
+# x 262144 to fp32: 1.18-1.21x against 4 warps). Larger calls to a 16-bit output keep 4 warps:
+# 8 won at 8-16 x 131072 (1.08-1.15x), 4 at 64-256 x 262144; no one rule was measured.
 SPLIT_FEW_ELEMS = 1 << 19
 SPLIT_SLICE_N_FEW = 2048
 SPLIT_WARPS = 8

@@ -3,7 +3,8 @@ device-time medians, per-call times inside a CUDA graph, and an empty Triton ker
 for launch cost. bench/bench_utils.py re-exports them for the scripts.
 
 Every timer takes a list of zero-argument calls (one per input set) and cycles through them, so
-that inputs smaller than the L2 cache are not timed hot from the previous call (see `n_sets`).
+that inputs smaller than the L2 cache are not timed hot from the previous call (see `n_sets`);
+each call's result is kept until its set comes round again, so new outputs rotate too (`_cycle`).
 Nothing here is imported by the forward path.
 """
 from __future__ import annotations

@@ -101,12 +101,16 @@ def test_timers_keep_each_output_until_its_call_comes_round():
     from rmsnorm_triton.timing import _cycle
 
     made, order = [], []
+    by_slot = {i: [] for i in range(3)}
 
     def make(i):
         def call():
+            # The result this call made last time is let go before it runs: one buffer a slot.
+            assert all(r() is None for r in by_slot[i])
             order.append(i)
             t = torch.empty(4)
             made.append(weakref.ref(t))
+            by_slot[i].append(made[-1])
             return t
         return call
     fn = _cycle([make(i) for i in range(3)])

@@ -310,6 +310,10 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((262144, 256, 2, True, 4), _cfg(1, 8192, 8, splits=32)),
     ((65536, 2048, 2), _cfg(1, 4096, 4, splits=16)),
     ((1 << 20, 1, 2), _cfg(1, 16384, 8, splits=64)),
+    ((131072, 4, 2), _cfg(1, 2048, 8, splits=64)),      # 512K elements: still a small call
+    ((131072, 8, 2), _cfg(1, 4096, 4, splits=32)),
+    ((65537, 8, 2), _cfg(1, 4096, 4, splits=17)),       # one element past 512K
+    ((65536, 1, 4), _cfg(1, 2048, 8, splits=32)),       # a 4-byte x (or residual) alike
 ])
 def test_heuristic_rules(monkeypatch, args, want):
     monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
