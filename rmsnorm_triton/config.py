@@ -112,10 +112,9 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     out_itemsize = out_itemsize or x_itemsize
     block_n = next_pow2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
-        slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
         few = n_rows * n_cols <= SPLIT_FEW_ELEMS
-        if few:
-            slice_n = SPLIT_SLICE_N_FEW
+        slice_n = (SPLIT_SLICE_N_FEW if few else SPLIT_SLICE_N if n_cols <= 131072
+                   else SPLIT_SLICE_N_LONG)
         slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
         if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
             return _split(n_cols, slice_n, SPLIT_WARPS if few or out_itemsize >= 4 else 4)
