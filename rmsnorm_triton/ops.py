@@ -83,6 +83,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     else:
         launcher, grid = _launch_rows, -(-n_rows // cfg.block_m)
         flags += (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped),
+                  ("LOOP_N", n_cols if cfg.looped else 0),
                   ("PRELOAD_W", preload_weight(cfg, n_rows)))
     if n_rows > 0:
         args = (x, x if res is None else res, x if weight is None else weight,

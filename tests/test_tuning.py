@@ -283,8 +283,15 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((16384, 512, 2), _cfg(1, 4096, 16, looped=True)),
     ((12288, 1024, 2), _cfg(1, 4096, 16, looped=True)),
     ((16384, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
-    ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),    # fp32 out: from 40 KB a row
-    ((5120, 1024, 2, True, 4), _cfg(1, 8192, 8)),
+    # To a 4-byte output from 30 KB a row (5120 elements), not below, nor outside 512-1024 rows.
+    ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((5120, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((5120, 512, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((5112, 1024, 2, True, 4), _cfg(1, 8192, 8)),
+    ((4096, 1024, 2, True, 4), _cfg(1, 4096, 8)),
+    ((5120, 256, 2, True, 4), _cfg(1, 8192, 16)),
+    ((5120, 2048, 2, True, 4), _cfg(1, 8192, 8)),
+    ((5120, 1024, 2), _cfg(1, 8192, 8)),                # 16-bit out: 20 KB a row, one tile
     ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
     ((16384, 512, 4, True, 4), _cfg(1, 16384, 16)),     # fp32 x: not measured, tiles kept
     # 32 elements a thread from 8K: 5120 and 8192 take 8 warps, 4096 keeps 8.
