@@ -9,7 +9,8 @@ prints it for the rows that set the performance targets.
 The large rows are timed like the bench's eager rows (do_bench, one source and destination).
 The 1024-row and decode rows, whose targets are set in a CUDA graph, are timed like the bench's
 graph rows: each call copies into a new tensor (as a norm allocates its output), sources and outputs
-rotating over enough sets that none is in L2 when its turn comes (`timing.n_sets`, `_cycle`).
+rotating as the bench's do (`timing.n_sets`, `_cycle`): past about 1 MB a call none is in L2
+when its turn comes; smaller calls (1 x 8192, 8 x 4096) stay L2-resident, as they do there.
 The decode rows are also timed eager with L2 flushed, next to an empty Triton kernel.
 """
 import functools
@@ -25,7 +26,7 @@ ROWS = [("4096x4096 bf16", 4096 * 4096 * 4), ("4096x8192 bf16->fp32", 4096 * 819
         ("16384x8192 bf16 / 2048x65536 bf16", 16384 * 8192 * 4), ("1 GiB", 1 << 30)]
 # The graph-timed target rows, 16-bit in and out: M = 1024, N = 4096..8192 (>= 80%), and the
 # decode rows (<= 2 us).
-GRAPH_ROWS = [(f"{m}x{n} bf16 (graph, rotating)", m * n * 4) for m, n in
+GRAPH_ROWS = [(f"{m}x{n} 16-bit (graph, rotating)", m * n * 4) for m, n in
               ((1024, 4096), (1024, 5120), (1024, 7168), (1024, 8192), (1, 8192), (8, 4096),
                (64, 8192))]
 # Decode rows timed eager, as the bench's decode eager target is.

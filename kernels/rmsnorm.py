@@ -127,9 +127,10 @@ def rmsnorm_fwd_kernel(
         _normalize_store(y_rows, w, b, cols, mask, h, rstd,
                          HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
     else:
-        # The chunk loops run to a constant: the compiler knows the trip count and which
-        # chunks are whole, so the loads of several chunks are in flight at once (1024 x 5120
-        # bf16 -> fp32: 11.97 against 13.29 us with n_cols as a runtime bound; bench/RESULTS.md).
+        # The chunk loops run to a constant (LOOP_N == n_cols, set by the launcher): with the
+        # trip count known the compiler likely keeps several chunks' loads in flight (not
+        # profiled); 1024 x 5120 bf16 -> fp32: 11.98 against 13.10 us with n_cols as the bound
+        # (bench/RESULTS.md, "Loop bounds as constants").
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for start in range(0, LOOP_N, BLOCK_N):
             mask = row_mask & (start + cols < LOOP_N)

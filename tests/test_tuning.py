@@ -11,7 +11,7 @@ from rmsnorm_triton import config, ops, tune_space, tuning
 from rmsnorm_triton.cli import main
 from rmsnorm_triton.config import (LaunchConfig, cache_path, heuristic_config, load_table,
                                    pick_config, row_bucket, save_table, table_key)
-from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
+from helpers import assert_close, assert_guard_intact, poisoned, rand_w, rand_x, rmsnorm_ref
 
 ON_GPU = torch.cuda.is_available()
 FP32, BF16 = torch.float32, torch.bfloat16
@@ -149,6 +149,31 @@ def test_rms_norm_launches_the_tuned_config(cache, monkeypatch, fused):
     assert [(m["BLOCK_M"], m["BLOCK_N"], m["LOOPED"], m["num_warps"]) for m in spy.meta] == [
         (2, 64, True, 4)]
     assert_close(y, want)
+
+
+def test_looped_rows_of_two_lengths_get_their_own_kernels(monkeypatch):
+    """The looped kernel's bound is the constexpr LOOP_N: two row lengths that Triton
+    specializes alike (both divisible by 16) must not share a cached kernel or a plan. Each is
+    called twice (the second time through its plan), and once more into a poisoned buffer."""
+    dev = "cuda" if ON_GPU else "cpu"
+    looped = LaunchConfig(1, 16, 4, True)
+    monkeypatch.setattr(ops, "pick_config", lambda *args: looped)
+    config.clear_caches()       # no plan made under another config may answer these shapes
+    try:
+        w = {n: rand_w(n, FP32, dev) for n in (48, 64)}
+        for _ in range(2):
+            for n in (64, 48):
+                x = rand_x((3, n), FP32, dev)
+                assert_close(ops.rms_norm(x, w[n]), rmsnorm_ref(x, w[n]))
+                buf, out = poisoned(3, n, FP32, dev)
+                ops.rms_norm(x, w[n], out=out)
+                assert_close(out, rmsnorm_ref(x, w[n]))
+                assert_guard_intact(buf, n)
+        if ON_GPU:
+            cached = {dict(k[2]).get("LOOP_N") for k in ops._launch_rows.kernels}
+            assert {48, 64} <= cached, cached
+    finally:
+        config.clear_caches()
 
 
 def test_candidates_are_legal_and_start_with_the_heuristic():
