@@ -3,15 +3,19 @@ the alternatives measured in bench/RESULTS.md ("Long rows at 16M elements").
 
     python bench/ab_split_sync.py [M1xN1,M2xN2,...]
 
-- shipped: a per-call workspace filled with -1 (one small kernel), each program publishes its
-  partial with a release exchange and polls all of the row's slots with one vector atomic.
+- shipped: each stream keeps its slots from call to call; a slot holds a partial and the round
+  that wrote it, each program publishes round + 1 with a release exchange and polls all of the
+  row's slots with one vector atomic until every one has reached that round. No reset.
+- fill (shipped until 2026-11-27): a per-call workspace filled with -1 (one small kernel), the
+  same exchange and poll, waiting while any slot holds -1.
 - counter: publish, then bump one per-row counter and poll that single word.
 - two_kernels: one kernel writes the partials, a second re-reads x and normalizes
   (x first read with evict_last, so that the re-read may come from L2).
 - self_reset: a persistent workspace, no fill: each row's last reader (a per-row counter) puts
   the slots back to -1 for the next launch.
 Every variant is checked bit for bit against rms_norm first. bf16, weight, no bias; % of the
-copy ceiling (bytes: read x, write y, read w); the fill alone is also timed.
+copy ceiling (bytes: read x, write y, read w), eager (do_bench, L2 flushed); then shipped and
+fill in a CUDA graph and in a host loop (what an eager caller waits per call); the fill alone.
 """
 import sys
 
@@ -22,10 +26,11 @@ import triton.language as tl
 import rmsnorm_triton as rt
 from rmsnorm_triton.config import heuristic_config, next_pow2
 from rmsnorm_triton.kernels.rmsnorm import _load_cols, _load_h, _normalize_store
-from rmsnorm_triton.timing import copy_ceiling_gbps
+from rmsnorm_triton import plans
+from rmsnorm_triton.timing import copy_ceiling_gbps, graph_us, host_us
 
-SHAPES = [(256, 65536), (128, 131072), (64, 262144), (512, 65536), (2048, 65536),
-          (512, 262144)]
+SHAPES = [(1, 65536), (8, 131072), (256, 65536), (128, 131072), (64, 262144), (512, 65536),
+          (2048, 65536), (512, 262144)]
 
 
 @triton.jit
@@ -96,6 +101,23 @@ def normalize_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride
 
 
 @triton.jit
+def fill_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
+                BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
+    row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
+        x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N, SPLITS)
+    h, base = _load_and_publish(x_rows, part_ptr, row, part, cols, mask, SPLITS)
+    slots = tl.arange(0, SPLITS_P2)
+    slot_mask = slots < SPLITS
+    parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
+    waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    while waiting > 0:
+        parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
+        waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    _finish(tl.sum(tl.where(slot_mask, parts, 0.0), axis=0), h, w_ptr, y_rows, cols, mask,
+            n_cols, eps)
+
+
+@triton.jit
 def self_reset_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
                       BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
     row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
@@ -126,9 +148,10 @@ def variant(name, x, w, eps=1e-6):
     meta = dict(BLOCK_N=cfg.block_n, SPLITS=s, num_warps=cfg.num_warps)
     y = torch.empty_like(x)
     grid = (M * s,)
-    if name == "counter":
+    if name in ("counter", "fill"):
         parts = torch.full((M, s + 1), -1.0, device=x.device)
-        counter_kernel[grid](x, w, y, parts, N, x.stride(0), y.stride(0), eps,
+        kernel = counter_kernel if name == "counter" else fill_kernel
+        kernel[grid](x, w, y, parts, N, x.stride(0), y.stride(0), eps,
                              SPLITS_P2=next_pow2(s), **meta)
     elif name == "two_kernels":
         parts = torch.empty((M, s), device=x.device)
@@ -149,8 +172,9 @@ def main():
         else SHAPES
     ceiling = copy_ceiling_gbps()
     print(f"copy ceiling {ceiling:.0f} GB/s; % of it (best of 3 rounds)")
-    names = ["shipped", "counter", "two_kernels", "self_reset"]
-    print(f"{'M x N':>14} " + " ".join(f"{n:>12}" for n in names) + f" {'fill alone':>11}")
+    names = ["shipped", "fill", "counter", "two_kernels", "self_reset"]
+    print(f"{'M x N':>14} " + " ".join(f"{n:>12}" for n in names) + f" {'fill alone':>11}"
+          + "   graph: shipped / fill   host loop: shipped / reset per call")
     for M, N in shapes:
         x = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(N, device="cuda", dtype=torch.bfloat16)
@@ -162,16 +186,30 @@ def main():
                 assert torch.equal(calls[name](), want), (name, M, N)
         nbytes = M * N * 4 + N * 2
         best = {n: 0.0 for n in names}
+        graph = {n: float("inf") for n in ("shipped", "fill")}
         for _ in range(3):
             for name, fn in calls.items():
                 ms = triton.testing.do_bench(fn, return_mode="median")
                 best[name] = max(best[name], nbytes / ms / 1e6 / ceiling * 100)
+            for name in graph:
+                graph[name] = min(graph[name], graph_us([calls[name]]))
         splits = heuristic_config(N, M, 2).splits
         fill_us = triton.testing.do_bench(lambda: torch.full((M, splits), -1.0, device="cuda"),
                                           return_mode="median") * 1e3
+        # The host loop of the same kernel and launch path with slots zeroed per call (a memset
+        # where the fill was a kernel): what keeping the slots saves an eager caller.
+        host = [host_us([calls["shipped"]])]
+        keep = plans.split_workspace
+        plans.split_workspace = lambda n, k, dev: torch.zeros((n, k), dtype=torch.int64,
+                                                              device=dev)
+        try:
+            assert torch.equal(rt.rms_norm(x, w), want)
+            host.append(host_us([calls["shipped"]]))
+        finally:
+            plans.split_workspace = keep
         print(f"{M:>6} x {N:<6} " + " ".join(f"{best[n]:11.1f}%" for n in names)
-              + f" {fill_us:8.1f} us", flush=True)
-
+              + f" {fill_us:8.1f} us   {graph['shipped']:7.2f} / {graph['fill']:7.2f} us"
+              + f"   {host[0]:7.1f} / {host[1]:7.1f} us", flush=True)
 
 if __name__ == "__main__":
     main()

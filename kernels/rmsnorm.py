@@ -159,7 +159,7 @@ def rmsnorm_fwd_kernel(
 @triton.jit
 def rmsnorm_fwd_split_kernel(
     x_ptr, r_ptr, w_ptr, b_ptr, y_ptr,   # as in rmsnorm_fwd_kernel
-    part_ptr,                     # [n_rows, SPLITS] fp32, filled with -1.0 (= not yet published)
+    part_ptr,                     # [>= n_rows, SPLITS] int64 slots: (round << 32) | fp32 bits
     n_rows, n_cols,
     stride_x_row, stride_r_row, stride_y_row,
     eps,
@@ -176,10 +176,18 @@ def rmsnorm_fwd_split_kernel(
     # Programs of one row have consecutive ids. The GPU dispatches blocks in id order, so every
     # program a waiting one depends on is resident or will be once earlier rows finish: the
     # wait cannot deadlock. (The interpreter runs programs one by one: it never takes this path.)
+    #
+    # A slot holds a partial sum and the round that wrote it. Every launch writes each slot of
+    # the rows it covers once, so a row's slots always share a round, and the workspace needs
+    # no reset between launches (a fill kernel per call cost ~4 us at 256 x 65536): a program
+    # reads its own slot's round before the launch's writes, publishes round + 1, and waits
+    # until every slot of its row has reached it.
     pid = tl.program_id(0).to(tl.int64)
     row = pid // SPLITS
     part = pid % SPLITS
     start = part * BLOCK_N
+    slot_row = part_ptr + row * SPLITS
+    this_round = (tl.load(slot_row + part) >> 32) + 1
     x_rows = x_ptr + row * stride_x_row + start
     r_rows = r_ptr + row * stride_r_row + start
     y_rows = y_ptr + row * stride_y_row + start
@@ -187,20 +195,26 @@ def rmsnorm_fwd_split_kernel(
     col_mask = start + cols < n_cols
     h = _load_h(x_rows, r_rows, cols, col_mask, HAS_RESIDUAL, True, CLAMP_FP16, "")
     partial = tl.sum(tl.sum(h * h, axis=1), axis=0)
-    # One release atomic publishes the partial (sums of squares are >= 0 or NaN, never -1).
-    tl.atomic_xchg(part_ptr + row * SPLITS + part, partial, sem="release")
+    low_bits = partial.to(tl.uint32, bitcast=True).to(tl.int64)      # zero-extended
+    # One release atomic publishes the partial and its round together.
+    tl.atomic_xchg(slot_row + part, (this_round << 32) | low_bits, sem="release")
     slots = tl.arange(0, SPLITS_P2)
-    slot_ptrs = part_ptr + row * SPLITS + slots
+    slot_ptrs = slot_row + slots
     slot_mask = slots < SPLITS
     # Polled with atomics. Measured against it on an H100 (bench/RESULTS.md): volatile-load
-    # polls were 2-3% slower, and a nanosleep back-off between polls changed nothing.
-    parts = tl.atomic_add(slot_ptrs, 0.0, mask=slot_mask, sem="acquire")
-    waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    # polls were 2-3% slower, and a nanosleep back-off between polls changed nothing. A slot
+    # counts as behind while its round precedes this one (mod 2^32): a round past it (only a
+    # misuse, two launches sharing slots at once) ends the wait instead of hanging the GPU.
+    parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
+    behind = ((parts >> 32) - this_round).to(tl.int32) < 0
+    waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)
     while waiting > 0:
-        parts = tl.atomic_add(slot_ptrs, 0.0, mask=slot_mask, sem="acquire")
-        waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+        parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
+        behind = ((parts >> 32) - this_round).to(tl.int32) < 0
+        waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)
+    sums = parts.to(tl.int32).to(tl.float32, bitcast=True)      # the low 32 bits
     # Every program of the row adds the same partials in the same order: one rstd, bit for bit.
-    total = tl.sum(tl.where(slot_mask, parts, 0.0), axis=0)
+    total = tl.sum(tl.where(slot_mask, sums, 0.0), axis=0)
     rstd = tl.rsqrt(total * (1.0 / n_cols) + eps)
     # Fetched after the wait: fetched before it, the extra registers lowered occupancy and
     # cost 4-7% at N = 65536-262144 (bench/ab_preload.py).

@@ -113,7 +113,7 @@ def fanout(M, N, copies=3):
 
 def planned(M, N):
     """Repeat calls with new outputs: the second one takes its launch plan (plans.py), which
-    for long rows also allocates the split-row kernel's workspace."""
+    for long rows also takes the stream's split-row slots, kept from the first call."""
     w = rand_w(N, BF16, DEV)
     for _ in range(2):
         x = rand_x((M, N), BF16, DEV)
