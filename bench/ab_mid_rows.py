@@ -1,6 +1,9 @@
 """Looped configs against the heuristic's pick at 256-2048 rows of 4K-16K, in a CUDA graph.
 
-    python bench/ab_mid_rows.py
+    python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds]
+
+Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, or 512x4096 for every pair of it) and
+how many interleaved rounds to time (default 1; with more, each config's median is shown).
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same
@@ -22,7 +25,8 @@ BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 EPS = 1e-6
 SHAPES = ([(m, n, BF16, out) for m in (512, 1024) for n in (4096, 5120, 7168, 8192)
            for out in (FP32, BF16)]
-          + [(1024, 5120, FP16, FP32), (1024, 4096, FP16, FP32), (2048, 5120, BF16, FP32),
+          + [(1024, 5120, FP16, FP32), (1024, 4096, FP16, FP32), (512, 4096, FP16, FP32),
+             (512, 3072, BF16, FP32), (512, 3072, FP16, FP32), (2048, 5120, BF16, FP32),
              (256, 5120, BF16, FP32), (300, 5120, BF16, FP32), (384, 5120, BF16, FP32),
              (1024, 12288, BF16, BF16), (1024, 16384, BF16, BF16)])
 
@@ -38,7 +42,8 @@ def _candidates(M, N, out_dtype):
     heur = heuristic_config(N, row_bucket(M), 2, True, out_dtype.itemsize)     # as rms_norm
     found = {"heuristic": heur}
     if not heur.looped:
-        found["tile w16"] = LaunchConfig(1, next_pow2(N), 16, False)
+        for warps in (8, 16):
+            found[f"tile w{warps}"] = LaunchConfig(1, next_pow2(N), warps, False)
     for chunk in (2048, 4096, 8192):
         if chunk <= next_pow2(N):
             for warps in (8, 16):
@@ -46,22 +51,37 @@ def _candidates(M, N, out_dtype):
     return heur, found
 
 
+def _picked(argv):
+    if not argv:
+        return SHAPES
+    names = {BF16: "bf16", FP16: "fp16", FP32: "fp32"}
+    wanted = argv[0].split(",")
+    return [s for s in SHAPES
+            if f"{s[0]}x{s[1]}" in wanted or f"{s[0]}x{s[1]}:{names[s[2]]}:{names[s[3]]}" in wanted]
+
+
 def main():
     P.prepare_compile()
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
-    for M, N, x_dtype, out_dtype in SHAPES:
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    for M, N, x_dtype, out_dtype in _picked(sys.argv[1:]):
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
               for _ in range(n_sets(M * N * (2 + out_dtype.itemsize)))]
         w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)
         want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
-        times = {"torch.compile": graph_us(
-            [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs])}
+        calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs]}
         heur, found = _candidates(M, N, out_dtype)
         for name, cfg in found.items():
             got = _norm(xs[0], w, out_dtype, cfg)().float()
             torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
-            times[name] = graph_us([_norm(x, w, out_dtype, cfg) for x in xs])
-        print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]} heuristic={heur}")
+            calls[name] = [_norm(x, w, out_dtype, cfg) for x in xs]
+        samples = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, fns in calls.items():
+                samples[name].append(graph_us(fns))
+        times = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+        print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]} heuristic={heur}"
+              + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else ""))
         for name, us in sorted(times.items(), key=lambda kv: kv[1]):
             print(f"   {name:14s} {us:7.2f} us  compile/this {times['torch.compile'] / us:5.3f}"
                   f"  heuristic/this {times['heuristic'] / us:5.3f}")

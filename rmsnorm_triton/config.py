@@ -64,6 +64,10 @@ LOOP_MID_ROW_BYTES_4BYTE_OUT = 30720
 LOOP_MID_ROWS = (512, 1024)
 LOOP_MID_MAX_N = 16384
 LOOP_CHUNK_BYTES = 16384
+# 16-bit x to a 4-byte output, 4096-wide tiles, 512-row bucket: 16 warps (8 elements a thread)
+# measured 1.8-3.4% faster than 8 in four processes, and level with torch.compile, which had led
+# there (bench/RESULTS.md). At 1024 rows bf16 lost 3% and fp16 won 2.7%: not taken there.
+WIDE_OUT_TILE_N, WIDE_OUT_TILE_ROWS = 4096, 512
 # 2048-wide rows are packed two a program only from this many rows: fewer rows want every
 # program they can get (8 x 2048: 1.48 against 1.61 us in a graph, 64 x 2048: 1.90 against
 # 2.00). From 4096 rows one or two rows a program measured level (16.74 / 16.69 us).
@@ -154,6 +158,9 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     tile = block_m * block_n
     wide = tile >= 8192 and n_rows > DECODE_MAX_ROWS
     per_thread = (16 if x_itemsize <= 2 else 8) * (2 if wide or block_m > 1 else 1)
+    if x_itemsize == 2 and out_itemsize >= 4 and tile == WIDE_OUT_TILE_N and \
+            n_rows == WIDE_OUT_TILE_ROWS:
+        per_thread = 8
     max_warps = 16 if wide and tile <= 16384 else 32
     num_warps = max(4, min(max_warps, tile // (32 * per_thread)))
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)

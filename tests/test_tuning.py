@@ -314,6 +314,11 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((5120, 512, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
     ((5112, 1024, 2, True, 4), _cfg(1, 8192, 8)),
     ((4096, 1024, 2, True, 4), _cfg(1, 4096, 8)),
+    # 16-bit x to a 4-byte output, one 4096-wide tile, 512-row bucket: 16 warps; 16-bit out: 8.
+    ((4096, 512, 2, True, 4), _cfg(1, 4096, 16)),
+    ((3072, 512, 2, True, 4), _cfg(1, 4096, 16)),
+    ((4096, 512, 2), _cfg(1, 4096, 8)),
+    ((4096, 256, 2, True, 4), _cfg(1, 4096, 8)),
     ((5120, 256, 2, True, 4), _cfg(1, 8192, 16)),
     ((5120, 2048, 2, True, 4), _cfg(1, 8192, 8)),
     ((5120, 1024, 2), _cfg(1, 8192, 8)),                # 16-bit out: 20 KB a row, one tile
