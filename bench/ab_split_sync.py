@@ -101,8 +101,10 @@ def normalize_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride
 
 
 @triton.jit
-def fill_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
-                BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
+def poll_slots_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
+                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+                      SELF_RESET: tl.constexpr):
+    """fill (a workspace filled with -1 per call) or, with SELF_RESET, self_reset."""
     row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
         x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N, SPLITS)
     h, base = _load_and_publish(x_rows, part_ptr, row, part, cols, mask, SPLITS)
@@ -113,30 +115,13 @@ def fill_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_ro
     while waiting > 0:
         parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
         waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
+    if SELF_RESET:
+        # The counter word counts readers; the last one restores the row for the next launch.
+        if tl.atomic_add(base + SPLITS, 1.0, sem="acq_rel") == SPLITS - 2.0:
+            tl.store(base + slots, tl.full([SPLITS_P2], -1.0, tl.float32), mask=slot_mask)
+            tl.store(base + SPLITS, -1.0)
     _finish(tl.sum(tl.where(slot_mask, parts, 0.0), axis=0), h, w_ptr, y_rows, cols, mask,
             n_cols, eps)
-
-
-@triton.jit
-def self_reset_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_cols, stride_x_row, stride_y_row, eps,
-                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
-    row, part, x_rows, w_ptr, y_rows, cols, mask = _slice(
-        x_ptr, w_ptr, y_ptr, n_cols, stride_x_row, stride_y_row, BLOCK_N, SPLITS)
-    h, base = _load_and_publish(x_rows, part_ptr, row, part, cols, mask, SPLITS)
-    slots = tl.arange(0, SPLITS_P2)
-    slot_mask = slots < SPLITS
-    parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
-    waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
-    while waiting > 0:
-        parts = tl.atomic_add(base + slots, 0.0, mask=slot_mask, sem="acquire")
-        waiting = tl.sum((slot_mask & (parts == -1.0)).to(tl.int32), axis=0)
-    # The counter word counts readers here; the last one restores the row for the next launch.
-    if tl.atomic_add(base + SPLITS, 1.0, sem="acq_rel") == SPLITS - 2.0:
-        tl.store(base + slots, tl.full([SPLITS_P2], -1.0, tl.float32), mask=slot_mask)
-        tl.store(base + SPLITS, -1.0)
-    _finish(tl.sum(tl.where(slot_mask, parts, 0.0), axis=0), h, w_ptr, y_rows, cols, mask,
-            n_cols, eps)
-
 
 _persistent = {}
 
@@ -150,9 +135,12 @@ def variant(name, x, w, eps=1e-6):
     grid = (M * s,)
     if name in ("counter", "fill"):
         parts = torch.full((M, s + 1), -1.0, device=x.device)
-        kernel = counter_kernel if name == "counter" else fill_kernel
-        kernel[grid](x, w, y, parts, N, x.stride(0), y.stride(0), eps,
-                             SPLITS_P2=next_pow2(s), **meta)
+        if name == "counter":
+            counter_kernel[grid](x, w, y, parts, N, x.stride(0), y.stride(0), eps,
+                                 SPLITS_P2=next_pow2(s), **meta)
+        else:
+            poll_slots_kernel[grid](x, w, y, parts, N, x.stride(0), y.stride(0), eps,
+                                    SPLITS_P2=next_pow2(s), SELF_RESET=False, **meta)
     elif name == "two_kernels":
         parts = torch.empty((M, s), device=x.device)
         partials_kernel[grid](x, parts, N, x.stride(0), **meta)
@@ -162,8 +150,8 @@ def variant(name, x, w, eps=1e-6):
         ws = _persistent.get(x.device)
         if ws is None or ws.numel() < M * (s + 1):
             ws = _persistent[x.device] = torch.full((M * (s + 1),), -1.0, device=x.device)
-        self_reset_kernel[grid](x, w, y, ws, N, x.stride(0), y.stride(0), eps,
-                                SPLITS_P2=next_pow2(s), **meta)
+        poll_slots_kernel[grid](x, w, y, ws, N, x.stride(0), y.stride(0), eps,
+                                SPLITS_P2=next_pow2(s), SELF_RESET=True, **meta)
     return y
 
 
