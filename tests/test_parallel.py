@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import rmsnorm_triton as rt
-from helpers import assert_guard_intact, poisoned, rand_w, rand_x
+from helpers import assert_close, assert_guard_intact, poisoned, rand_w, rand_x, rmsnorm_ref
 from rmsnorm_triton.parallel import (BROADCAST_ID, BROADCAST_KV, BROADCAST_Q, BROADCAST_RS,
                                      BROADCAST_VC, TPContext, _norm_from_peer, _writable_outs,
                                      capture_graph, forward_tp, norm_on_devices)
@@ -468,6 +468,28 @@ def test_gpu_concurrent_threads_and_side_streams_match_serial():
     assert sorted(k for k, _ in done) == list(range(len(inputs)))
     for k, ys in done:
         _assert_all_equal(ys, serial[k])
+
+
+LONG_N = 40000      # past 32K elements: the split-row kernel, whose slots each stream keeps
+
+
+@needs_2_gpus
+@pytest.mark.parametrize("ctx_kw,fused", PATHS)
+def test_gpu_long_rows_equal_single_gpu_bit_for_bit(ctx_kw, fused):
+    """Long rows take the split-row kernel on every device, on the TP streams or the callers'
+    (each with partial-sum slots of its own), row counts growing and shrinking, any source."""
+    devs = _gpus()
+    ctx = TPContext(devs, **ctx_kw)
+    w = rand_w(LONG_N, BF16, "cuda:0")
+    ws = [w.to(d) for d in devs]
+    for src in range(len(devs)):
+        for rows in (3, 130, 5):
+            x = rand_x((rows, LONG_N), BF16, devs[src])
+            for out_dtype in (None, FP32):
+                ys = forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS, fused=fused,
+                                out_dtype=out_dtype)
+                _assert_all_equal(ys, _expected(x, ws, out_dtype=out_dtype))
+                assert_close(ys[-1], rmsnorm_ref(x.to(ws[-1].device), ws[-1], EPS))
 
 
 @needs_2_gpus
