@@ -26,7 +26,7 @@ import triton.language as tl
 import rmsnorm_triton as rt
 from rmsnorm_triton.config import heuristic_config, next_pow2
 from rmsnorm_triton.kernels.rmsnorm import _load_cols, _load_h, _normalize_store
-from rmsnorm_triton import plans
+from rmsnorm_triton import split_slots
 from rmsnorm_triton.timing import copy_ceiling_gbps, graph_us, host_us
 
 SHAPES = [(1, 65536), (8, 131072), (256, 65536), (128, 131072), (64, 262144), (512, 65536),
@@ -184,17 +184,17 @@ def main():
         splits = heuristic_config(N, M, 2).splits
         fill_us = triton.testing.do_bench(lambda: torch.full((M, splits), -1.0, device="cuda"),
                                           return_mode="median") * 1e3
-        # The host loop of the same kernel and launch path with slots zeroed per call (a memset
-        # where the fill was a kernel): what keeping the slots saves an eager caller.
+        # The host loop of the same kernel and launch path with slots zeroed per call (a zero
+        # fill where the old scheme filled -1): what keeping the slots saves an eager caller.
         host = [host_us([calls["shipped"]])]
-        keep = plans.split_workspace
-        plans.split_workspace = lambda n, k, dev: torch.zeros((n, k), dtype=torch.int64,
-                                                              device=dev)
+        keep = split_slots.split_workspace
+        split_slots.split_workspace = lambda n, k, dev: torch.zeros((n, k), dtype=torch.int64,
+                                                                    device=dev)
         try:
             assert torch.equal(rt.rms_norm(x, w), want)
             host.append(host_us([calls["shipped"]]))
         finally:
-            plans.split_workspace = keep
+            split_slots.split_workspace = keep
         print(f"{M:>6} x {N:<6} " + " ".join(f"{best[n]:11.1f}%" for n in names)
               + f" {fill_us:8.1f} us   {graph['shipped']:7.2f} / {graph['fill']:7.2f} us"
               + f"   {host[0]:7.1f} / {host[1]:7.1f} us", flush=True)

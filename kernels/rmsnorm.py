@@ -181,12 +181,16 @@ def rmsnorm_fwd_split_kernel(
     # the rows it covers once, so a row's slots always share a round, and the workspace needs
     # no reset between launches (a fill kernel per call cost ~4 us at 256 x 65536): a program
     # reads its own slot's round before the launch's writes, publishes round + 1, and waits
-    # until every slot of its row has reached it.
+    # until every slot of its row has reached it. That needs launches on one set of slots to run
+    # one after another (rmsnorm_triton/split_slots.py keeps a set per stream; programmatic
+    # dependent launch, which would let the next launch start early, is never used here).
     pid = tl.program_id(0).to(tl.int64)
     row = pid // SPLITS
     part = pid % SPLITS
     start = part * BLOCK_N
     slot_row = part_ptr + row * SPLITS
+    # Every thread reads the round; one thread publishes below. The block-wide reduction in
+    # between (a barrier) keeps every read before the publish: keep the two apart.
     this_round = (tl.load(slot_row + part) >> 32) + 1
     x_rows = x_ptr + row * stride_x_row + start
     r_rows = r_ptr + row * stride_r_row + start
@@ -203,8 +207,8 @@ def rmsnorm_fwd_split_kernel(
     slot_mask = slots < SPLITS
     # Polled with atomics. Measured against it on an H100 (bench/RESULTS.md): volatile-load
     # polls were 2-3% slower, and a nanosleep back-off between polls changed nothing. A slot
-    # counts as behind while its round precedes this one (mod 2^32): a round past it (only a
-    # misuse, two launches sharing slots at once) ends the wait instead of hanging the GPU.
+    # counts as behind while its round precedes this one (mod 2^32). Two launches sharing slots
+    # at once (a misuse) could give wrong sums or wait forever.
     parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
     behind = ((parts >> 32) - this_round).to(tl.int32) < 0
     waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)

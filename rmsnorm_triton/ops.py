@@ -16,7 +16,7 @@ from rmsnorm_triton.kernels.rmsnorm import (
     rmsnorm_fwd_split_kernel,
 )
 
-from . import plans
+from . import plans, split_slots
 from .config import (
     INTERPRET,
     LaunchConfig,
@@ -163,7 +163,7 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
 
 def _run_kernel(launcher, grid, cfg: LaunchConfig, dev_index: int, args, scalars, flags):
     if cfg.splits > 1:
-        args += (plans.split_workspace(scalars[0], cfg.splits, args[4].device),)
+        args += (split_slots.split_workspace(scalars[0], cfg.splits, args[4].device),)
     launcher(grid, dev_index, (*args, *scalars), flags, cfg.num_warps)
 
 

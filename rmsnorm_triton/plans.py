@@ -8,7 +8,7 @@ that is the difference between ~40 us and ~15 us a decode-sized call.
 
 Only the common forms get plans: a new output (no `out=`), tensors the kernel addresses as they
 are (no staging copy), no gradients, the current device. Everything else takes the full path on
-every call. A split-row call takes its stream's partial-sum slots (split_workspace). What
+every call. A split-row call takes its stream's partial-sum slots (split_slots.py). What
 depends on data pointers is checked per call: 16-byte alignment (Triton specializes on it), null
 pointers (torch's lazy zero tensors) and, for the fused add, that the residual it writes
 overlaps no tensor it reads.
@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from . import config
+from . import config, split_slots
 from .launcher import CachedLauncher, Runner
 from .validate import Prepared, _byte_range, check_dense
 
@@ -29,9 +29,6 @@ _current_device = getattr(torch._C, "_cuda_getDevice", None)
 _set_device = getattr(torch._C, "_cuda_setDevice", None)
 # What Triton's driver reads for the launch stream (torch's current raw stream).
 _current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-_is_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing",
-                        torch.cuda.is_current_stream_capturing)
-_split_slots: dict = {}         # (GPU index, raw stream, splits) -> the split kernel's slots
 
 
 def _operand_key(t):
@@ -84,30 +81,6 @@ def lookup(key) -> Optional["Plan"]:
         return None
 
 
-def split_workspace(n_rows: int, splits: int, device: torch.device) -> torch.Tensor:
-    """The split-row kernel's slots for a call of n_rows rows on `device`'s current stream.
-
-    A launch leaves its slots ready for the next one (each slot carries the round that wrote
-    it: kernels/rmsnorm.py), so they are kept per (GPU, stream, splits) and a call pays no
-    allocation or reset. Launches on one stream run in order; a concurrent stream gets its own
-    slots. A CUDA-graph capture gets zeroed slots of its own instead (allocated from the graph's
-    pool, zeroed by a memset the graph replays): a graph may be replayed on any stream, beside
-    eager calls that use the persistent slots."""
-    index = device.index
-    if device.type != "cuda" or _is_capturing():
-        # (No stream to key on: only a test's stand-in launcher takes a CPU tensor here.)
-        return torch.zeros((n_rows, splits), dtype=torch.int64, device=device)
-    key = (index, _current_stream(index), splits)
-    slots = _split_slots.get(key)
-    if slots is None or slots.shape[0] < n_rows:
-        # Zeroed on this stream, before the launch that first uses them. Grown in powers of
-        # two, so that a model's few row counts settle on one allocation.
-        slots = torch.zeros((config.next_pow2(n_rows), splits), dtype=torch.int64,
-                            device=device)
-        _split_slots[key] = slots
-    return slots
-
-
 def _refuse_lazy(*named) -> None:
     """A data pointer of 0 in a non-empty call: a lazy zero tensor, which the signature does
     not tell from a real one. check_dense names it (TypeError)."""
@@ -157,7 +130,7 @@ class Plan:
         # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel.
         aligned = not (xp | rp | wp | bp | op) & 15
         runner, launcher = self.runner, self.launcher
-        parts = () if self.parts_shape is None else (split_workspace(*self.parts_shape,
+        parts = () if self.parts_shape is None else (split_slots.split_workspace(*self.parts_shape,
                                                                      self.device),)
         if runner is not None and runner.int_pointers and aligned and launcher.enabled:
             try:
@@ -337,9 +310,7 @@ def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: 
 
 def clear() -> None:
     _plans.clear()
-    # Slots in use by launches still running stay allocated until those finish (stream-ordered
-    # frees); new slots start from round 0.
-    _split_slots.clear()
+    split_slots.clear()
 
 
 config._cache_listeners.append(clear)    # a new tuned table changes the configs plans hold

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
 SCALE = float(os.environ.get("RMSNORM_LOAD_SCALE", "1.0"))
 M = 64
 # 4096: one program per row tile; 65536: on a GPU, programs share a row (the split-row kernel,
-# which allocates its partial sums per call).
+# whose partial-sum slots each thread's stream keeps).
 WIDTHS = [pytest.param(4096, id="N4096"), pytest.param(65536, id="N65536")]
 
 

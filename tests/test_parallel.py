@@ -493,6 +493,38 @@ def test_gpu_long_rows_equal_single_gpu_bit_for_bit(ctx_kw, fused):
 
 
 @needs_2_gpus
+@pytest.mark.parametrize("fanout_max_bytes", FANOUT)
+def test_gpu_long_rows_captured_over_several_gpus_replay_after_other_allocations(
+        fanout_max_bytes):
+    """The split-row slots a capture takes on a GPU other than the capture's come from that
+    GPU's ordinary pool: they must stay allocated while the graph replays, whatever the
+    program allocates and writes in between."""
+    devs = _gpus()
+    ctx = TPContext(devs, fused=True, fanout_max_bytes=fanout_max_bytes)
+    if not all(ctx.can_read(d, devs[0]) for d in devs):
+        pytest.skip("these GPUs have no peer access between them")
+    w = rand_w(LONG_N, BF16, "cuda:0")
+    ws = [w.to(d) for d in devs]
+    x = rand_x((5, LONG_N), BF16, devs[0])
+    calls = []
+    graph = capture_graph(lambda: calls.append(forward_tp(ctx, BROADCAST_RS, x, ws, None, EPS)),
+                          devs)
+    ys = calls[-1]
+    _sync_all()
+    # Freed blocks of every size the slots could have taken, handed out and written.
+    junk = [torch.full((n,), -7, dtype=torch.int64, device=d)
+            for d in devs for n in (5 * 16, 8 * 16, 8 * 32, 4096)]
+    for _ in range(2):
+        x.copy_(rand_x((5, LONG_N), BF16, devs[0]))
+        for y in ys:
+            y.fill_(float("nan"))
+        graph.replay()
+        _sync_all()
+        _assert_all_equal(ys, _expected(x, ws))
+    assert all(bool((j == -7).all()) for j in junk), "a replay wrote into another tensor"
+
+
+@needs_2_gpus
 @pytest.mark.parametrize("use_p2p", [None, False], ids=["p2p", "no-p2p"])
 def test_gpu_exllamav2_module_forward_after_tp_split(use_p2p):
     from rmsnorm_triton import ExLlamaV2RMSNorm

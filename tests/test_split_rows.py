@@ -1,4 +1,4 @@
-"""The split-row kernel's partial-sum slots, kept from call to call (plans.split_workspace).
+"""The split-row kernel's partial-sum slots, kept from call to call (split_slots.py).
 
 Every launch moves each slot of the rows it covers one round on; the programs of a row wait for
 the round they publish. These tests change what a stream's slots went through before a call
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rmsnorm_triton as rt
-from rmsnorm_triton import config, plans
+from rmsnorm_triton import config, split_slots
 
 from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
 
@@ -67,7 +67,7 @@ def test_concurrent_streams_get_their_own_slots():
     for s in streams:
         torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
-    keys = {k for k in plans._split_slots if k[1] in {s.cuda_stream for s in streams}}
+    keys = {k for k in split_slots._kept if k[1] in {s.cuda_stream for s in streams}}
     assert len(keys) == 2, f"expected one set of slots a stream, got {keys}"
     for ys, want in zip(outs, wants):
         for y in ys:
@@ -87,9 +87,14 @@ def test_split_rows_in_a_cuda_graph_beside_eager_calls():
         rt.fused_add_rms_norm(x, res.clone(), w)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
+    captured = len(split_slots._captured)
     with torch.cuda.graph(graph):
+        capture_stream = torch.cuda.current_stream().cuda_stream
         y = rt.rms_norm(x, w)
         z, _ = rt.fused_add_rms_norm(x, res, w)
+    # The capture took slots of its own, held for the graph, and kept none for its stream.
+    assert len(split_slots._captured) == captured + 2
+    assert all(k[1] != capture_stream for k in split_slots._kept)
     for _ in range(3):
         x.copy_(rand_x((M, N), BF16, "cuda"))
         res.copy_(rand_x((M, N), FP32, "cuda"))
@@ -100,3 +105,85 @@ def test_split_rows_in_a_cuda_graph_beside_eager_calls():
         assert_close(y, rmsnorm_ref(x, w))
         assert_close(z, rmsnorm_ref(want_res, w))
         assert torch.equal(eager, y)
+
+
+def _kept_slots(stream, splits):
+    return split_slots._kept[(torch.cuda.current_device(), stream.cuda_stream, splits)]
+
+
+def test_rounds_move_once_a_launch_and_wrap_around():
+    M, N = 6, 65536
+    splits = _splits(M, N)
+    w = rand_w(N, BF16, "cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for calls in (1, 2):
+            x = rand_x((M, N), BF16, "cuda")
+            assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+            slots = _kept_slots(stream, splits)
+            stream.synchronize()
+            assert bool((slots[:M] >> 32 == calls).all()), slots[:M] >> 32
+            assert bool((slots[M:] == 0).all()), "rows past the call's were written"
+        # Rounds about to wrap, as int64: 0xFFFFFFFF and 0x7FFFFFFF in the high word.
+        for start, after in ((-(1 << 32), 0), (0x7FFFFFFF << 32, -(1 << 31))):
+            slots[:M] = start
+            x = rand_x((M, N), BF16, "cuda")
+            y = rt.rms_norm(x, w)
+            stream.synchronize()
+            assert_close(y, rmsnorm_ref(x, w))
+            assert bool((slots[:M] >> 32 == after).all()), slots[:M] >> 32
+    torch.cuda.current_stream().wait_stream(stream)
+
+
+def test_slots_come_from_the_ordinary_pool_under_a_private_one():
+    """torch.compile's CUDA graphs warm up with allocations routed to their own pool, which
+    they later reclaim: kept slots must not come from there."""
+    if not hasattr(torch.cuda, "use_mem_pool"):
+        pytest.skip("this torch has no torch.cuda.use_mem_pool")
+    M, N = 3, 65536
+    w = rand_w(N, BF16, "cuda")
+    x = rand_x((M, N), BF16, "cuda")
+    pool = torch.cuda.MemPool()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.use_mem_pool(pool):
+        y = rt.rms_norm(x, w)
+        slots = _kept_slots(stream, _splits(M, N))
+    stream.synchronize()
+    assert_close(y, rmsnorm_ref(x, w))
+    try:
+        segments = torch.cuda.memory_snapshot(pool.id)
+    except TypeError:
+        pytest.skip("this torch cannot take a snapshot of one pool")
+    inside = [s for s in segments if s["address"] <= slots.data_ptr() < s["address"] +
+              s["total_size"]]
+    assert not inside, "the kept slots were allocated from the private pool"
+    assert any(s["address"] <= y.data_ptr() < s["address"] + s["total_size"]
+               for s in segments), "expected the output in the private pool (the test's premise)"
+
+
+def test_the_per_thread_default_stream_gets_slots_a_thread(monkeypatch):
+    """Raw handle 2 (cudaStreamPerThread) names a different stream on every thread."""
+    import threading
+    monkeypatch.setattr(split_slots, "_current_stream", lambda index: 2)
+    M, N = 3, 65536
+    w = rand_w(N, BF16, "cuda")
+    x = rand_x((M, N), BF16, "cuda")
+    want = rmsnorm_ref(x, w)
+    torch.cuda.synchronize()
+    ys = [None, None]
+
+    def call(i):
+        ys[i] = rt.rms_norm(x, w)
+        torch.cuda.synchronize()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for y in ys:
+        assert_close(y, want)
+    keys = [k for k in split_slots._kept if k[1] == 2]
+    assert len({k[2] for k in keys}) == 2, f"expected one set of slots a thread, got {keys}"
