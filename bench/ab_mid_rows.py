@@ -1,9 +1,11 @@
-"""Looped configs against the heuristic's pick at 256-2048 rows of 4K-16K, in a CUDA graph.
+"""Looped configs against the heuristic's pick at 256-16384 rows of 3K-16K, in a CUDA graph.
 
-    python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds]
+    python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds] [graph|eager]
 
-Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, or 512x4096 for every pair of it) and
-how many interleaved rounds to time (default 1; with more, each config's median is shown).
+Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, or 512x4096 for every pair of it), how
+many interleaved rounds to time (default 1; with more, each config's median is shown) and the
+timer: a CUDA graph of rotating inputs and outputs (default), or do_bench's eager timer, which
+flushes L2 before every call.
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same
@@ -18,7 +20,7 @@ import torch
 from rmsnorm_triton import ops
 from rmsnorm_triton import providers as P
 from rmsnorm_triton.config import LaunchConfig, heuristic_config, next_pow2, row_bucket
-from rmsnorm_triton.timing import graph_us, n_sets
+from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from rmsnorm_triton.validate import check_inputs
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
@@ -28,7 +30,11 @@ SHAPES = ([(m, n, BF16, out) for m in (512, 1024) for n in (4096, 5120, 7168, 81
           + [(1024, 5120, FP16, FP32), (1024, 4096, FP16, FP32), (512, 4096, FP16, FP32),
              (512, 3072, BF16, FP32), (512, 3072, FP16, FP32), (2048, 5120, BF16, FP32),
              (256, 5120, BF16, FP32), (300, 5120, BF16, FP32), (384, 5120, BF16, FP32),
-             (1024, 12288, BF16, BF16), (1024, 16384, BF16, BF16)])
+             (1024, 12288, BF16, BF16), (1024, 16384, BF16, BF16)]
+          # Large calls to an fp32 output, where torch.compile led by 1-3% on the full grid.
+          + [(m, n, BF16, FP32) for m in (4096, 16384) for n in (4096, 5120, 7168, 8192)]
+          + [(2048, 8192, BF16, FP32), (4096, 16384, BF16, FP32),
+             (16384, 8192, FP16, FP32), (4096, 8192, FP16, FP32)])
 
 
 def _norm(x, w, out_dtype, cfg):
@@ -42,8 +48,9 @@ def _candidates(M, N, out_dtype):
     heur = heuristic_config(N, row_bucket(M), 2, True, out_dtype.itemsize)     # as rms_norm
     found = {"heuristic": heur}
     if not heur.looped:
-        for warps in (8, 16):
-            found[f"tile w{warps}"] = LaunchConfig(1, next_pow2(N), warps, False)
+        for warps in (4, 8, 16, 32):
+            if 4 <= next_pow2(N) // (32 * warps) <= 64:     # elements a thread
+                found[f"tile w{warps}"] = LaunchConfig(1, next_pow2(N), warps, False)
     for chunk in (2048, 4096, 8192):
         if chunk <= next_pow2(N):
             for warps in (8, 16):
@@ -64,6 +71,7 @@ def main():
     P.prepare_compile()
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    timer = {"graph": graph_us, "eager": eager_us}[sys.argv[3] if len(sys.argv) > 3 else "graph"]
     for M, N, x_dtype, out_dtype in _picked(sys.argv[1:]):
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
               for _ in range(n_sets(M * N * (2 + out_dtype.itemsize)))]
@@ -78,10 +86,11 @@ def main():
         samples = {name: [] for name in calls}
         for _ in range(rounds):
             for name, fns in calls.items():
-                samples[name].append(graph_us(fns))
+                samples[name].append(timer(fns))
         times = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
         print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]} heuristic={heur}"
-              + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else ""))
+              + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else "")
+              + f", {timer.__name__}")
         for name, us in sorted(times.items(), key=lambda kv: kv[1]):
             print(f"   {name:14s} {us:7.2f} us  compile/this {times['torch.compile'] / us:5.3f}"
                   f"  heuristic/this {times['heuristic'] / us:5.3f}")

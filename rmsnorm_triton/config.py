@@ -64,10 +64,13 @@ LOOP_MID_ROW_BYTES_4BYTE_OUT = 30720
 LOOP_MID_ROWS = (512, 1024)
 LOOP_MID_MAX_N = 16384
 LOOP_CHUNK_BYTES = 16384
-# 16-bit x to a 4-byte output, 4096-wide tiles, 512-row bucket: 16 warps (8 elements a thread)
-# measured 1.8-3.4% faster than 8 in four processes, and level with torch.compile, which had led
-# there (bench/RESULTS.md). At 1024 rows bf16 lost 3% and fp16 won 2.7%: not taken there.
-WIDE_OUT_TILE_N, WIDE_OUT_TILE_ROWS = 4096, 512
+# 16-bit x to a 4-byte output: one row a program on 16 warps where that measured faster than
+# the elements-a-thread rule below (bench/RESULTS.md): 4096-wide tiles in the 512-row bucket
+# (1.8-3.4% in four processes, level with torch.compile, which had led there; at 1024 rows bf16
+# lost 3% and fp16 won 2.7%: not taken) and 8192-wide tiles from 2048 rows (0.6-3.2% at
+# 5120-8192 columns, level at 4096 x 5120 and 2048 x 5120).
+WIDE_OUT_16_WARPS_4K_ROWS = 512
+WIDE_OUT_16_WARPS_8K_MIN_ROWS = 2048
 # 2048-wide rows are packed two a program only from this many rows: fewer rows want every
 # program they can get (8 x 2048: 1.48 against 1.61 us in a graph, 64 x 2048: 1.90 against
 # 2.00). From 4096 rows one or two rows a program measured level (16.74 / 16.69 us).
@@ -158,11 +161,12 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     tile = block_m * block_n
     wide = tile >= 8192 and n_rows > DECODE_MAX_ROWS
     per_thread = (16 if x_itemsize <= 2 else 8) * (2 if wide or block_m > 1 else 1)
-    if x_itemsize == 2 and out_itemsize >= 4 and tile == WIDE_OUT_TILE_N and \
-            n_rows == WIDE_OUT_TILE_ROWS:
-        per_thread = 8
     max_warps = 16 if wide and tile <= 16384 else 32
     num_warps = max(4, min(max_warps, tile // (32 * per_thread)))
+    if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and (
+            (tile == 4096 and n_rows == WIDE_OUT_16_WARPS_4K_ROWS)
+            or (tile == 8192 and n_rows >= WIDE_OUT_16_WARPS_8K_MIN_ROWS)):
+        num_warps = 16
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 
 

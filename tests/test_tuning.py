@@ -319,8 +319,16 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((3072, 512, 2, True, 4), _cfg(1, 4096, 16)),
     ((4096, 512, 2), _cfg(1, 4096, 8)),
     ((4096, 256, 2, True, 4), _cfg(1, 4096, 8)),
+    # ... and 8192-wide tiles from 2048 rows; 16-bit out and the 16384-wide tile unchanged.
+    ((8192, 4096, 2, True, 4), _cfg(1, 8192, 16)),
+    ((5120, 16384, 2, True, 4), _cfg(1, 8192, 16)),
+    ((8192, 2048, 2, True, 4), _cfg(1, 8192, 16)),
+    ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),     # the loop rule first
+    ((8192, 4096, 2), _cfg(1, 8192, 8)),
+    ((16384, 4096, 2, True, 4), _cfg(1, 16384, 16)),
+    ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),
     ((5120, 256, 2, True, 4), _cfg(1, 8192, 16)),
-    ((5120, 2048, 2, True, 4), _cfg(1, 8192, 8)),
+    ((5120, 2048, 2, True, 4), _cfg(1, 8192, 16)),
     ((5120, 1024, 2), _cfg(1, 8192, 8)),                # 16-bit out: 20 KB a row, one tile
     ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
     ((16384, 512, 4, True, 4), _cfg(1, 16384, 16)),     # fp32 x: not measured, tiles kept
