@@ -67,8 +67,8 @@ LOOP_CHUNK_BYTES = 16384
 # 16-bit x to a 4-byte output: one row a program on 16 warps where that measured faster than
 # the elements-a-thread rule below (bench/RESULTS.md): 4096-wide tiles in the 512-row bucket
 # (1.8-3.4% in four processes, level with torch.compile, which had led there; at 1024 rows bf16
-# lost 3% and fp16 won 2.7%: not taken) and 8192-wide tiles from 2048 rows (0.6-3.2% at
-# 5120-8192 columns, level at 4096 x 5120 and 2048 x 5120).
+# lost 3% and fp16 won 2.7%: not taken) and 8192-wide tiles from 2048 rows (0.6-3.2% at 7168-8192
+# columns, level at 5120). The fused add of a 16-bit residual to fp32 follows (not timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
 WIDE_OUT_16_WARPS_8K_MIN_ROWS = 2048
 # 2048-wide rows are packed two a program only from this many rows: fewer rows want every

@@ -326,7 +326,7 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),     # the loop rule first
     ((8192, 4096, 2), _cfg(1, 8192, 8)),
     ((16384, 4096, 2, True, 4), _cfg(1, 16384, 16)),
-    ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),
+    ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),     # fp32 x: 8 elements a thread anyway
     ((5120, 256, 2, True, 4), _cfg(1, 8192, 16)),
     ((5120, 2048, 2, True, 4), _cfg(1, 8192, 16)),
     ((5120, 1024, 2), _cfg(1, 8192, 8)),                # 16-bit out: 20 KB a row, one tile
