@@ -34,14 +34,14 @@ def main():
             torch.cuda.synchronize()
             held = [None] * len(xs)
 
-            def one(i):
-                flush.zero_()
+            def call(i):
                 held[i % len(xs)] = None
                 held[i % len(xs)] = fn(xs[i % len(xs)])
 
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for i in range(CALLS):
-                    one(i)
+                    flush.zero_()
+                    call(i)
                 torch.cuda.synchronize()
             times = {}
             for e in prof.events():
@@ -53,8 +53,7 @@ def main():
             for i in range(CALLS):
                 flush.zero_()
                 start.record()
-                held[i % len(xs)] = None
-                held[i % len(xs)] = fn(xs[i % len(xs)])
+                call(i)
                 end.record()
                 torch.cuda.synchronize()
                 around.append(start.elapsed_time(end) * 1e3)

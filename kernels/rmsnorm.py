@@ -179,12 +179,12 @@ def rmsnorm_fwd_split_kernel(
     #
     # A slot holds a partial sum and the round that wrote it. Every launch writes each slot of
     # the rows it covers once, so a row's slots always share a round, and the workspace needs
-    # no reset between launches (a fill kernel and its launch per call cost ~2 us of GPU time at
-    # 256 x 65536, and a launch of host time): a program
-    # reads its own slot's round before the launch's writes, publishes round + 1, and waits
-    # until every slot of its row has reached it. That needs launches on one set of slots to run
-    # one after another (rmsnorm_triton/split_slots.py keeps a set per stream; programmatic
-    # dependent launch, which would let the next launch start early, is never used here).
+    # no reset between launches (a fill kernel per call cost ~2 us of GPU time at 256 x 65536,
+    # and a launch of host time): a program reads its own slot's round before the launch's
+    # writes, publishes round + 1, and waits until every slot of its row has reached it. That
+    # needs launches on one set of slots to run one after another (rmsnorm_triton/split_slots.py
+    # keeps a set per stream; programmatic dependent launch, which would let the next launch
+    # start early, is never used here).
     pid = tl.program_id(0).to(tl.int64)
     row = pid // SPLITS
     part = pid % SPLITS

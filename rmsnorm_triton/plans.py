@@ -130,8 +130,8 @@ class Plan:
         # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel.
         aligned = not (xp | rp | wp | bp | op) & 15
         runner, launcher = self.runner, self.launcher
-        parts = () if self.parts_shape is None else (split_slots.split_workspace(*self.parts_shape,
-                                                                     self.device),)
+        parts = () if self.parts_shape is None else \
+            (split_slots.split_workspace(*self.parts_shape, self.device),)
         if runner is not None and runner.int_pointers and aligned and launcher.enabled:
             try:
                 # ints: the key put every tensor on this plan's GPU (or a readable peer's)

@@ -43,6 +43,13 @@ def poisoned(rows, cols, dtype, device):
     return buf, buf[:, :cols]
 
 
+def poison_allocator(shape, dtype, device):
+    """Leave a NaN-filled block behind, which the next allocation of that size tends to reuse,
+    so an output the kernel forgot to write shows up as NaN."""
+    junk = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    del junk
+
+
 def assert_guard_intact(buf, cols):
     assert torch.isnan(buf[:, cols:]).all(), "the kernel wrote past the end of a row"
 

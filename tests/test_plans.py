@@ -5,7 +5,7 @@ import torch
 
 import rmsnorm_triton as rt
 from rmsnorm_triton import config, plans
-from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
+from helpers import assert_close, poison_allocator, rand_w, rand_x, rmsnorm_ref
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 
@@ -17,13 +17,6 @@ def _no_plans():
     plans.clear()
 
 
-def _poison_allocator(shape, dtype, device):
-    """Leave a NaN-filled block behind, which the next allocation of that size tends to reuse,
-    so an output the kernel forgot to write shows up as NaN."""
-    junk = torch.full(shape, float("nan"), dtype=dtype, device=device)
-    del junk
-
-
 def test_repeat_calls_take_one_plan_and_match_the_oracle(device):
     M, N = 6, 320
     w = rand_w(N, BF16, device)
@@ -33,7 +26,7 @@ def test_repeat_calls_take_one_plan_and_match_the_oracle(device):
     # Fresh data, then a view 2 bytes off 16-byte alignment (another Triton specialization).
     for x in (rand_x((2, 3, N), BF16, device), flat[1:1 + M * N].view(2, 3, N),
               rand_x((2, 3, N), BF16, device)):
-        _poison_allocator((2, 3, N), BF16, device)
+        poison_allocator((2, 3, N), BF16, device)
         y = rt.rms_norm(x, w, 1e-5)
         assert y.shape == x.shape and y.dtype == BF16
         assert_close(y, rmsnorm_ref(x, w, 1e-5))
@@ -46,7 +39,7 @@ def test_a_plan_covers_row_strided_views_and_other_out_dtypes(device):
     w = rand_w(N, FP32, device)
     for _ in range(3):
         x = big[:, :N]                      # rows 2N apart: read in place, no copy
-        _poison_allocator((5, N), FP32, device)
+        poison_allocator((5, N), FP32, device)
         y = rt.rms_norm(x, w, out_dtype=FP32)
         assert y.dtype == FP32 and y.is_contiguous()
         assert_close(y, rmsnorm_ref(x, w))
@@ -104,7 +97,7 @@ def test_fused_add_plan_matches_the_oracle_and_updates_the_residual(device):
     for _ in range(3):
         x, res = rand_x((M, N), BF16, device), rand_x((M, N), FP32, device)
         want_res = (x.float() + res).to(FP32)
-        _poison_allocator((M, N), BF16, device)
+        poison_allocator((M, N), BF16, device)
         y, r = rt.fused_add_rms_norm(x, res, w)
         assert r is res
         torch.testing.assert_close(res, want_res, rtol=0, atol=0)
@@ -209,12 +202,12 @@ def test_long_row_plans_match_the_oracle(device, N):
     w, bias = rand_w(N, BF16, device), torch.randn(N, device=device).to(BF16)
     for _ in range(3):
         x = rand_x((M, N), BF16, device)
-        _poison_allocator((M, N), BF16, device)
+        poison_allocator((M, N), BF16, device)
         y = rt.rms_norm(x, w, bias=bias, weight_offset=1.0)
         assert_close(y, rmsnorm_ref(x, w, weight_offset=1.0, bias=bias))
         res = rand_x((M, N), FP32, device)
         want_res = x.float() + res
-        _poison_allocator((M, N), BF16, device)
+        poison_allocator((M, N), BF16, device)
         y, _ = rt.fused_add_rms_norm(x, res, w)
         torch.testing.assert_close(res, want_res, rtol=0, atol=0)
         assert_close(y, rmsnorm_ref(want_res, w))
@@ -268,7 +261,7 @@ def test_split_row_plan_launches_with_the_full_paths_arguments(device, monkeypat
     w = rand_w(N, BF16, device)
     for _ in range(2):                      # the full path, then the plan
         x = rand_x((M, N), BF16, device)
-        _poison_allocator((M, N), BF16, device)
+        poison_allocator((M, N), BF16, device)
         assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
     assert len(plans._plans) == 1 and len(fake.calls) == 2
     first, planned = fake.calls         # (grid, argument classes, slots' address, scalars, ...)

@@ -11,7 +11,7 @@ import torch
 import rmsnorm_triton as rt
 from rmsnorm_triton import config, split_slots
 
-from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
+from helpers import assert_close, poison_allocator, rand_w, rand_x, rmsnorm_ref
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the split-row kernel runs on a GPU only")
@@ -25,11 +25,6 @@ def _splits(M, N):
     return config.pick_config(N, config.row_bucket(M), BF16, BF16, False, 0).splits
 
 
-def _poisoned_out(M, N, dtype):
-    junk = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
-    del junk        # the next allocation of this size tends to reuse the NaN block
-
-
 def test_slots_carry_over_calls_of_other_row_counts_and_splits():
     assert len({_splits(M, N) for M, N in SEQUENCE}) >= 2, "expected several split counts"
     weights = {}
@@ -37,14 +32,14 @@ def test_slots_carry_over_calls_of_other_row_counts_and_splits():
         assert _splits(M, N) > 1, (M, N)
         w = weights.setdefault(N, rand_w(N, BF16, "cuda"))
         x = rand_x((M, N), BF16, "cuda")
-        _poisoned_out(M, N, BF16)
+        poison_allocator((M, N), BF16, "cuda")
         y = rt.rms_norm(x, w)
         assert_close(y, rmsnorm_ref(x, w))
         # A second call on the same slots: the same bits (one rstd per row, whatever round).
         assert torch.equal(rt.rms_norm(x, w), y)
         res = rand_x((M, N), FP32, "cuda")
         want_res = x.float() + res
-        _poisoned_out(M, N, BF16)
+        poison_allocator((M, N), BF16, "cuda")
         y, _ = rt.fused_add_rms_norm(x, res, w)
         torch.testing.assert_close(res, want_res, rtol=0, atol=0)
         assert_close(y, rmsnorm_ref(want_res, w))
