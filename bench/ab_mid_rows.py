@@ -2,10 +2,11 @@
 
     python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds] [graph|eager]
 
-Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, or 512x4096 for every pair of it), how
-many interleaved rounds to time (default 1; with more, each config's median is shown) and the
-timer: a CUDA graph of rotating inputs and outputs (default), or do_bench's eager timer, which
-flushes L2 before every call.
+Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, 1024x16384:bf16:bf16:add for the fused
+add of a bf16 residual, or 512x4096 for every row of that shape), how many interleaved rounds
+to time (default 1; with more, each config's median is shown) and the timer: a CUDA graph of
+rotating inputs and outputs (default), or do_bench's eager timer, which flushes L2 before every
+call. Fused-add rows also time Liger-Kernel's fused add where it imports.
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same
@@ -19,7 +20,9 @@ import torch
 
 from rmsnorm_triton import ops
 from rmsnorm_triton import providers as P
-from rmsnorm_triton.config import LaunchConfig, heuristic_config, next_pow2, row_bucket
+from rmsnorm_triton.config import (
+    MAX_SINGLE_TILE_N, LaunchConfig, heuristic_config, next_pow2, row_bucket,
+)
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from rmsnorm_triton.validate import check_inputs
 
@@ -30,24 +33,37 @@ SHAPES = ([(m, n, BF16, out) for m in (512, 1024) for n in (4096, 5120, 7168, 81
           + [(1024, 5120, FP16, FP32), (1024, 4096, FP16, FP32), (512, 4096, FP16, FP32),
              (512, 3072, BF16, FP32), (512, 3072, FP16, FP32), (2048, 5120, BF16, FP32),
              (256, 5120, BF16, FP32), (300, 5120, BF16, FP32), (384, 5120, BF16, FP32),
-             (1024, 12288, BF16, BF16), (1024, 16384, BF16, BF16)]
+             (1024, 12288, BF16, BF16), (1024, 16384, BF16, BF16), (512, 12288, BF16, BF16),
+             (512, 16384, BF16, BF16)]
           # Large calls to an fp32 output, where torch.compile led by 1-3% on the full grid.
           + [(m, n, BF16, FP32) for m in (4096, 16384) for n in (4096, 5120, 7168, 8192)]
           + [(2048, 8192, BF16, FP32), (4096, 16384, BF16, FP32),
-             (16384, 8192, FP16, FP32), (4096, 8192, FP16, FP32)])
+             (16384, 8192, FP16, FP32), (4096, 8192, FP16, FP32)]
+          # The fused add of a bf16 residual, where Liger led at 1024 x 16384.
+          + [(m, n, BF16, BF16, "add") for m in (512, 1024) for n in (8192, 12288, 16384)])
 
 
-def _norm(x, w, out_dtype, cfg):
+def _norm(x, w, out_dtype, cfg, residual=None):
     def call():
-        p = check_inputs(x, w, out_dtype=out_dtype, eps=EPS)
+        p = check_inputs(x, w, residual=residual, out_dtype=out_dtype, eps=EPS,
+                         fused=residual is not None)
         return ops._launch(p, EPS, 0.0, False, False, cfg)
     return call
 
 
+def _liger_fused():
+    try:
+        from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
+    except ImportError:
+        return None
+    return LigerFusedAddRMSNormFunction
+
+
 def _candidates(M, N, out_dtype):
-    heur = heuristic_config(N, row_bucket(M), 2, True, out_dtype.itemsize)     # as rms_norm
+    # as rms_norm, and as the fused add of a 16-bit residual, which takes its norm's config
+    heur = heuristic_config(N, row_bucket(M), 2, True, out_dtype.itemsize)
     found = {"heuristic": heur}
-    if not heur.looped:
+    if next_pow2(N) <= MAX_SINGLE_TILE_N:
         for warps in (4, 8, 16, 32):
             if 4 <= next_pow2(N) // (32 * warps) <= 64:     # elements a thread
                 found[f"tile w{warps}"] = LaunchConfig(1, next_pow2(N), warps, False)
@@ -63,32 +79,50 @@ def _picked(argv):
         return SHAPES
     names = {BF16: "bf16", FP16: "fp16", FP32: "fp32"}
     wanted = argv[0].split(",")
-    return [s for s in SHAPES
-            if f"{s[0]}x{s[1]}" in wanted or f"{s[0]}x{s[1]}:{names[s[2]]}:{names[s[3]]}" in wanted]
+    return [s for s in SHAPES if f"{s[0]}x{s[1]}" in wanted or ":".join(
+        [f"{s[0]}x{s[1]}", names[s[2]], names[s[3]], *s[4:]]) in wanted]
 
 
 def main():
     P.prepare_compile()
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
+    compiled_add = torch.compile(P._fused_add_fp32, dynamic=False)
+    liger_add = _liger_fused()
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     timer = {"graph": graph_us, "eager": eager_us}[sys.argv[3] if len(sys.argv) > 3 else "graph"]
-    for M, N, x_dtype, out_dtype in _picked(sys.argv[1:]):
+    for M, N, x_dtype, out_dtype, *add in _picked(sys.argv[1:]):
+        moved = M * N * (2 + out_dtype.itemsize + (4 if add else 0))
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
-              for _ in range(n_sets(M * N * (2 + out_dtype.itemsize)))]
+              for _ in range(n_sets(moved))]
+        # Each set's residual is updated in place by every call; values drift, times do not.
+        rs = [torch.randn(M, N, device="cuda").to(x_dtype) if add else None for _ in xs]
         w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)
-        want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
-        calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs]}
+        if add:
+            r0 = rs[0].clone()
+            want = P._fused_add_fp32(xs[0], r0, w, EPS, out_dtype).float()
+            calls = {"torch.compile": [lambda x=x, r=r: compiled_add(x, r, w, EPS, out_dtype)
+                                       for x, r in zip(xs, rs)]}
+            if liger_add is not None:
+                calls["liger"] = [lambda x=x, r=r: liger_add.apply(x, r, w, EPS)
+                                  for x, r in zip(xs, rs)]
+        else:
+            want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
+            calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs]}
         heur, found = _candidates(M, N, out_dtype)
         for name, cfg in found.items():
-            got = _norm(xs[0], w, out_dtype, cfg)().float()
+            r = None if not add else rs[0].clone()
+            got = _norm(xs[0], w, out_dtype, cfg, r)().float()
             torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
-            calls[name] = [_norm(x, w, out_dtype, cfg) for x in xs]
+            calls[name] = [_norm(x, w, out_dtype, cfg, r) for x, r in zip(xs, rs)]
         samples = {name: [] for name in calls}
-        for _ in range(rounds):
-            for name, fns in calls.items():
-                samples[name].append(timer(fns))
+        names = list(calls)
+        for r in range(rounds):
+            # Each round starts at the next config: none always runs in one place of a round.
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                samples[name].append(timer(calls[name]))
         times = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
-        print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]} heuristic={heur}"
+        print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}{' fused add' if add else ''}"
+              f" heuristic={heur}"
               + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else "")
               + f", {timer.__name__}")
         for name, us in sorted(times.items(), key=lambda kv: kv[1]):
