@@ -23,7 +23,7 @@ from rmsnorm_triton import providers as P
 from rmsnorm_triton.config import (
     MAX_SINGLE_TILE_N, LaunchConfig, heuristic_config, next_pow2, row_bucket,
 )
-from rmsnorm_triton.timing import eager_us, graph_us, n_sets
+from rmsnorm_triton.timing import eager_us, graph_us, n_sets, scrub_l2
 from rmsnorm_triton.validate import check_inputs
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
@@ -119,6 +119,7 @@ def main():
         for r in range(rounds):
             # Each round starts at the next config: none always runs in one place of a round.
             for name in names[r % len(names):] + names[:r % len(names)]:
+                scrub_l2()      # no config reads inputs left protected in L2 by another
                 samples[name].append(timer(calls[name]))
         times = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
         print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}{' fused add' if add else ''}"

@@ -49,14 +49,12 @@ def _load_h(
 
 
 @triton.jit
-def _load_cols(ptr, cols, col_mask, PRESENT: tl.constexpr, EVICT: tl.constexpr):
+def _load_cols(ptr, cols, col_mask, PRESENT: tl.constexpr):
     """A weight or bias slice in its own dtype (converted where used), or 0 when absent.
 
-    Loaded once per tile and broadcast over its rows; EVICT is the load's eviction policy
-    ("" for the default; always passed: Triton 3.6 does not compile a defaulted constexpr
-    here)."""
+    Loaded once per tile and broadcast over its rows."""
     if PRESENT:
-        return tl.load(ptr + cols, mask=col_mask, other=0.0, eviction_policy=EVICT)
+        return tl.load(ptr + cols, mask=col_mask, other=0.0)
     else:
         return 0.0
 
@@ -116,18 +114,16 @@ def rmsnorm_fwd_kernel(
     if not LOOPED:
         col_mask = cols < n_cols
         mask = row_mask & col_mask
-        # Every program reads the same weight and bias: evict_last (1024 x 8192 bf16 in a
-        # graph 4% faster in three of four processes, bench/RESULTS.md, "Eviction hints").
         if PRELOAD_W:
             # In flight together with x: when the weight is not in L2 (a decode step), its
             # DRAM latency is not paid a second time after the reduction.
-            w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT, "evict_last")
-            b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS, "evict_last")
+            w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
+            b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
         h = _load_h(x_rows, r_rows, cols, mask, HAS_RESIDUAL, True, CLAMP_FP16, "")
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
         if not PRELOAD_W:
-            w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT, "evict_last")
-            b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS, "evict_last")
+            w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
+            b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
         _normalize_store(y_rows, w, b, cols, mask, h, rstd,
                          HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
     else:
@@ -154,8 +150,8 @@ def rmsnorm_fwd_kernel(
             else:
                 h = _load_h(x_rows + start, r_rows + start, cols, mask,
                             False, False, CLAMP_FP16, "evict_first")
-            w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT, "")
-            b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS, "")
+            w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT)
+            b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS)
             _normalize_store(y_rows + start, w, b, cols, mask, h, rstd,
                              HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
 
@@ -227,8 +223,8 @@ def rmsnorm_fwd_split_kernel(
     rstd = tl.rsqrt(total * (1.0 / n_cols) + eps)
     # Fetched after the wait: fetched before it, the extra registers lowered occupancy and
     # cost 4-7% at N = 65536-262144 (bench/ab_preload.py).
-    w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT, "")
-    b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS, "")
+    w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT)
+    b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS)
     _normalize_store(y_rows, w, b, cols, col_mask, h, rstd,
                      HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
 
@@ -261,29 +257,29 @@ def rmsnorm_fwd_fanout_kernel(
     col_mask = cols < n_cols
     mask = row_mask & col_mask
     # Every weight in flight beside x: a peer's weight is an NVLink round trip away.
-    w0 = _load_cols(w0_ptr, cols, col_mask, HAS_WEIGHT, "")
-    b0 = _load_cols(b0_ptr, cols, col_mask, HAS_BIAS, "")
+    w0 = _load_cols(w0_ptr, cols, col_mask, HAS_WEIGHT)
+    b0 = _load_cols(b0_ptr, cols, col_mask, HAS_BIAS)
     if COPIES > 1:
-        w1 = _load_cols(w1_ptr, cols, col_mask, HAS_WEIGHT, "")
-        b1 = _load_cols(b1_ptr, cols, col_mask, HAS_BIAS, "")
+        w1 = _load_cols(w1_ptr, cols, col_mask, HAS_WEIGHT)
+        b1 = _load_cols(b1_ptr, cols, col_mask, HAS_BIAS)
     if COPIES > 2:
-        w2 = _load_cols(w2_ptr, cols, col_mask, HAS_WEIGHT, "")
-        b2 = _load_cols(b2_ptr, cols, col_mask, HAS_BIAS, "")
+        w2 = _load_cols(w2_ptr, cols, col_mask, HAS_WEIGHT)
+        b2 = _load_cols(b2_ptr, cols, col_mask, HAS_BIAS)
     if COPIES > 3:
-        w3 = _load_cols(w3_ptr, cols, col_mask, HAS_WEIGHT, "")
-        b3 = _load_cols(b3_ptr, cols, col_mask, HAS_BIAS, "")
+        w3 = _load_cols(w3_ptr, cols, col_mask, HAS_WEIGHT)
+        b3 = _load_cols(b3_ptr, cols, col_mask, HAS_BIAS)
     if COPIES > 4:
-        w4 = _load_cols(w4_ptr, cols, col_mask, HAS_WEIGHT, "")
-        b4 = _load_cols(b4_ptr, cols, col_mask, HAS_BIAS, "")
+        w4 = _load_cols(w4_ptr, cols, col_mask, HAS_WEIGHT)
+        b4 = _load_cols(b4_ptr, cols, col_mask, HAS_BIAS)
     if COPIES > 5:
-        w5 = _load_cols(w5_ptr, cols, col_mask, HAS_WEIGHT, "")
-        b5 = _load_cols(b5_ptr, cols, col_mask, HAS_BIAS, "")
+        w5 = _load_cols(w5_ptr, cols, col_mask, HAS_WEIGHT)
+        b5 = _load_cols(b5_ptr, cols, col_mask, HAS_BIAS)
     if COPIES > 6:
-        w6 = _load_cols(w6_ptr, cols, col_mask, HAS_WEIGHT, "")
-        b6 = _load_cols(b6_ptr, cols, col_mask, HAS_BIAS, "")
+        w6 = _load_cols(w6_ptr, cols, col_mask, HAS_WEIGHT)
+        b6 = _load_cols(b6_ptr, cols, col_mask, HAS_BIAS)
     if COPIES > 7:
-        w7 = _load_cols(w7_ptr, cols, col_mask, HAS_WEIGHT, "")
-        b7 = _load_cols(b7_ptr, cols, col_mask, HAS_BIAS, "")
+        w7 = _load_cols(w7_ptr, cols, col_mask, HAS_WEIGHT)
+        b7 = _load_cols(b7_ptr, cols, col_mask, HAS_BIAS)
     h = _load_h(x_rows, x_rows, cols, mask, False, False, CLAMP_FP16, "")
     rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
     _normalize_store(y0_ptr + y_offs, w0, b0, cols, mask, h, rstd,

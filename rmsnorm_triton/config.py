@@ -52,17 +52,15 @@ LOOP_CHUNK_N = 8192
 WIDE_4BYTE_MIN_N = 32768
 SPLIT_MAX_ROWS = 512
 LOOP_CHUNK_N_WIDE = 16384
-# In a bucket of 512-1024 rows, rows of 16-bit x (or residual) to a 4-byte output that move at
-# least LOOP_MID_ROW_BYTES (x read + out written: 5K elements and more) loop over chunks of
-# LOOP_CHUNK_BYTES moved (2048 elements bf16 -> fp32). With the loop's trip count a constant,
-# 512-1024 x 5120 bf16 -> fp32 looped 1.05-1.08x faster than one 8192-wide tile (256 and 2048
-# rows: tiles won; at 300 and 384 rows, in the 512 bucket, the loop was level with the tile or
-# 2.6% ahead); measured at 7K-8K and 16K too. To a 16-bit output these rows loop no more (they
-# did from 10K elements): one 16384-wide tile on 16 warps measured 1.05-1.07x faster for the norm
-# at 512-1024 x 16384 and 1024 x 12288, and 1.04-1.14x for the fused add at 512-1024 x
-# 12288-16384, ahead of Liger there; only the norm at 512 x 12288 lost (0.95x), and the fused
-# add, which takes its norm's config, gained 1.04x on that row.
-LOOP_MID_ROW_BYTES = 30720
+# In a bucket of 512-1024 rows, rows of 16-bit x (or residual) that move at least this many
+# bytes (x read + out written: 10K-16K elements to 16-bit out) loop over chunks of
+# LOOP_CHUNK_BYTES moved (4096 elements bf16 -> bf16, 2048 bf16 -> fp32). Measured at 16K (and
+# 12K for the fused add) to 16-bit out, 7K-8K and 16K to fp32; fp32 x keeps tiles. To a 4-byte
+# output from 30 KB a row (5K elements): with the loop's trip count a constant, 512-1024 x 5120
+# bf16 -> fp32 looped 1.05-1.08x faster than one 8192-wide tile (256 and 2048 rows: tiles won;
+# at 300 and 384 rows, in the 512 bucket, the loop was level with the tile or 2.6% ahead).
+LOOP_MID_ROW_BYTES = 40960
+LOOP_MID_ROW_BYTES_4BYTE_OUT = 30720
 LOOP_MID_ROWS = (512, 1024)
 LOOP_MID_MAX_N = 16384
 LOOP_CHUNK_BYTES = 16384
@@ -140,8 +138,9 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
             return _split(n_cols, SPLIT_SLICE_N)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N_WIDE, num_warps=16, looped=True)
     row_bytes = n_cols * (x_itemsize + out_itemsize)
-    if x_itemsize == 2 and out_itemsize >= 4 and block_n <= LOOP_MID_MAX_N and \
-            row_bytes >= LOOP_MID_ROW_BYTES and LOOP_MID_ROWS[0] <= n_rows <= LOOP_MID_ROWS[1]:
+    loop_from = LOOP_MID_ROW_BYTES_4BYTE_OUT if out_itemsize >= 4 else LOOP_MID_ROW_BYTES
+    if x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and \
+            row_bytes >= loop_from and LOOP_MID_ROWS[0] <= n_rows <= LOOP_MID_ROWS[1]:
         # One wave of 512-1024 rows: a whole wide row a program holds registers that several
         # looping programs share, and the second read comes from L2 (evict_last on the first).
         chunk = 1 << ((LOOP_CHUNK_BYTES // (x_itemsize + out_itemsize)).bit_length() - 1)

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 import triton
+import triton.language as tl
 
 Call = Callable[[], object]
 
@@ -131,6 +132,36 @@ def graph_us(calls: Sequence[Call], target_ms: float = 4.0, max_calls: int = 100
     times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
     del graph, rotate
     return times[len(times) // 2] * 1e3 / n
+
+
+@triton.jit
+def _l2_scrub_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
+    # evict_last loads: they take the place of lines an earlier kernel loaded evict_last.
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = tl.load(src_ptr + offs, mask=offs < n, other=0.0, eviction_policy="evict_last")
+    tl.store(dst_ptr + tl.program_id(0), tl.sum(v, axis=0))
+
+
+_scrub_buffers: dict = {}
+
+
+def scrub_l2() -> None:
+    """Leave no earlier kernel's data protected in L2 before a provider is timed.
+
+    Lines loaded with `evict_last` (torch.compile's looped reductions load x that way, and so
+    does our looped path) outlive do_bench's flush, a memset that replaces normal lines only:
+    Nsight Compute counted 10 MB less DRAM read for a kernel run after one that had loaded its
+    input evict_last (bench/RESULTS.md, "Eviction hints, and timing after an L2 flush"). A
+    provider timed after another on the same inputs then reads part of them from L2. Reading
+    twice the L2 with evict_last here moves that protection to a buffer no provider reads."""
+    dev = torch.cuda.current_device()
+    if dev not in _scrub_buffers:
+        n = 2 * l2_bytes() // 4
+        block = 4096
+        _scrub_buffers[dev] = (torch.ones(n, device="cuda"),
+                               torch.empty(-(-n // block), device="cuda"), n, block)
+    src, dst, n, block = _scrub_buffers[dev]
+    _l2_scrub_kernel[(dst.numel(),)](src, dst, n, BLOCK=block)
 
 
 def copy_ceiling_gbps(nbytes: int = 1 << 30) -> float:

@@ -41,6 +41,7 @@ def stub_timers(monkeypatch):
     monkeypatch.setattr(B, "eager_us", lambda calls, w, r: 10.0)
     monkeypatch.setattr(B, "graph_us", lambda calls: 4.0)
     monkeypatch.setattr(B, "host_us", lambda calls: 20.0)
+    monkeypatch.setattr(B, "scrub_l2", lambda: None)        # a GPU kernel; the timers are stubs
 
 
 @pytest.mark.skipif(not ops.INTERPRET, reason="runs the providers on CPU tensors")
