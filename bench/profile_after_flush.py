@@ -4,7 +4,9 @@ torch.compile, from torch.profiler: which kernels a call runs and how long each 
     python bench/profile_after_flush.py [MxN,...]
 
 bf16 in, fp32 out, four rotating inputs; prints the median device time of every kernel name
-(the flush itself included) and the median of events recorded around the call.
+(the flush itself included) and the median of events recorded around the call. It does not
+scrub L2 between the two providers: what one loads `evict_last` survives the flush and moves
+the other's time (bench/RESULTS.md, "Eviction hints, and timing after an L2 flush").
 """
 import sys
 
