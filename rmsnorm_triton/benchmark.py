@@ -32,9 +32,9 @@ from .timing import (
     graph_us,
     header_lines,
     host_us,
-    scrub_l2,
     n_sets,
     rmsnorm_bytes,
+    scrub_l2,
 )
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32

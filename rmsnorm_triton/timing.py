@@ -149,7 +149,7 @@ def scrub_l2() -> None:
     """Leave no earlier kernel's data protected in L2 before a provider is timed.
 
     Lines loaded with `evict_last` (torch.compile's looped reductions load x that way, and so
-    does our looped path) outlive do_bench's flush, a memset that replaces normal lines only:
+    does our looped path) outlive do_bench's flush (a memset, which does not displace them):
     Nsight Compute counted 10 MB less DRAM read for a kernel run after one that had loaded its
     input evict_last (bench/RESULTS.md, "Eviction hints, and timing after an L2 flush"). A
     provider timed after another on the same inputs then reads part of them from L2. Reading
