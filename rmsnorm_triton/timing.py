@@ -142,7 +142,8 @@ def _l2_scrub_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
     tl.store(dst_ptr + tl.program_id(0), tl.sum(v, axis=0))
 
 
-_scrub_buffers: dict = {}
+_SCRUB_BLOCK = 4096
+_scrub_buffers: dict = {}       # GPU index -> (what the scrub reads, one sum per program)
 
 
 def scrub_l2() -> None:
@@ -156,12 +157,11 @@ def scrub_l2() -> None:
     twice the L2 with evict_last here moves that protection to a buffer no provider reads."""
     dev = torch.cuda.current_device()
     if dev not in _scrub_buffers:
-        n = 2 * l2_bytes() // 4
-        block = 4096
+        n = 2 * l2_bytes() // 4                     # fp32 elements
         _scrub_buffers[dev] = (torch.ones(n, device="cuda"),
-                               torch.empty(-(-n // block), device="cuda"), n, block)
-    src, dst, n, block = _scrub_buffers[dev]
-    _l2_scrub_kernel[(dst.numel(),)](src, dst, n, BLOCK=block)
+                               torch.empty(triton.cdiv(n, _SCRUB_BLOCK), device="cuda"))
+    src, dst = _scrub_buffers[dev]
+    _l2_scrub_kernel[(dst.numel(),)](src, dst, src.numel(), BLOCK=_SCRUB_BLOCK)
 
 
 def copy_ceiling_gbps(nbytes: int = 1 << 30) -> float:
