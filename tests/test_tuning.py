@@ -254,6 +254,19 @@ def test_tune_dry_run_prints_the_plan(capsys):
     assert "total:" in out and "kernels" in out
 
 
+@pytest.mark.skipif(not ON_GPU, reason="times candidates on a GPU")
+def test_tune_case_scrubs_l2_before_each_candidate(monkeypatch):
+    """Candidates share one set of inputs: each is timed after an L2 scrub, so none reads what
+    a looped one before it left evict_last in L2; every candidate verifies and gets a time."""
+    scrubs = []
+    real = tune_space.scrub_l2
+    monkeypatch.setattr(tune_space, "scrub_l2", lambda: (scrubs.append(1), real()))
+    case = tune_space.Case(4096, 64, BF16, BF16, False)
+    result = tune_space.tune_case(case, torch.device("cuda"), min_gain=0.02)
+    assert result.dropped == {} and result.timed == len(case.candidates()) == len(scrubs)
+    assert result.heuristic_us > 0 and result.best_us <= result.heuristic_us
+
+
 @pytest.mark.skipif(ON_GPU, reason="checks the message a machine without CUDA gets")
 def test_tune_without_cuda_exits_2(capsys, cache):
     assert main(["tune", "--sizes", "4096"]) == 2
