@@ -1,5 +1,6 @@
 """The benchmark's bookkeeping on CPU: plans, correctness gate, ratios, targets, markdown.
-Timers are stubbed (they need CUDA events); the providers really run."""
+Timers are stubbed (they need CUDA events); the providers really run. One GPU test checks
+that the eager timer leaves the host out."""
 import types
 
 import pytest
@@ -121,3 +122,22 @@ def test_timers_keep_each_output_until_its_call_comes_round():
     alive = [r() is not None for r in made]
     # Results 4-6 (the latest of each slot) are held; the earlier ones were let go.
     assert alive == [False, False, False, False, True, True, True]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="times with CUDA events")
+def test_eager_timer_leaves_out_a_slow_host_path():
+    """A call that spends 2 ms on the host before a tiny kernel gets the kernel's device time:
+    the GPU is held after the flush until the call is queued (do_bench alone counts the host's
+    time once it outlasts the flush)."""
+    import time
+
+    from rmsnorm_triton.timing import eager_us
+
+    x = torch.ones(1024, device="cuda")
+
+    def slow_host():
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 2e-3:
+            pass
+        return x + 1
+    assert eager_us([slow_host], warmup=1, rep=20) < 500
