@@ -1,12 +1,16 @@
 """Looped configs against the heuristic's pick at 256-16384 rows of 3K-16K, in a CUDA graph.
 
-    python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds] [graph|eager]
+    python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds] [graph|eager] [cold]
 
 Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, 1024x16384:bf16:bf16:add for the fused
 add of a bf16 residual, or 512x4096 for every row of that shape), how many interleaved rounds
 to time (default 1; with more, each config's median is shown) and the timer: a CUDA graph of
 rotating inputs and outputs (default), or do_bench's eager timer, which flushes L2 before every
-call. Fused-add rows also time Liger-Kernel's fused add where it imports.
+call. Fused-add rows also time Liger-Kernel's fused add where it imports. `cold` sizes the
+rotation by the bytes read (x, and the residual) instead of all bytes moved: the sets' inputs
+alone then span twice the L2, so that inputs loaded `evict_last` (the looped path's first pass,
+torch.compile's looped reductions) cannot still be in L2 when their set comes round again.
+AB_ONLY="heuristic,loop2048 w16" (names as printed) times only those configs and torch.compile.
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same
@@ -14,6 +18,7 @@ process; every config is checked against fp32 math first. "heuristic" is `heuris
 pick, not a tuned table's. Behind the 512-1024-row loop rules in config.py (bench/RESULTS.md,
 "Loop bounds as constants").
 """
+import os
 import sys
 
 import torch
@@ -40,7 +45,14 @@ SHAPES = ([(m, n, BF16, out) for m in (512, 1024) for n in (4096, 5120, 7168, 81
           + [(2048, 8192, BF16, FP32), (4096, 16384, BF16, FP32),
              (16384, 8192, FP16, FP32), (4096, 8192, FP16, FP32)]
           # The fused add of a bf16 residual, where Liger led at 1024 x 16384.
-          + [(m, n, BF16, BF16, "add") for m in (512, 1024) for n in (8192, 12288, 16384)])
+          + [(m, n, BF16, BF16, "add") for m in (512, 1024) for n in (8192, 12288, 16384)]
+          # 16-bit -> fp32 over the rows where the looped path was tried against tiles.
+          + [(m, n, BF16, FP32) for m in (512, 1024, 2048, 4096, 16384)
+             for n in (2048, 3072, 4096, 5120, 7168, 8192) if (m, n) not in (
+                 (512, 4096), (512, 3072), (1024, 4096), (1024, 5120), (1024, 7168),
+                 (1024, 8192), (512, 5120), (512, 7168), (512, 8192), (2048, 5120),
+                 (2048, 8192), (4096, 4096), (4096, 5120), (4096, 7168), (4096, 8192),
+                 (16384, 4096), (16384, 5120), (16384, 7168), (16384, 8192))])
 
 
 def _norm(x, w, out_dtype, cfg, residual=None):
@@ -90,10 +102,12 @@ def main():
     liger_add = _liger_fused()
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     timer = {"graph": graph_us, "eager": eager_us}[sys.argv[3] if len(sys.argv) > 3 else "graph"]
+    cold = len(sys.argv) > 4 and sys.argv[4] == "cold"
     for M, N, x_dtype, out_dtype, *add in _picked(sys.argv[1:]):
         moved = M * N * (2 + out_dtype.itemsize + (4 if add else 0))
+        read = M * N * (4 if add else 2)
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
-              for _ in range(n_sets(moved))]
+              for _ in range(n_sets(read if cold else moved))]
         # Each set's residual is updated in place by every call; values drift, times do not.
         rs = [torch.randn(M, N, device="cuda").to(x_dtype) if add else None for _ in xs]
         w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)
@@ -109,6 +123,9 @@ def main():
             want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
             calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs]}
         heur, found = _candidates(M, N, out_dtype)
+        only = os.environ.get("AB_ONLY")
+        if only:
+            found = {k: v for k, v in found.items() if k in only.split(",") or k == "heuristic"}
         for name, cfg in found.items():
             r = None if not add else rs[0].clone()
             got = _norm(xs[0], w, out_dtype, cfg, r)().float()
@@ -125,7 +142,7 @@ def main():
         print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}{' fused add' if add else ''}"
               f" heuristic={heur}"
               + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else "")
-              + f", {timer.__name__}")
+              + f", {timer.__name__}, {len(xs)} sets{' (cold)' if cold else ''}")
         for name, us in sorted(times.items(), key=lambda kv: kv[1]):
             print(f"   {name:14s} {us:7.2f} us  compile/this {times['torch.compile'] / us:5.3f}"
                   f"  heuristic/this {times['heuristic'] / us:5.3f}")

@@ -55,22 +55,25 @@ LOOP_CHUNK_N_WIDE = 16384
 # In a bucket of 512-1024 rows, rows of 16-bit x (or residual) that move at least this many
 # bytes (x read + out written: 10K-16K elements to 16-bit out) loop over chunks of
 # LOOP_CHUNK_BYTES moved (4096 elements bf16 -> bf16, 2048 bf16 -> fp32). Measured at 16K (and
-# 12K for the fused add) to 16-bit out, 7K-8K and 16K to fp32; fp32 x keeps tiles. To a 4-byte
-# output from 30 KB a row (5K elements): with the loop's trip count a constant, 512-1024 x 5120
-# bf16 -> fp32 looped 1.05-1.08x faster than one 8192-wide tile (256 and 2048 rows: tiles won;
-# at 300 and 384 rows, in the 512 bucket, the loop was level with the tile or 2.6% ahead).
+# 12K for the fused add) to 16-bit out; fp32 x keeps tiles.
+# To a 4-byte output the loop starts at 24 KB a row (4096 elements) and holds in every bucket
+# from 512 rows, up to LOOP_4BYTE_OUT_MAX_N columns past 1024 rows: bf16 -> fp32 looped in
+# 2048-element chunks on 16 warps was level or ahead of the tile at 512-16384 x 4096-8192, in a
+# graph and after an L2 flush (2048 x 5120 1.05x / 1.08x, 4096 x 5120 1.03x / 1.05x, 1024 x 4096
+# 0.99x / 1.01x; fp16 1024 x 4096 1.06x / 1.11x), with the inputs' rotation sized so that no
+# evict_last line outlives it; 2048-wide rows lost (0.86-0.97x) and keep tiles
+# (bench/RESULTS.md, "An eager timer that holds the GPU").
 LOOP_MID_ROW_BYTES = 40960
-LOOP_MID_ROW_BYTES_4BYTE_OUT = 30720
+LOOP_MID_ROW_BYTES_4BYTE_OUT = 24576
 LOOP_MID_ROWS = (512, 1024)
 LOOP_MID_MAX_N = 16384
+LOOP_4BYTE_OUT_MAX_N = 8192
 LOOP_CHUNK_BYTES = 16384
-# 16-bit x to a 4-byte output: one row a program on 16 warps where that measured faster than
-# the elements-a-thread rule below (bench/RESULTS.md): 4096-wide tiles in the 512-row bucket
-# (1.8-3.4% in four processes, level with torch.compile, which had led there; at 1024 rows bf16
-# lost 3% and fp16 won 2.7%: not taken) and 8192-wide tiles from 2048 rows (0.6-3.2% at 7168-8192
-# columns, level at 5120). The fused add of a 16-bit residual to fp32 follows (not timed).
+# 16-bit x to a 4-byte output, tiles of 4096 (rows of 2049-4095 elements) in the 512-row
+# bucket: one row a program on 16 warps, 1.8-3.4% faster than the elements-a-thread rule below
+# in four processes (bench/RESULTS.md). The fused add of a 16-bit residual to fp32 follows (not
+# timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
-WIDE_OUT_16_WARPS_8K_MIN_ROWS = 2048
 # 2048-wide rows are packed two a program only from this many rows: fewer rows want every
 # program they can get (8 x 2048: 1.48 against 1.61 us in a graph, 64 x 2048: 1.90 against
 # 2.00). From 4096 rows one or two rows a program measured level (16.74 / 16.69 us).
@@ -138,11 +141,14 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
             return _split(n_cols, SPLIT_SLICE_N)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N_WIDE, num_warps=16, looped=True)
     row_bytes = n_cols * (x_itemsize + out_itemsize)
-    loop_from = LOOP_MID_ROW_BYTES_4BYTE_OUT if out_itemsize >= 4 else LOOP_MID_ROW_BYTES
-    if x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and \
-            row_bytes >= loop_from and LOOP_MID_ROWS[0] <= n_rows <= LOOP_MID_ROWS[1]:
-        # One wave of 512-1024 rows: a whole wide row a program holds registers that several
-        # looping programs share, and the second read comes from L2 (evict_last on the first).
+    if out_itemsize >= 4:
+        loop = row_bytes >= LOOP_MID_ROW_BYTES_4BYTE_OUT and n_rows >= LOOP_MID_ROWS[0] and (
+            n_rows <= LOOP_MID_ROWS[1] or block_n <= LOOP_4BYTE_OUT_MAX_N)
+    else:
+        loop = row_bytes >= LOOP_MID_ROW_BYTES and LOOP_MID_ROWS[0] <= n_rows <= LOOP_MID_ROWS[1]
+    if x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and loop:
+        # A whole wide row a program holds registers that several looping programs share, and
+        # the second read comes from L2 (evict_last on the first).
         chunk = 1 << ((LOOP_CHUNK_BYTES // (x_itemsize + out_itemsize)).bit_length() - 1)
         return LaunchConfig(block_m=1, block_n=chunk, num_warps=16, looped=True)
     block_m = 1
@@ -163,9 +169,8 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     per_thread = (16 if x_itemsize <= 2 else 8) * (2 if wide or block_m > 1 else 1)
     max_warps = 16 if wide and tile <= 16384 else 32
     num_warps = max(4, min(max_warps, tile // (32 * per_thread)))
-    if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and (
-            (tile == 4096 and n_rows == WIDE_OUT_16_WARPS_4K_ROWS)
-            or (tile == 8192 and n_rows >= WIDE_OUT_16_WARPS_8K_MIN_ROWS)):
+    if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and tile == 4096 and \
+            n_rows == WIDE_OUT_16_WARPS_4K_ROWS:
         num_warps = 16
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 

@@ -321,27 +321,27 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((16384, 512, 2), _cfg(1, 4096, 16, looped=True)),
     ((12288, 1024, 2), _cfg(1, 4096, 16, looped=True)),
     ((16384, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
-    # To a 4-byte output from 30 KB a row (5120 elements), not below, nor outside 512-1024 rows.
+    # To a 4-byte output from 24 KB a row (4096 elements) from 512 rows, up to 8192 columns
+    # past 1024 rows; not below 4096 columns, nor 512 rows.
     ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
     ((5120, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
     ((5120, 512, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
-    ((5112, 1024, 2, True, 4), _cfg(1, 8192, 8)),
-    ((4096, 1024, 2, True, 4), _cfg(1, 4096, 8)),
+    ((4096, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((4096, 512, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((8192, 4096, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((5120, 16384, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((8192, 2048, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((4095, 1024, 2, True, 4), _cfg(1, 4096, 8)),
+    ((2048, 2048, 2, True, 4), _cfg(1, 2048, 4)),
+    ((5120, 256, 2, True, 4), _cfg(1, 8192, 16)),
+    ((16384, 4096, 2, True, 4), _cfg(1, 16384, 16)),
     # 16-bit x to a 4-byte output, one 4096-wide tile, 512-row bucket: 16 warps; 16-bit out: 8.
-    ((4096, 512, 2, True, 4), _cfg(1, 4096, 16)),
     ((3072, 512, 2, True, 4), _cfg(1, 4096, 16)),
+    ((3072, 1024, 2, True, 4), _cfg(1, 4096, 8)),
     ((4096, 512, 2), _cfg(1, 4096, 8)),
     ((4096, 256, 2, True, 4), _cfg(1, 4096, 8)),
-    # ... and 8192-wide tiles from 2048 rows; 16-bit out and the 16384-wide tile unchanged.
-    ((8192, 4096, 2, True, 4), _cfg(1, 8192, 16)),
-    ((5120, 16384, 2, True, 4), _cfg(1, 8192, 16)),
-    ((8192, 2048, 2, True, 4), _cfg(1, 8192, 16)),
-    ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),     # the loop rule first
     ((8192, 4096, 2), _cfg(1, 8192, 8)),
-    ((16384, 4096, 2, True, 4), _cfg(1, 16384, 16)),
     ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),     # fp32 x: 8 elements a thread anyway
-    ((5120, 256, 2, True, 4), _cfg(1, 8192, 16)),
-    ((5120, 2048, 2, True, 4), _cfg(1, 8192, 16)),
     ((5120, 1024, 2), _cfg(1, 8192, 8)),                # 16-bit out: 20 KB a row, one tile
     ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
     ((16384, 512, 4, True, 4), _cfg(1, 16384, 16)),     # fp32 x: not measured, tiles kept
