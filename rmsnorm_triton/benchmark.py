@@ -4,7 +4,8 @@ One row per (provider, shape, dtypes, op, mode): microseconds, GB/s and % of a c
 measured in the same process, and for our rows the throughput ratio to the fastest peer. Then
 the Performance targets are checked and printed as PASS/MISS with their numbers.
 
-Modes: `eager` = median device time per call (do_bench, L2 flushed); `graph` = per-call time
+Modes: `eager` = median device time per call (timing.eager_us: do_bench's method, L2 flushed,
+the GPU held until the call is queued); `graph` = per-call time
 inside one CUDA graph (M <= 1024); `host` = wall time per call of a back-to-back eager loop,
 host overhead included (M <= 64). A provider that is missing, refuses a case or fails is
 reported in the row's note and never stops the run.
@@ -329,8 +330,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", metavar="PATH", help="write a table for bench/RESULTS.md")
     p.add_argument("--plot", metavar="PNG",
                    help="plot %% of the copy ceiling per case (needs matplotlib)")
-    p.add_argument("--warmup", type=int, default=10, help="do_bench warmup, ms (default 10)")
-    p.add_argument("--rep", type=int, default=50, help="do_bench repetition time, ms (default 50)")
+    p.add_argument("--warmup", type=int, default=10, help="eager timer warmup, ms (default 10)")
+    p.add_argument("--rep", type=int, default=50, help="eager timer repetition time, ms (default 50)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="start no new case after this many seconds; the summary still prints")
 
