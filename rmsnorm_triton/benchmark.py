@@ -331,7 +331,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PNG",
                    help="plot %% of the copy ceiling per case (needs matplotlib)")
     p.add_argument("--warmup", type=int, default=10, help="eager timer warmup, ms (default 10)")
-    p.add_argument("--rep", type=int, default=50, help="eager timer repetition time, ms (default 50)")
+    p.add_argument("--rep", type=int, default=50,
+                   help="eager timer repetition time, ms (default 50)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="start no new case after this many seconds; the summary still prints")
 
