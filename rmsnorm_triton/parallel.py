@@ -54,6 +54,12 @@ _AUTO_FUSED_MAX_BYTES = 32 << 20
 # with three peers the source's NVLink egress carries three copies, and it won only up to 1 MB
 # (4 x H100, 16 MB: 173 against 161 us).
 _FANOUT_MAX_BYTES_SHARED = 1 << 20
+# A fanout to a wider output (16-bit x to fp32) pushes more bytes over NVLink than peer reads
+# pull. 2 x H200, bf16 -> fp32, device time / host-inclusive time a call: 4096 x 2048 (16 MB
+# of x) 112.8 / 110.2 us against 79.4 / 83.6 read in place; at 8 MB (2048 x 2048) peer reads
+# led on device time (53.3 against 68.0 us) but lost on that slow host's loop (107.9 against
+# 64.1 us: one launch against one a GPU). Past 8 MB both measures agree.
+_FANOUT_MAX_BYTES_WIDER_OUT = 8 << 20
 
 
 def _as_device(d) -> torch.device:
@@ -553,6 +559,16 @@ def _writable_outs(x, devices, out, out_dtype, weights, biases):
     return outs, dtype
 
 
+def _out_itemsize(x, out_dtype, out) -> int:
+    """Bytes an output element takes: out_dtype's, else the caller's buffers', else x's (0 for
+    a bad out_dtype, which the launch path then refuses by name)."""
+    if out_dtype is None and isinstance(out, (list, tuple)) and out and \
+            isinstance(out[0], torch.Tensor):
+        out_dtype = out[0].dtype
+    dtype = x.dtype if out_dtype is None else out_dtype
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else 0
+
+
 def _operand_keys(tensors):
     return None if tensors is None else tuple(map(plans._operand_key, tensors))
 
@@ -665,7 +681,11 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
             as_rows(x, x.shape[-1], writable=False) is None:
         x = materialized(x)     # on the producer's stream, so the readiness event covers it
     readable = peer_read and ctx._all_read(broadcast_type, x.device)
-    fits = readable and x.numel() * x.element_size() <= ctx._fanout_max(broadcast_type, x.device)
+    nbytes = x.numel() * x.element_size()
+    fits = readable and nbytes <= ctx._fanout_max(broadcast_type, x.device)
+    if fits and nbytes > _FANOUT_MAX_BYTES_WIDER_OUT and ctx.fanout_max_bytes is None and \
+            _out_itemsize(x, out_dtype, out) > x.element_size():
+        fits = False
     if fits and out is not None:
         # The caller's buffers (a CUDA graph's, say) take the fanout too, where it can write
         # them as they are.

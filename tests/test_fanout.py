@@ -122,3 +122,26 @@ def test_lazy_zero_weight_is_refused_at_launch():
     lazy = [ws[0], torch._efficientzerotensor((64,), dtype=torch.bfloat16, device=DEV)]
     with pytest.raises(TypeError, match=r"weights\[1\] must be a dense tensor with memory"):
         plan.launch(x, lazy, [None, None], plan.outputs(x, ws))
+
+
+@pytest.mark.skipif(DEV.type != "cuda", reason="the fanout runs on CUDA devices only")
+@pytest.mark.parametrize("out_dtype,rows,fanout", [(FP32, 2048, True), (FP32, 4096, False),
+                                                   (BF16, 4096, True)], ids=str)
+def test_forward_tp_takes_no_fanout_to_a_wider_output_past_8mb(monkeypatch, out_dtype, rows,
+                                                               fanout):
+    """A fanout to fp32 pushes twice x's bytes over NVLink: past 8 MB of x, peers read x
+    instead. The result equals rms_norm either way."""
+    asked = []
+
+    def counting(*args, **kwargs):
+        asked.append(1)
+        return fanout_plan(*args, **kwargs)
+
+    monkeypatch.setattr(parallel, "fanout_plan", counting)
+    plans.clear()
+    ctx = rt.TPContext([DEV])
+    x = rand_x((rows, 2048), BF16, DEV)         # 8 MB or 16 MB
+    w = rand_w(2048, BF16, DEV)
+    (y,) = parallel.forward_tp(ctx, rt.BROADCAST_RS, x, [w], [None], EPS, out_dtype=out_dtype)
+    assert bool(asked) == fanout
+    assert torch.equal(y, rt.rms_norm(x, w, EPS, out_dtype=out_dtype))
