@@ -53,6 +53,8 @@ def main() -> None:
             bad = case.check(calls[name][0])
             if bad:
                 raise SystemExit(f"{spec} {name}: {bad}")
+        if not calls:
+            continue
         times = {name: ([], []) for name in calls}
         order = list(calls)
         for r in range(rounds):

@@ -1,21 +1,22 @@
-"""Looped configs against the heuristic's pick at 256-16384 rows of 3K-16K, in a CUDA graph.
+"""Looped configs against the heuristic's pick at 256-16384 rows of 2K-16K, in a CUDA graph.
 
     python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds] [graph|eager] [cold]
 
 Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, 1024x16384:bf16:bf16:add for the fused
-add of a bf16 residual, or 512x4096 for every row of that shape), how many interleaved rounds
-to time (default 1; with more, each config's median is shown) and the timer: a CUDA graph of
-rotating inputs and outputs (default), or do_bench's eager timer, which flushes L2 before every
-call. Fused-add rows also time Liger-Kernel's fused add where it imports. `cold` sizes the
-rotation by the bytes read (x, and the residual) instead of all bytes moved: the sets' inputs
-alone then span twice the L2, so that inputs loaded `evict_last` (the looped path's first pass,
-torch.compile's looped reductions) cannot still be in L2 when their set comes round again.
-AB_ONLY="heuristic,loop2048 w16" (names as printed) times only those configs and torch.compile.
+add of a bf16 residual, or 512x4096 for every row of that shape), how many interleaved rounds to
+time (default 1; with more, each config's median is shown) and the timer: a CUDA graph of
+rotating inputs and outputs (default), or the eager timer (`timing.eager_us`), which flushes L2
+before every call. Fused-add rows also time Liger-Kernel's fused add where it imports. `cold`
+sizes the rotation by the bytes read (x, and the residual) instead of all bytes moved: the sets'
+inputs alone then span twice the L2, so that inputs loaded `evict_last` (the looped path's first
+pass, torch.compile's looped reductions) cannot still be in L2 when their set comes round again.
+AB_ONLY="loop2048 w16,tile w16" (names as printed) times only those configs, the heuristic's
+pick and torch.compile.
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same
 process; every config is checked against fp32 math first. "heuristic" is `heuristic_config`'s
-pick, not a tuned table's. Behind the 512-1024-row loop rules in config.py (bench/RESULTS.md,
+pick, not a tuned table's. Behind the loop rules in config.py (bench/RESULTS.md,
 "Loop bounds as constants").
 """
 import os

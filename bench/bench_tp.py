@@ -14,12 +14,14 @@ Providers (bf16, N=8192 by default; x on cuda:0; each GPU has its own weight rep
   loop_naive  for each GPU: rms_norm(x.to(gpu)) on the current streams, no TPContext
   one_p2p     one P2P copy to cuda:1 and one norm there: the floor for a single peer
   nccl        one process per GPU: dist.broadcast from rank 0, then rms_norm on every rank
-Columns: median_us = do_bench median of device time (L2 flushed before each call, which also
-hides host launch time); every call then ends with cuda:0 waiting for all GPUs (events on cuda:0
-time it). wall_us = host-inclusive time per call over back-to-back calls and one sync of every
-GPU at the end (median of 5 such loops), the number that matters at decode sizes. Graph
-mode captures one call across all GPUs (outputs preallocated) and replays it. Each result is
-checked bit for bit against rms_norm of the same data on the same GPU ("check" column).
+Columns: median_us = do_bench median of device time (L2 flushed before each call, which hides
+host launch time where the host queues the call within the flush: at decode sizes on a slow host
+part of it may show; timing.eager_us holds the GPU instead); every call then ends with cuda:0
+waiting for all GPUs (events on cuda:0 time it). wall_us = host-inclusive time per call over
+back-to-back calls and one sync of every GPU at the end (median of 5 such loops), the number
+that matters at decode sizes. Graph mode captures one call across all GPUs (outputs
+preallocated) and replays it. Each result is checked bit for bit against rms_norm of the same
+data on the same GPU ("check" column).
 """
 from __future__ import annotations
 

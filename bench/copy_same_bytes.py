@@ -6,7 +6,8 @@ The copy ceiling of the bench is a 1 GiB copy. Smaller transfers pay a kernel's 
 drain on fewer bytes, so a row's % of the 1 GiB ceiling has a size-specific upper bound; this
 prints it for the rows that set the performance targets.
 
-The large rows are timed like the bench's eager rows (do_bench, one source and destination).
+The large rows are timed with do_bench, one source and destination (a copy's host path fits
+under the flush, so the bench's held eager timer would read the same).
 The 1024-row and decode rows, whose targets are set in a CUDA graph, are timed like the bench's
 graph rows: each call copies into a new tensor (as a norm allocates its output), sources and outputs
 rotating as the bench's do (`timing.n_sets`, `_cycle`): past about 1 MB a call none is in L2

@@ -60,9 +60,10 @@ LOOP_CHUNK_N_WIDE = 16384
 # from 512 rows, up to LOOP_4BYTE_OUT_MAX_N columns past 1024 rows: bf16 -> fp32 looped in
 # 2048-element chunks on 16 warps was level or ahead of the tile at 512-16384 x 4096-8192, in a
 # graph and after an L2 flush (2048 x 5120 1.05x / 1.08x, 4096 x 5120 1.03x / 1.05x, 1024 x 4096
-# 0.99x / 1.01x; fp16 1024 x 4096 1.06x / 1.11x), with the inputs' rotation sized so that no
-# evict_last line outlives it; 2048-wide rows lost (0.86-0.97x) and keep tiles
-# (bench/RESULTS.md, "An eager timer that holds the GPU").
+# 0.99x / 1.01x; fp16 1024 x 4096 1.06x / 1.11x), L2 scrubbed before each config; three rows
+# rerun with a rotation long enough that no evict_last line outlives it kept the same lead.
+# 2048-wide rows lost (0.86-0.97x) and keep tiles (bench/RESULTS.md, "An eager timer that holds
+# the GPU"; an earlier, unscrubbed A/B had favoured 16-warp tiles from 2048 rows).
 LOOP_MID_ROW_BYTES = 40960
 LOOP_MID_ROW_BYTES_4BYTE_OUT = 24576
 LOOP_MID_ROWS = (512, 1024)
@@ -70,9 +71,9 @@ LOOP_MID_MAX_N = 16384
 LOOP_4BYTE_OUT_MAX_N = 8192
 LOOP_CHUNK_BYTES = 16384
 # 16-bit x to a 4-byte output, tiles of 4096 (rows of 2049-4095 elements) in the 512-row
-# bucket: one row a program on 16 warps, 1.8-3.4% faster than the elements-a-thread rule below
-# in four processes (bench/RESULTS.md). The fused add of a 16-bit residual to fp32 follows (not
-# timed).
+# bucket: one row a program on 16 warps, 2.2-2.6% faster than the elements-a-thread rule below
+# at 512 x 3072 (one process, before the L2 scrub; the 4096-column rows it was taken for now
+# loop). The fused add of a 16-bit residual to fp32 follows (not timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
 # 2048-wide rows are packed two a program only from this many rows: fewer rows want every
 # program they can get (8 x 2048: 1.48 against 1.61 us in a graph, 64 x 2048: 1.90 against

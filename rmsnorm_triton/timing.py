@@ -13,6 +13,7 @@ import datetime
 import functools
 import itertools
 import platform
+import statistics
 import time
 from typing import Callable, Sequence
 
@@ -69,6 +70,14 @@ def _cycle(calls: Sequence[Call]) -> Call:
     return call
 
 
+_FLUSH_BYTES = 256 * 2**20      # do_bench's L2 flush: a memset of this size before each call
+# The longest hold: a call whose host path takes longer than half of it still has part of its
+# host time counted (no provider measured comes near: Liger's slowest eager call took ~0.4 ms).
+_MAX_HOLD_US = 5000.0
+_flush_buffers: dict = {}       # GPU index -> the flush's buffer
+_cycles_per_us: dict = {}       # GPU index -> torch.cuda._sleep cycles per microsecond
+
+
 def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
     """Median device time of one eager call after an L2 flush, in microseconds: the host's
     launch cost does not show (`host_us` is the timer that includes it).
@@ -78,7 +87,11 @@ def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
     the call's host path takes, so the call is queued before its start event runs. Under
     do_bench alone, a provider whose host path outlasts the flush had that host time counted as
     its device time, in some processes and not others: torch.compile at 1 x 4096 bf16 measured
-    5.3 us in one full grid and 64 us in another (bench/RESULTS.md)."""
+    5.3 us in one full grid and 64 us in another (bench/RESULTS.md).
+
+    The flush, the hold and the events are on the current GPU: a call that also works on other
+    GPUs must make the current one wait for them (bench/tp_wide_out.py does). A call that
+    synchronizes with the host cannot be held, and its host time still counts."""
     fn = _cycle(calls)
     fn()
     torch.cuda.synchronize()
@@ -92,7 +105,7 @@ def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
     end.record()
     host_us_per_call = (time.perf_counter() - t0) * 1e6 / 5
     end.synchronize()
-    estimate_ms = start.elapsed_time(end) / 5
+    estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
     hold_us = min(2 * host_us_per_call + 20, _MAX_HOLD_US)
     hold_cycles = int(hold_us * _sleep_cycles_per_us())
     for _ in range(max(1, int(warmup / estimate_ms))):
@@ -107,14 +120,7 @@ def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
         fn()
         e.record()
     torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return times[n // 2] * 1e3
-
-
-_FLUSH_BYTES = 256 * 2**20      # do_bench's L2 flush: a memset of this size before each call
-_MAX_HOLD_US = 5000.0
-_flush_buffers: dict = {}       # GPU index -> the flush's buffer
-_cycles_per_us: dict = {}       # GPU index -> torch.cuda._sleep cycles per microsecond
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e3
 
 
 def _flush_buffer() -> torch.Tensor:

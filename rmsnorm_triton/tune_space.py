@@ -31,9 +31,9 @@ from .validate import check_inputs
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 WARPS = (4, 8, 16, 32)
 # Looped rows read x twice (the second time from L2): worth trying where a whole row makes a
-# big tile; from 8K tiles (rows of 4097 elements and more), where the heuristic loops with fp32
-# output.
-LOOP_MIN_N, CHUNKS, CHUNK_WARPS = 8192, (2048, 4096, 8192, 16384), (8, 16)
+# big tile; from 4K tiles (rows of 2049 elements and more): the heuristic loops 16-bit x to a
+# 4-byte output from 4096 columns.
+LOOP_MIN_N, CHUNKS, CHUNK_WARPS = 4096, (2048, 4096, 8192, 16384), (8, 16)
 SLICES, SLICE_WARPS = (2048, 4096, 8192, 16384), (4, 8)
 # Below this many rows a row per program leaves SMs idle, so splitting rows is worth a try;
 # above it the split-row kernel only adds its exchange of partial sums.

@@ -1,0 +1,81 @@
+"""forward_tp to an output wider than x (bf16 -> fp32) on 2+ GPUs: which route is faster.
+
+    python bench/tp_wide_out.py [MxN,...]
+
+x lives on cuda:0; every GPU has its own weight. Routes, each checked bit for bit against
+rms_norm on each GPU first:
+  fanout      one kernel on cuda:0 writes every copy over NVLink (forced at any size)
+  peer reads  each GPU's kernel reads x over NVLink and writes its copy locally
+  default     what forward_tp picks (TPContext defaults)
+  tile+fanout the launch config replaced by a one-tile config through a tuned table, so that the
+              fanout applies where the heuristic loops (16-bit -> fp32 from 512 rows of 4096+)
+Columns: device time (timing.eager_us; the call ends with cuda:0 waiting for every GPU, since
+the timer's flush, hold and events are on cuda:0) / host-inclusive time a call (timing.host_us).
+"""
+import os
+import sys
+import tempfile
+
+# The tile+fanout route writes a tuned table: never into the user's cache.
+os.environ["RMSNORM_TRITON_CACHE"] = tempfile.mkdtemp(prefix="tp_wide_out_")
+
+import torch  # noqa: E402
+
+import rmsnorm_triton as rt  # noqa: E402
+from rmsnorm_triton import config  # noqa: E402
+from rmsnorm_triton.parallel import TPContext, forward_tp  # noqa: E402
+from rmsnorm_triton.timing import eager_us, host_us  # noqa: E402
+
+SHAPES = "64x8192,256x8192,512x4096,1024x4096,4096x8192,1024x2048,2048x2048,4096x2048"
+BF16, FP32 = torch.bfloat16, torch.float32
+EPS = 1e-6
+
+
+def _tile_table(N: int, M: int) -> None:
+    """A tuned table whose only entry gives (N, M's bucket) one tile a row (or clears it)."""
+    name = torch.cuda.get_device_name(0)
+    entries = {} if N == 0 else {config.table_key(N, config.row_bucket(M), BF16, FP32, False):
+                                 config.LaunchConfig(1, config.next_pow2(N), 16, False)}
+    config.save_table(config.cache_path(name), name, entries)
+
+
+def main() -> None:
+    devs = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if len(devs) < 2:
+        raise SystemExit("needs 2+ CUDA GPUs")
+    ctxs = {"fanout": TPContext(devs, fused=True, fanout_max_bytes=1 << 62),
+            "peer reads": TPContext(devs, fused=True, fanout_max_bytes=0),
+            "default": TPContext(devs), "tile+fanout": TPContext(devs, fused=True,
+                                                                 fanout_max_bytes=1 << 62)}
+    print(f"{len(devs)} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}; "
+          "device / host-inclusive us a call")
+    for spec in (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(","):
+        M, N = map(int, spec.split("x"))
+        x = (0.5 + 2 * torch.randn(M, N, device=devs[0])).to(BF16)
+        ws = [(1 + 0.1 * torch.randn(N, device=d)).to(BF16) for d in devs]
+        cells = []
+        for name, ctx in ctxs.items():
+            _tile_table(N if name == "tile+fanout" else 0, M)
+            ys = forward_tp(ctx, rt.BROADCAST_RS, x, ws, [None] * len(devs), EPS, out_dtype=FP32)
+            for d, y, w in zip(devs, ys, ws):
+                if not torch.equal(y, rt.rms_norm(x.to(d), w, EPS, out_dtype=FP32)):
+                    raise SystemExit(f"{spec} {name}: copy on {d} differs from rms_norm")
+
+            def call(ctx=ctx):
+                ys = forward_tp(ctx, rt.BROADCAST_RS, x, ws, [None] * len(devs), EPS,
+                                out_dtype=FP32)
+                first = torch.cuda.current_stream(devs[0])
+                for d in devs[1:]:
+                    done = torch.cuda.Event()
+                    done.record(torch.cuda.current_stream(d))
+                    first.wait_event(done)
+                return ys
+            wall = host_us([call], n=200, repeats=5)
+            cells.append(f"{name} {eager_us([call]):7.1f} / {wall:6.1f}")
+        _tile_table(0, M)
+        print(f"{M:>5} x {N:<5} bf16 -> fp32, x {x.numel() * 2 / 2**20:5.1f} MB: "
+              + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
