@@ -88,9 +88,10 @@ def test_bad_arguments_raise_like_rms_norm(kwargs, exc, match):
         fanout_plan(x, [DEV] * len(ws), ws, [None] * len(ws), args.pop("eps"), **args)
 
 
-def test_forward_tp_asks_once_per_signature_and_never_under_autograd(monkeypatch):
-    """A refused signature is remembered (long rows would otherwise re-validate every call);
-    a call that autograd must see never gets a plan (the kernel is forward-only)."""
+@pytest.fixture
+def fanout_asks(monkeypatch):
+    """A list that grows by one each time parallel.py asks for a fanout plan (no memoized
+    plans to start from)."""
     asked = []
 
     def counting(*args, **kwargs):
@@ -99,6 +100,13 @@ def test_forward_tp_asks_once_per_signature_and_never_under_autograd(monkeypatch
 
     monkeypatch.setattr(parallel, "fanout_plan", counting)
     plans.clear()
+    return asked
+
+
+def test_forward_tp_asks_once_per_signature_and_never_under_autograd(fanout_asks):
+    """A refused signature is remembered (long rows would otherwise re-validate every call);
+    a call that autograd must see never gets a plan (the kernel is forward-only)."""
+    asked = fanout_asks
     ctx = rt.TPContext([DEV.type] if DEV.type == "cpu" else [DEV])
     devs = ctx.devices_for(rt.BROADCAST_RS)
     x = rand_x((3, 64), BF16, DEV)
@@ -127,21 +135,13 @@ def test_lazy_zero_weight_is_refused_at_launch():
 @pytest.mark.skipif(DEV.type != "cuda", reason="the fanout runs on CUDA devices only")
 @pytest.mark.parametrize("out_dtype,rows,fanout", [(FP32, 2048, True), (FP32, 4096, False),
                                                    (BF16, 4096, True)], ids=str)
-def test_forward_tp_takes_no_fanout_to_a_wider_output_past_8mb(monkeypatch, out_dtype, rows,
+def test_forward_tp_takes_no_fanout_to_a_wider_output_past_8mb(fanout_asks, out_dtype, rows,
                                                                fanout):
     """A fanout to fp32 pushes twice x's bytes over NVLink: past 8 MB of x, peers read x
     instead. The result equals rms_norm either way."""
-    asked = []
-
-    def counting(*args, **kwargs):
-        asked.append(1)
-        return fanout_plan(*args, **kwargs)
-
-    monkeypatch.setattr(parallel, "fanout_plan", counting)
-    plans.clear()
     ctx = rt.TPContext([DEV])
     x = rand_x((rows, 2048), BF16, DEV)         # 8 MB or 16 MB
     w = rand_w(2048, BF16, DEV)
     (y,) = parallel.forward_tp(ctx, rt.BROADCAST_RS, x, [w], [None], EPS, out_dtype=out_dtype)
-    assert bool(asked) == fanout
+    assert bool(fanout_asks) == fanout
     assert torch.equal(y, rt.rms_norm(x, w, EPS, out_dtype=out_dtype))
