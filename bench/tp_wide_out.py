@@ -25,6 +25,7 @@ import rmsnorm_triton as rt  # noqa: E402
 from rmsnorm_triton import config  # noqa: E402
 from rmsnorm_triton.parallel import TPContext, forward_tp  # noqa: E402
 from rmsnorm_triton.timing import eager_us, host_us  # noqa: E402
+from bench_tp import join_on_first  # noqa: E402
 
 SHAPES = "64x8192,256x8192,512x4096,1024x4096,4096x8192,1024x2048,2048x2048,4096x2048"
 BF16, FP32 = torch.bfloat16, torch.float32
@@ -64,11 +65,7 @@ def main() -> None:
             def call(ctx=ctx):
                 ys = forward_tp(ctx, rt.BROADCAST_RS, x, ws, [None] * len(devs), EPS,
                                 out_dtype=FP32)
-                first = torch.cuda.current_stream(devs[0])
-                for d in devs[1:]:
-                    done = torch.cuda.Event()
-                    done.record(torch.cuda.current_stream(d))
-                    first.wait_event(done)
+                join_on_first(devs)
                 return ys
             wall = host_us([call], n=200, repeats=5)
             cells.append(f"{name} {eager_us([call]):7.1f} / {wall:6.1f}")

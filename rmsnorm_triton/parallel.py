@@ -215,10 +215,11 @@ class TPContext:
                                            for d in self._splits[broadcast_type])
         return ok
 
-    def _fanout_max(self, broadcast_type, source) -> int:
+    def _fanout_max(self, broadcast_type, source, wider_out: bool = False) -> int:
         """The largest source (bytes) that takes the fanout to this split: -1 where a kernel on
-        `source` may not write every device of it (memoized: peer access is settled)."""
-        key = (broadcast_type, source, self.fanout_max_bytes)
+        `source` may not write every device of it (memoized: peer access is settled).
+        wider_out: the outputs take more bytes an element than x."""
+        key = (broadcast_type, source, self.fanout_max_bytes, wider_out)
         limit = self._fanout_limits.get(key)
         if limit is None:
             split = self._splits[broadcast_type]
@@ -230,6 +231,8 @@ class TPContext:
                 limit = self.fanout_max_bytes
             else:
                 limit = 1 << 62 if peers <= 1 else _FANOUT_MAX_BYTES_SHARED
+                if wider_out:
+                    limit = min(limit, _FANOUT_MAX_BYTES_WIDER_OUT)
             self._fanout_limits[key] = limit
         return limit
 
@@ -681,11 +684,8 @@ def forward_tp(ctx, broadcast_type, x_or_list, weights, biases, eps, *, out_dtyp
             as_rows(x, x.shape[-1], writable=False) is None:
         x = materialized(x)     # on the producer's stream, so the readiness event covers it
     readable = peer_read and ctx._all_read(broadcast_type, x.device)
-    nbytes = x.numel() * x.element_size()
-    fits = readable and nbytes <= ctx._fanout_max(broadcast_type, x.device)
-    if fits and nbytes > _FANOUT_MAX_BYTES_WIDER_OUT and ctx.fanout_max_bytes is None and \
-            _out_itemsize(x, out_dtype, out) > x.element_size():
-        fits = False
+    fits = readable and x.numel() * x.element_size() <= ctx._fanout_max(
+        broadcast_type, x.device, _out_itemsize(x, out_dtype, out) > x.element_size())
     if fits and out is not None:
         # The caller's buffers (a CUDA graph's, say) take the fanout too, where it can write
         # them as they are.

@@ -74,8 +74,6 @@ _FLUSH_BYTES = 256 * 2**20      # do_bench's L2 flush: a memset of this size bef
 # The longest hold: a call whose host path takes longer than half of it still has part of its
 # host time counted (no provider measured comes near: Liger's slowest eager call took ~0.4 ms).
 _MAX_HOLD_US = 5000.0
-_flush_buffers: dict = {}       # GPU index -> the flush's buffer
-_cycles_per_us: dict = {}       # GPU index -> torch.cuda._sleep cycles per microsecond
 
 
 def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
@@ -95,7 +93,8 @@ def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
     fn = _cycle(calls)
     fn()
     torch.cuda.synchronize()
-    flush = _flush_buffer()
+    dev = torch.cuda.current_device()
+    flush = _flush_buffer(dev)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     t0 = time.perf_counter()
     start.record()
@@ -107,7 +106,7 @@ def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
     end.synchronize()
     estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
     hold_us = min(2 * host_us_per_call + 20, _MAX_HOLD_US)
-    hold_cycles = int(hold_us * _sleep_cycles_per_us())
+    hold_cycles = int(hold_us * _sleep_cycles_per_us(dev))
     for _ in range(max(1, int(warmup / estimate_ms))):
         fn()
     n = max(10, int(rep / (estimate_ms + hold_us * 1e-3)))
@@ -123,27 +122,24 @@ def eager_us(calls: Sequence[Call], warmup: int = 10, rep: int = 50) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e3
 
 
-def _flush_buffer() -> torch.Tensor:
-    dev = torch.cuda.current_device()
-    if dev not in _flush_buffers:
-        _flush_buffers[dev] = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    return _flush_buffers[dev]
+@functools.cache
+def _flush_buffer(dev: int) -> torch.Tensor:
+    """The flush's buffer on GPU `dev` (the current one), kept for the process."""
+    return torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
 
 
-def _sleep_cycles_per_us() -> float:
-    """torch.cuda._sleep spins for a number of clock cycles: how many take a microsecond here
-    (timed once per GPU; the hold only needs to outlast the host, not to be exact)."""
-    dev = torch.cuda.current_device()
-    if dev not in _cycles_per_us:
-        cycles = 2_000_000
-        torch.cuda._sleep(1000)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        torch.cuda._sleep(cycles)
-        end.record()
-        end.synchronize()
-        _cycles_per_us[dev] = cycles / max(start.elapsed_time(end) * 1e3, 1.0)
-    return _cycles_per_us[dev]
+@functools.cache
+def _sleep_cycles_per_us(dev: int) -> float:
+    """torch.cuda._sleep spins for a number of clock cycles: how many take a microsecond on GPU
+    `dev`, the current one (timed once; the hold only needs to outlast the host)."""
+    cycles = 2_000_000
+    torch.cuda._sleep(1000)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    return cycles / max(start.elapsed_time(end) * 1e3, 1.0)
 
 
 def host_us(calls: Sequence[Call], n: int = 300, repeats: int = 7) -> float:
@@ -212,7 +208,15 @@ def _l2_scrub_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
 
 
 _SCRUB_BLOCK = 4096
-_scrub_buffers: dict = {}       # GPU index -> (what the scrub reads, one sum per program)
+
+
+@functools.cache
+def _scrub_buffers(dev: int) -> tuple:
+    """What the scrub reads on GPU `dev` (the current one), twice its L2, and one sum a
+    program."""
+    n = 2 * l2_bytes() // 4                     # fp32 elements
+    return (torch.ones(n, device="cuda"),
+            torch.empty(triton.cdiv(n, _SCRUB_BLOCK), device="cuda"))
 
 
 def scrub_l2() -> None:
@@ -224,12 +228,7 @@ def scrub_l2() -> None:
     input evict_last (bench/RESULTS.md, "Eviction hints, and timing after an L2 flush"). A
     provider timed after another on the same inputs then reads part of them from L2. Reading
     twice the L2 with evict_last here moves that protection to a buffer no provider reads."""
-    dev = torch.cuda.current_device()
-    if dev not in _scrub_buffers:
-        n = 2 * l2_bytes() // 4                     # fp32 elements
-        _scrub_buffers[dev] = (torch.ones(n, device="cuda"),
-                               torch.empty(triton.cdiv(n, _SCRUB_BLOCK), device="cuda"))
-    src, dst = _scrub_buffers[dev]
+    src, dst = _scrub_buffers(torch.cuda.current_device())
     _l2_scrub_kernel[(dst.numel(),)](src, dst, src.numel(), BLOCK=_SCRUB_BLOCK)
 
 
