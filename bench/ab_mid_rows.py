@@ -27,7 +27,7 @@ import torch
 from rmsnorm_triton import ops
 from rmsnorm_triton import providers as P
 from rmsnorm_triton.config import (
-    MAX_SINGLE_TILE_N, LaunchConfig, heuristic_config, next_pow2, row_bucket,
+    MAX_SINGLE_TILE_N, LaunchConfig, heuristic_config, next_pow2, preload_weight, row_bucket,
 )
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets, scrub_l2
 from rmsnorm_triton.validate import check_inputs
@@ -57,10 +57,21 @@ SHAPES = ([(m, n, BF16, out) for m in (512, 1024) for n in (4096, 5120, 7168, 81
 
 
 def _norm(x, w, out_dtype, cfg, residual=None):
+    """cfg: a LaunchConfig, or (LaunchConfig, preload) to force config.preload_weight's answer
+    (its ops binding is swapped for the call: a graph captures that launch as it was made)."""
+    cfg, preload = cfg if isinstance(cfg, tuple) else (cfg, None)
+
     def call():
         p = check_inputs(x, w, residual=residual, out_dtype=out_dtype, eps=EPS,
                          fused=residual is not None)
-        return ops._launch(p, EPS, 0.0, False, False, cfg)
+        if preload is None:
+            return ops._launch(p, EPS, 0.0, False, False, cfg)
+        rule = ops.preload_weight
+        ops.preload_weight = lambda c, n_rows: preload
+        try:
+            return ops._launch(p, EPS, 0.0, False, False, cfg)
+        finally:
+            ops.preload_weight = rule
     return call
 
 
@@ -80,6 +91,14 @@ def _candidates(M, N, out_dtype):
         for warps in (4, 8, 16, 32):
             if 4 <= next_pow2(N) // (32 * warps) <= 64:     # elements a thread
                 found[f"tile w{warps}"] = LaunchConfig(1, next_pow2(N), warps, False)
+                if os.environ.get("AB_PRELOAD"):
+                    # the weight fetched the other way (config.preload_weight)
+                    tile = found[f"tile w{warps}"]
+                    found[f"tile w{warps} " + ("late" if preload_weight(tile, M) else "early")] \
+                        = (tile, not preload_weight(tile, M))
+        if next_pow2(N) <= 4096:
+            for warps in (4, 8, 16):    # two rows a program, as PACK_2048_MIN_ROWS packs them
+                found[f"2 rows w{warps}"] = LaunchConfig(2, next_pow2(N), warps, False)
     for chunk in (2048, 4096, 8192):
         if chunk <= next_pow2(N):
             for warps in (8, 16):
@@ -92,8 +111,17 @@ def _picked(argv):
         return SHAPES
     names = {BF16: "bf16", FP16: "fp16", FP32: "fp32"}
     wanted = argv[0].split(",")
-    return [s for s in SHAPES if f"{s[0]}x{s[1]}" in wanted or ":".join(
+    picked = [s for s in SHAPES if f"{s[0]}x{s[1]}" in wanted or ":".join(
         [f"{s[0]}x{s[1]}", names[s[2]], names[s[3]], *s[4:]]) in wanted]
+    dtypes = {v: k for k, v in names.items()}
+    for spec in wanted:             # rows named in full that SHAPES lacks
+        shape, *rest = spec.split(":")
+        if len(rest) >= 2:
+            M, N = map(int, shape.split("x"))
+            row = (M, N, dtypes[rest[0]], dtypes[rest[1]], *rest[2:])
+            if row not in picked:
+                picked.append(row)
+    return picked
 
 
 def main():

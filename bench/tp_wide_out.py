@@ -1,14 +1,16 @@
-"""forward_tp to an output wider than x (bf16 -> fp32) on 2+ GPUs: which route is faster.
+"""forward_tp from bf16 to an fp32 output (or a bf16 one) on 2+ GPUs: which route is faster.
 
-    python bench/tp_wide_out.py [MxN,...]
+    python bench/tp_wide_out.py [MxN[:bf16],...]
 
 x lives on cuda:0; every GPU has its own weight. Routes, each checked bit for bit against
 rms_norm on each GPU first:
   fanout      one kernel on cuda:0 writes every copy over NVLink (forced at any size)
   peer reads  each GPU's kernel reads x over NVLink and writes its copy locally
   default     what forward_tp picks (TPContext defaults)
-  tile+fanout the launch config replaced by a one-tile config through a tuned table, so that the
-              fanout applies where the heuristic loops (16-bit -> fp32 from 512 rows of 4096+)
+  tile+fanout the launch config replaced by a one-tile config through a tuned table (16 warps to
+              fp32, 8 to bf16: the heuristic's tiles before those rows looped), so that the
+              fanout takes the tile where the heuristic loops (16-bit -> fp32 from 512 rows of
+              4096+, bf16 -> bf16 at 513-1024 rows of 4097-8192)
 Columns: device time (timing.eager_us; the call ends with cuda:0 waiting for every GPU, since
 the timer's flush, hold and events are on cuda:0) / host-inclusive time a call (timing.host_us).
 """
@@ -32,11 +34,13 @@ BF16, FP32 = torch.bfloat16, torch.float32
 EPS = 1e-6
 
 
-def _tile_table(N: int, M: int) -> None:
+def _tile_table(N: int, M: int, out_dtype) -> None:
     """A tuned table whose only entry gives (N, M's bucket) one tile a row (or clears it)."""
     name = torch.cuda.get_device_name(0)
-    entries = {} if N == 0 else {config.table_key(N, config.row_bucket(M), BF16, FP32, False):
-                                 config.LaunchConfig(1, config.next_pow2(N), 16, False)}
+    warps = 16 if out_dtype == FP32 else 8
+    entries = {} if N == 0 else {config.table_key(N, config.row_bucket(M), BF16, out_dtype,
+                                                  False):
+                                 config.LaunchConfig(1, config.next_pow2(N), warps, False)}
     config.save_table(config.cache_path(name), name, entries)
 
 
@@ -51,26 +55,29 @@ def main() -> None:
     print(f"{len(devs)} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}; "
           "device / host-inclusive us a call")
     for spec in (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(","):
-        M, N = map(int, spec.split("x"))
+        shape, _, out_name = spec.partition(":")
+        M, N = map(int, shape.split("x"))
+        out_dtype = BF16 if out_name == "bf16" else FP32
         x = (0.5 + 2 * torch.randn(M, N, device=devs[0])).to(BF16)
         ws = [(1 + 0.1 * torch.randn(N, device=d)).to(BF16) for d in devs]
         cells = []
         for name, ctx in ctxs.items():
-            _tile_table(N if name == "tile+fanout" else 0, M)
-            ys = forward_tp(ctx, rt.BROADCAST_RS, x, ws, [None] * len(devs), EPS, out_dtype=FP32)
+            _tile_table(N if name == "tile+fanout" else 0, M, out_dtype)
+            ys = forward_tp(ctx, rt.BROADCAST_RS, x, ws, [None] * len(devs), EPS,
+                            out_dtype=out_dtype)
             for d, y, w in zip(devs, ys, ws):
-                if not torch.equal(y, rt.rms_norm(x.to(d), w, EPS, out_dtype=FP32)):
+                if not torch.equal(y, rt.rms_norm(x.to(d), w, EPS, out_dtype=out_dtype)):
                     raise SystemExit(f"{spec} {name}: copy on {d} differs from rms_norm")
 
             def call(ctx=ctx):
                 ys = forward_tp(ctx, rt.BROADCAST_RS, x, ws, [None] * len(devs), EPS,
-                                out_dtype=FP32)
+                                out_dtype=out_dtype)
                 join_on_first(devs)
                 return ys
             wall = host_us([call], n=200, repeats=5)
             cells.append(f"{name} {eager_us([call]):7.1f} / {wall:6.1f}")
-        _tile_table(0, M)
-        print(f"{M:>5} x {N:<5} bf16 -> fp32, x {x.numel() * 2 / 2**20:5.1f} MB: "
+        _tile_table(0, M, out_dtype)
+        print(f"{M:>5} x {N:<5} bf16 -> {str(out_dtype)[6:]}, x {x.numel() * 2 / 2**20:5.1f} MB: "
               + " | ".join(cells), flush=True)
 
 
