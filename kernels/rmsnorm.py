@@ -14,9 +14,9 @@ Features are constexpr flags, so a disabled one costs no instruction. Three ways
   wave of 512-1024 rows.
 - rmsnorm_fwd_split_kernel: SPLITS programs share a row, each holding one BLOCK_N slice in
   registers; they publish partial sums and wait for each other, so x is read once at any N.
-- rmsnorm_fwd_fanout_kernel: rmsnorm_fwd_kernel's single-tile path writing COPIES outputs, each
-  with its own weight and bias (tensor parallelism: one launch on the source GPU fills every
-  GPU's copy over peer access).
+- rmsnorm_fwd_fanout_kernel: rmsnorm_fwd_kernel's single-tile or looped path writing COPIES
+  outputs, each with its own weight and bias (tensor parallelism: one launch on the source GPU
+  fills every GPU's copy over peer access).
 """
 import triton
 import triton.language as tl
@@ -78,6 +78,18 @@ def _normalize_store(
     if ACCUMULATE:
         y = y + tl.load(y_rows + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_rows + cols, y.to(y_rows.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _copy_out(
+    y_rows, w_ptr, b_ptr, cols, col_mask, mask, h, rstd,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr,
+):
+    """One fanout copy of a looped chunk: its weight and bias fetched, then stored."""
+    w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
+    b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
+    _normalize_store(y_rows, w, b, cols, mask, h, rstd,
+                     HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
 
 
 @triton.jit
@@ -243,65 +255,105 @@ def rmsnorm_fwd_fanout_kernel(
     CLAMP_FP16: tl.constexpr,
     WEIGHT_OFFSET: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,        # next_power_of_2(N): single-tile rows only
+    BLOCK_N: tl.constexpr,        # next_power_of_2(N), or the chunk when LOOPED
+    LOOPED: tl.constexpr,
+    LOOP_N: tl.constexpr,         # as in rmsnorm_fwd_kernel
     COPIES: tl.constexpr,         # outputs used: y0 .. y{COPIES - 1}, with w and b alike
 ):
-    # The math of rmsnorm_fwd_kernel's single-tile path, line for line: with the same launch
-    # config, copy i equals rms_norm(x, w_i, bias=b_i) bit for bit.
+    # The math of rmsnorm_fwd_kernel's single-tile and looped paths, line for line: with the
+    # same launch config, copy i equals rms_norm(x, w_i, bias=b_i) bit for bit.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     row_mask = (rows < n_rows)[:, None]
     x_rows = x_ptr + rows[:, None] * stride_x_row
     y_offs = rows[:, None] * stride_y_row
     cols = tl.arange(0, BLOCK_N)[None, :]
     inv_n = 1.0 / n_cols
-    col_mask = cols < n_cols
-    mask = row_mask & col_mask
-    # Every weight in flight beside x: a peer's weight is an NVLink round trip away.
-    w0 = _load_cols(w0_ptr, cols, col_mask, HAS_WEIGHT)
-    b0 = _load_cols(b0_ptr, cols, col_mask, HAS_BIAS)
-    if COPIES > 1:
-        w1 = _load_cols(w1_ptr, cols, col_mask, HAS_WEIGHT)
-        b1 = _load_cols(b1_ptr, cols, col_mask, HAS_BIAS)
-    if COPIES > 2:
-        w2 = _load_cols(w2_ptr, cols, col_mask, HAS_WEIGHT)
-        b2 = _load_cols(b2_ptr, cols, col_mask, HAS_BIAS)
-    if COPIES > 3:
-        w3 = _load_cols(w3_ptr, cols, col_mask, HAS_WEIGHT)
-        b3 = _load_cols(b3_ptr, cols, col_mask, HAS_BIAS)
-    if COPIES > 4:
-        w4 = _load_cols(w4_ptr, cols, col_mask, HAS_WEIGHT)
-        b4 = _load_cols(b4_ptr, cols, col_mask, HAS_BIAS)
-    if COPIES > 5:
-        w5 = _load_cols(w5_ptr, cols, col_mask, HAS_WEIGHT)
-        b5 = _load_cols(b5_ptr, cols, col_mask, HAS_BIAS)
-    if COPIES > 6:
-        w6 = _load_cols(w6_ptr, cols, col_mask, HAS_WEIGHT)
-        b6 = _load_cols(b6_ptr, cols, col_mask, HAS_BIAS)
-    if COPIES > 7:
-        w7 = _load_cols(w7_ptr, cols, col_mask, HAS_WEIGHT)
-        b7 = _load_cols(b7_ptr, cols, col_mask, HAS_BIAS)
-    h = _load_h(x_rows, x_rows, cols, mask, False, False, CLAMP_FP16, "")
-    rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
-    _normalize_store(y0_ptr + y_offs, w0, b0, cols, mask, h, rstd,
-                     HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-    if COPIES > 1:
-        _normalize_store(y1_ptr + y_offs, w1, b1, cols, mask, h, rstd,
+    if LOOPED:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for start in range(0, LOOP_N, BLOCK_N):
+            mask = row_mask & (start + cols < LOOP_N)
+            h = _load_h(x_rows + start, x_rows + start, cols, mask,
+                        False, False, CLAMP_FP16, "evict_last")
+            acc += h * h
+        rstd = tl.rsqrt(tl.sum(acc, axis=1) * inv_n + eps)[:, None]
+        for start in range(0, LOOP_N, BLOCK_N):
+            col_mask = start + cols < LOOP_N
+            mask = row_mask & col_mask
+            h = _load_h(x_rows + start, x_rows + start, cols, mask,
+                        False, False, CLAMP_FP16, "evict_first")
+            y_chunk = y_offs + start
+            _copy_out(y0_ptr + y_chunk, w0_ptr + start, b0_ptr + start, cols, col_mask, mask,
+                      h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+            if COPIES > 1:
+                _copy_out(y1_ptr + y_chunk, w1_ptr + start, b1_ptr + start, cols, col_mask,
+                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+            if COPIES > 2:
+                _copy_out(y2_ptr + y_chunk, w2_ptr + start, b2_ptr + start, cols, col_mask,
+                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+            if COPIES > 3:
+                _copy_out(y3_ptr + y_chunk, w3_ptr + start, b3_ptr + start, cols, col_mask,
+                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+            if COPIES > 4:
+                _copy_out(y4_ptr + y_chunk, w4_ptr + start, b4_ptr + start, cols, col_mask,
+                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+            if COPIES > 5:
+                _copy_out(y5_ptr + y_chunk, w5_ptr + start, b5_ptr + start, cols, col_mask,
+                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+            if COPIES > 6:
+                _copy_out(y6_ptr + y_chunk, w6_ptr + start, b6_ptr + start, cols, col_mask,
+                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+            if COPIES > 7:
+                _copy_out(y7_ptr + y_chunk, w7_ptr + start, b7_ptr + start, cols, col_mask,
+                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+    else:
+        col_mask = cols < n_cols
+        mask = row_mask & col_mask
+        # Every weight in flight beside x: a peer's weight is an NVLink round trip away.
+        w0 = _load_cols(w0_ptr, cols, col_mask, HAS_WEIGHT)
+        b0 = _load_cols(b0_ptr, cols, col_mask, HAS_BIAS)
+        if COPIES > 1:
+            w1 = _load_cols(w1_ptr, cols, col_mask, HAS_WEIGHT)
+            b1 = _load_cols(b1_ptr, cols, col_mask, HAS_BIAS)
+        if COPIES > 2:
+            w2 = _load_cols(w2_ptr, cols, col_mask, HAS_WEIGHT)
+            b2 = _load_cols(b2_ptr, cols, col_mask, HAS_BIAS)
+        if COPIES > 3:
+            w3 = _load_cols(w3_ptr, cols, col_mask, HAS_WEIGHT)
+            b3 = _load_cols(b3_ptr, cols, col_mask, HAS_BIAS)
+        if COPIES > 4:
+            w4 = _load_cols(w4_ptr, cols, col_mask, HAS_WEIGHT)
+            b4 = _load_cols(b4_ptr, cols, col_mask, HAS_BIAS)
+        if COPIES > 5:
+            w5 = _load_cols(w5_ptr, cols, col_mask, HAS_WEIGHT)
+            b5 = _load_cols(b5_ptr, cols, col_mask, HAS_BIAS)
+        if COPIES > 6:
+            w6 = _load_cols(w6_ptr, cols, col_mask, HAS_WEIGHT)
+            b6 = _load_cols(b6_ptr, cols, col_mask, HAS_BIAS)
+        if COPIES > 7:
+            w7 = _load_cols(w7_ptr, cols, col_mask, HAS_WEIGHT)
+            b7 = _load_cols(b7_ptr, cols, col_mask, HAS_BIAS)
+        h = _load_h(x_rows, x_rows, cols, mask, False, False, CLAMP_FP16, "")
+        rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
+        _normalize_store(y0_ptr + y_offs, w0, b0, cols, mask, h, rstd,
                          HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-    if COPIES > 2:
-        _normalize_store(y2_ptr + y_offs, w2, b2, cols, mask, h, rstd,
-                         HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-    if COPIES > 3:
-        _normalize_store(y3_ptr + y_offs, w3, b3, cols, mask, h, rstd,
-                         HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-    if COPIES > 4:
-        _normalize_store(y4_ptr + y_offs, w4, b4, cols, mask, h, rstd,
-                         HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-    if COPIES > 5:
-        _normalize_store(y5_ptr + y_offs, w5, b5, cols, mask, h, rstd,
-                         HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-    if COPIES > 6:
-        _normalize_store(y6_ptr + y_offs, w6, b6, cols, mask, h, rstd,
-                         HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-    if COPIES > 7:
-        _normalize_store(y7_ptr + y_offs, w7, b7, cols, mask, h, rstd,
-                         HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+        if COPIES > 1:
+            _normalize_store(y1_ptr + y_offs, w1, b1, cols, mask, h, rstd,
+                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+        if COPIES > 2:
+            _normalize_store(y2_ptr + y_offs, w2, b2, cols, mask, h, rstd,
+                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+        if COPIES > 3:
+            _normalize_store(y3_ptr + y_offs, w3, b3, cols, mask, h, rstd,
+                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+        if COPIES > 4:
+            _normalize_store(y4_ptr + y_offs, w4, b4, cols, mask, h, rstd,
+                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+        if COPIES > 5:
+            _normalize_store(y5_ptr + y_offs, w5, b5, cols, mask, h, rstd,
+                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+        if COPIES > 6:
+            _normalize_store(y6_ptr + y_offs, w6, b6, cols, mask, h, rstd,
+                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+        if COPIES > 7:
+            _normalize_store(y7_ptr + y_offs, w7, b7, cols, mask, h, rstd,
+                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)

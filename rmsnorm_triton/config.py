@@ -64,8 +64,17 @@ LOOP_CHUNK_N_WIDE = 16384
 # rerun with a rotation long enough that no evict_last line outlives it kept the same lead.
 # 2048-wide rows lost (0.86-0.97x) and keep tiles (bench/RESULTS.md, "An eager timer that holds
 # the GPU"; an earlier, unscrubbed A/B had favoured 16-warp tiles from 2048 rows).
+# In the 1024-row bucket (513-1024 rows) rows of 16-bit x to a 16-bit output loop from past 16 KB
+# a row (4097-8192 elements) too, on 8 warps: against the 8192-wide tile, eager after an L2 flush
+# / in a graph, 1024 x 5120 1.12x / 1.05x, 6144 1.14x / 1.08x, 7168 1.10x / 1.05x, 8192 1.12x /
+# 1.09x, 600 x 5120-8192 1.05-1.11x, fp16 alike (16 warps lost, 0.97-1.03x). 512 rows and
+# 12288-16384 keep their configs (0.94-0.98x), and 2048 rows gained only 1-4%. The fused add of
+# a 16-bit residual follows, as it must to stay equal to the norm: 1024 x 5120 1.03x, 8192 0.96x
+# / 0.98x (bench/RESULTS.md, "The 1024-row bucket loops on 8 warps").
 LOOP_MID_ROW_BYTES = 40960
 LOOP_MID_ROW_BYTES_4BYTE_OUT = 24576
+LOOP_1K_ROW_BYTES = (16384, 32768)      # (exclusive, inclusive): bytes moved a row
+LOOP_1K_WARPS = 8
 LOOP_MID_ROWS = (512, 1024)
 LOOP_MID_MAX_N = 16384
 LOOP_4BYTE_OUT_MAX_N = 8192
@@ -145,13 +154,17 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     if out_itemsize >= 4:
         loop = row_bytes >= LOOP_MID_ROW_BYTES_4BYTE_OUT and n_rows >= LOOP_MID_ROWS[0] and (
             n_rows <= LOOP_MID_ROWS[1] or block_n <= LOOP_4BYTE_OUT_MAX_N)
+        loop_1k = False
     else:
         loop = row_bytes >= LOOP_MID_ROW_BYTES and LOOP_MID_ROWS[0] <= n_rows <= LOOP_MID_ROWS[1]
-    if x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and loop:
+        loop_1k = n_rows == LOOP_MID_ROWS[1] and \
+            LOOP_1K_ROW_BYTES[0] < row_bytes <= LOOP_1K_ROW_BYTES[1]
+    if x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and (loop or loop_1k):
         # A whole wide row a program holds registers that several looping programs share, and
         # the second read comes from L2 (evict_last on the first).
         chunk = 1 << ((LOOP_CHUNK_BYTES // (x_itemsize + out_itemsize)).bit_length() - 1)
-        return LaunchConfig(block_m=1, block_n=chunk, num_warps=16, looped=True)
+        return LaunchConfig(block_m=1, block_n=chunk, num_warps=LOOP_1K_WARPS if loop_1k else 16,
+                            looped=True)
     block_m = 1
     min_tile = MIN_TILE_ELEMS * (2 if block_n <= 256 else 1)
     while block_m * block_n < min_tile and block_m < MAX_BLOCK_M and block_m < n_rows and \

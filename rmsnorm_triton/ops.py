@@ -119,9 +119,10 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     Raises what rms_norm raises for bad arguments. None where this form has no fanout launch
     (the caller normalizes per device instead): more than MAX_FANOUT devices, an x or weight
     the kernel cannot address as it is, GPUs of different models (the kernel is compiled for
-    x's), or a launch config that is not one tile per row or that differs between the devices
-    (copy i must equal device i's own rms_norm). The answer depends on the call's signature
-    only; gradients are the caller's to refuse (the kernel is forward-only).
+    x's), a split-row config, a looped one to a wider output, or a config that differs
+    between the devices (copy i must equal device i's own rms_norm). The answer depends on
+    the call's signature only; gradients are the caller's to refuse (the kernel is
+    forward-only).
     """
     if not 1 <= len(devices) <= MAX_FANOUT:
         return None
@@ -146,7 +147,11 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     cfgs = {pick_config(n_cols, row_bucket(n_rows), x.dtype, out_dtype, False, i)
             for i in indices}
     cfg = cfgs.pop()
-    if cfgs or cfg.splits > 1 or cfg.looped:
+    # A looped config to a wider output (16-bit -> fp32 from 512 rows of 4096+) reads x in
+    # place on every GPU instead: those reads beat a fanout, which pushes the 4-byte outputs
+    # over NVLink (bench/RESULTS.md, "To an fp32 output").
+    wider_out = out_dtype.itemsize > x.dtype.itemsize
+    if cfgs or cfg.splits > 1 or cfg.looped and wider_out:
         return None
     has_w, has_b = weights[0] is not None, biases[0] is not None
     if any((w is not None) != has_w for w in weights) or \
@@ -155,7 +160,8 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     flags = (("HAS_WEIGHT", has_w), ("HAS_BIAS", has_b),
              ("CLAMP_FP16", bool(clamp_fp16_input) and x.dtype == torch.float16),
              ("WEIGHT_OFFSET", float(weight_offset) + 0.0),     # as _launch: -0.0 is 0.0
-             ("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("COPIES", len(devices)))
+             ("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("LOOPED", cfg.looped),
+             ("LOOP_N", n_cols if cfg.looped else 0), ("COPIES", len(devices)))
     scalars = (n_rows, n_cols, x2d.stride(0), n_cols, float(eps))
     return plans.FanoutPlan(x, devices, out_dtype, _launch_fanout, -(-n_rows // cfg.block_m),
                             scalars, flags, cfg.num_warps, MAX_FANOUT, has_w, has_b)

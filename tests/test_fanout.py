@@ -6,6 +6,7 @@ import torch
 import rmsnorm_triton as rt
 from helpers import assert_close, rand_w, rand_x, rmsnorm_ref
 from rmsnorm_triton import parallel, plans
+from rmsnorm_triton.config import pick_config, row_bucket
 from rmsnorm_triton.ops import MAX_FANOUT, fanout_plan
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
@@ -42,6 +43,45 @@ def test_every_copy_equals_its_own_rms_norm(copies, x_dtype, out_dtype, shape):
         assert_close(y, rmsnorm_ref(x, w, EPS, weight_offset=1.0, bias=b))
         torch.testing.assert_close(y, rt.rms_norm(x, w, EPS, bias=b, out_dtype=out_dtype,
                                                   weight_offset=1.0), rtol=0, atol=0)
+
+
+# Rows whose launch config loops: long rows in the interpreter; 513-1024 rows of 4097-8192
+# 16-bit elements on a GPU (config.LOOP_1K_ROW_BYTES), and 16-bit -> fp32 from 512 rows of 4096.
+LOOPED_SHAPE = (3, 40000) if DEV.type == "cpu" else (600, 5120)
+LOOPED_WIDER_SHAPE = (3, 40000) if DEV.type == "cpu" else (1024, 4096)
+
+
+def _config(shape, x_dtype, out_dtype):
+    return pick_config(shape[-1], row_bucket(shape[0]), x_dtype, out_dtype, False,
+                       DEV.index if DEV.type == "cuda" else -1)
+
+
+@pytest.mark.parametrize("copies", [2, MAX_FANOUT])
+@pytest.mark.parametrize("x_dtype", [BF16, FP16], ids=["bf16", "fp16"])
+def test_looped_config_copies_equal_rms_norm(copies, x_dtype):
+    """A looped config takes the fanout's looped path: copy i equals rms_norm bit for bit."""
+    assert _config(LOOPED_SHAPE, x_dtype, x_dtype).looped
+    torch.manual_seed(copies)
+    n = LOOPED_SHAPE[-1]
+    x = rand_x(LOOPED_SHAPE, x_dtype, DEV)
+    if x_dtype == FP16:
+        x[0, 7] = float("inf")          # clamped to 65504 in both passes over the row
+    ws = [rand_w(n, x_dtype, DEV, gemma=True) for _ in range(copies)]
+    bs = [rand_w(n, FP32, DEV) for _ in range(copies)]
+    kw = dict(weight_offset=1.0, clamp_fp16_input=True)
+    outs = _run(x, ws, bs, **kw)
+    for w, b, y in zip(ws, bs, outs):
+        assert_close(y, rmsnorm_ref(x, w, EPS, weight_offset=1.0, bias=b, clamp=True))
+        torch.testing.assert_close(y, rt.rms_norm(x, w, EPS, bias=b, **kw), rtol=0, atol=0)
+
+
+def test_looped_config_to_a_wider_output_has_no_fanout():
+    """Its peers read x in place instead (ops.fanout_plan says why)."""
+    assert _config(LOOPED_WIDER_SHAPE, BF16, FP32).looped
+    x = rand_x(LOOPED_WIDER_SHAPE, BF16, DEV)
+    ws = [rand_w(x.shape[-1], BF16, DEV) for _ in range(2)]
+    assert fanout_plan(x, [DEV] * 2, ws, [None, None], EPS, out_dtype=FP32) is None
+    assert fanout_plan(x, [DEV] * 2, ws, [None, None], EPS) is not None
 
 
 def test_no_weight_row_strided_x_and_clamp():
