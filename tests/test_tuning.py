@@ -342,13 +342,16 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((4096, 256, 2, True, 4), _cfg(1, 4096, 8)),
     ((8192, 4096, 2), _cfg(1, 8192, 8)),
     ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),     # fp32 x: 8 elements a thread anyway
-    # 16-bit out in the 1024-row bucket past 16 KB a row, up to 32 KB: 4096-element chunks
-    # on 8 warps; 512 rows, 2048 rows and 4096 columns keep one tile.
+    # 16-bit out in the 1024-row bucket past 16 KB a row, up to 24 KB: 4096-element chunks
+    # on 8 warps; 512 rows, 2048 rows, 4096 and 6145+ columns keep one tile.
     ((5120, 1024, 2), _cfg(1, 4096, 8, looped=True)),
-    ((8192, 1024, 2), _cfg(1, 4096, 8, looped=True)),
+    ((6144, 1024, 2), _cfg(1, 4096, 8, looped=True)),
     ((4097, 1024, 2), _cfg(1, 4096, 8, looped=True)),
+    ((6145, 1024, 2), _cfg(1, 8192, 8)),
+    ((8192, 1024, 2), _cfg(1, 8192, 8)),
+    ((5120, 512, 2), _cfg(1, 8192, 8)),
+    ((5120, 2048, 2), _cfg(1, 8192, 8)),
     ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
-    ((8192, 2048, 2), _cfg(1, 8192, 8)),
     ((16384, 512, 4, True, 4), _cfg(1, 16384, 16)),     # fp32 x: not measured, tiles kept
     # 32 elements a thread from 8K: 5120 and 8192 take 8 warps, 4096 keeps 8.
     ((5120, 4096, 2), _cfg(1, 8192, 8)),
