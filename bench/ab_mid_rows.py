@@ -3,7 +3,8 @@
     python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds] [graph|eager] [cold]
 
 Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, 1024x16384:bf16:bf16:add for the fused
-add of a bf16 residual, or 512x4096 for every row of that shape), how many interleaved rounds to
+add of a bf16 residual, or 512x4096 for every row of that shape; a row named in full that SHAPES
+lacks is timed too), how many interleaved rounds to
 time (default 1; with more, each config's median is shown) and the timer: a CUDA graph of
 rotating inputs and outputs (default), or the eager timer (`timing.eager_us`), which flushes L2
 before every call. Fused-add rows also time Liger-Kernel's fused add where it imports. `cold`
@@ -11,7 +12,8 @@ sizes the rotation by the bytes read (x, and the residual) instead of all bytes 
 inputs alone then span twice the L2, so that inputs loaded `evict_last` (the looped path's first
 pass, torch.compile's looped reductions) cannot still be in L2 when their set comes round again.
 AB_ONLY="loop2048 w16,tile w16" (names as printed) times only those configs, the heuristic's
-pick and torch.compile.
+pick and torch.compile. AB_PRELOAD=1 adds each tile with the weight fetched the other way
+("tile w8 late": after the reduction, where config.preload_weight fetches it first).
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same

@@ -66,11 +66,12 @@ LOOP_CHUNK_N_WIDE = 16384
 # the GPU"; an earlier, unscrubbed A/B had favoured 16-warp tiles from 2048 rows).
 # In the 1024-row bucket (513-1024 rows) rows of 16-bit x to a 16-bit output loop from past 16 KB
 # a row up to 24 KB (4097-6144 elements), on 8 warps: against the 8192-wide tile, eager after an
-# L2 flush / in a graph, 1024 x 5120 1.09x / 1.06x, 6144 1.14x / 1.08x, 600 x 5120 1.12x /
-# 1.05x, fp16 alike (16 warps lost). The fused add of a 16-bit residual follows, as it must to
-# equal the norm: 1024 x 5120 1.02x / 1.03x. 7168-8192 columns would give the norm 1.07-1.10x
-# but the fused add 0.95-0.97x, whose tile keeps them; 512 rows, 2048 rows (1-4%) and
-# 12288-16384 columns keep their configs (bench/RESULTS.md, "The 1024-row bucket loops").
+# L2 flush / in a graph, 1024 x 5120 1.12x / 1.05x, 6144 1.14x / 1.08x, 600 x 5120 1.11x /
+# 1.02x, fp16 alike (16 warps did worse). The fused add of a 16-bit residual follows, as it must
+# to equal the norm: 1024 x 5120 1.03x / 1.03x. 7168-8192 columns would give the norm 1.10x
+# / 1.05-1.09x but the fused add 0.96x / 0.98x, so the tile keeps them; 512 rows, 2048 rows
+# (1-4%) and 12288-16384 columns keep their configs (bench/RESULTS.md, "The 1024-row bucket
+# loops").
 LOOP_MID_ROW_BYTES = 40960
 LOOP_MID_ROW_BYTES_4BYTE_OUT = 24576
 LOOP_1K_ROW_BYTES = (16384, 24576)      # (exclusive, inclusive): bytes moved a row
