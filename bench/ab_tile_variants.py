@@ -1,0 +1,119 @@
+"""What in the single-tile kernel costs time: column masks, 64-bit row offsets, weight order.
+
+    python bench/ab_tile_variants.py [M1xN1,...] [rounds]
+
+torch.compile's kernel for the 16-bit norm at 512 x 8192 (one row a program, 16 warps, no masks,
+32-bit offsets, `bench/inductor_choice.py`) beats the package's 8192-wide tile on 16 warps by
+about 15% after an L2 flush. A stripped copy of rmsnorm_fwd_kernel's single-tile path (x, weight,
+output; bf16 in and out) is timed with one change at a time:
+  base       as the package: mask on the runtime n_cols, int64 row offsets, weight fetched first
+  const-mask the mask on n_cols as a constexpr (a kernel per hidden size)
+  no-mask    no mask at all (only where N is the tile width)
+  int32      32-bit row offsets
+  late-w     the weight fetched after the reduction
+each on 8 and 16 warps, next to torch.compile and the package's own rms_norm. Eager (L2 flushed,
+`timing.eager_us`) and CUDA-graph timings, inputs and outputs rotating, medians of interleaved
+rounds; each variant is checked against fp32 math first.
+"""
+import statistics
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+import rmsnorm_triton as rt
+from rmsnorm_triton import providers as P
+from rmsnorm_triton.timing import eager_us, graph_us, n_sets, scrub_l2
+
+SHAPES = "512x8192,512x7168,4096x8192,4096x5120,64x8192"
+EPS = 1e-6
+VARIANTS = {"base": dict(MASK=1, IDX64=True, EARLY_W=True),
+            "const-mask": dict(MASK=2, IDX64=True, EARLY_W=True),
+            "no-mask": dict(MASK=0, IDX64=True, EARLY_W=True),
+            "int32": dict(MASK=1, IDX64=False, EARLY_W=True),
+            "late-w": dict(MASK=1, IDX64=True, EARLY_W=False)}
+
+
+@triton.jit
+def _tile(x_ptr, w_ptr, y_ptr, n_cols, stride, eps, N: tl.constexpr, BLOCK_N: tl.constexpr,
+          MASK: tl.constexpr, IDX64: tl.constexpr, EARLY_W: tl.constexpr):
+    if IDX64:
+        row = tl.program_id(0).to(tl.int64)
+    else:
+        row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    x_row = x_ptr + row * stride
+    y_row = y_ptr + row * stride
+    if MASK == 1:
+        m = cols < n_cols
+    else:
+        m = cols < N     # MASK == 0: N is the tile width, the loads below take no mask
+    if EARLY_W:
+        w = _load(w_ptr + cols, m, MASK)
+    h = _load(x_row + cols, m, MASK).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(h * h, axis=1) * (1.0 / n_cols) + eps)[:, None]
+    if not EARLY_W:
+        w = _load(w_ptr + cols, m, MASK)
+    y = (h * rstd * w.to(tl.float32)).to(y_row.dtype.element_ty)
+    if MASK == 0:
+        tl.store(y_row + cols, y)
+    else:
+        tl.store(y_row + cols, y, mask=m)
+
+
+@triton.jit
+def _load(ptrs, m, MASK: tl.constexpr):
+    if MASK == 0:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=m, other=0.0)
+
+
+def _variant(x, w, warps, flags):
+    M, N = x.shape
+
+    def call():
+        y = torch.empty_like(x)
+        _tile[(M,)](x, w, y, N, N, EPS, N=N, BLOCK_N=triton.next_power_of_2(N),
+                    num_warps=warps, **flags)
+        return y
+    return call
+
+
+def main():
+    P.prepare_compile()
+    compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    for spec in (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(","):
+        M, N = map(int, spec.split("x"))
+        xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(torch.bfloat16)
+              for _ in range(n_sets(4 * M * N))]
+        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(torch.bfloat16)
+        want = P._rms_norm_fp32(xs[0], w, EPS, torch.bfloat16).float()
+        calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, torch.bfloat16) for x in xs],
+                 "rms_norm": [lambda x=x: rt.rms_norm(x, w, EPS) for x in xs]}
+        for name, flags in VARIANTS.items():
+            if name == "no-mask" and triton.next_power_of_2(N) != N:
+                continue
+            for warps in (8, 16):
+                got = _variant(xs[0], w, warps, flags)().float()
+                torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+                calls[f"{name} w{warps}"] = [_variant(x, w, warps, flags) for x in xs]
+        for timer in (eager_us, graph_us):
+            samples = {name: [] for name in calls}
+            names = list(calls)
+            for r in range(rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    scrub_l2()
+                    samples[name].append(timer(calls[name]))
+            times = {name: statistics.median(v) for name, v in samples.items()}
+            print(f"{M}x{N} bf16, {timer.__name__}, medians of {rounds} rounds, {len(xs)} sets")
+            ref = times["torch.compile"]
+            for name, us in sorted(times.items(), key=lambda kv: kv[1]):
+                print(f"   {name:16s} {us:7.2f} us  compile/this {ref / us:5.3f}")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
