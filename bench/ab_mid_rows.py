@@ -119,6 +119,9 @@ def _picked(argv):
     for spec in wanted:             # rows named in full that SHAPES lacks
         shape, *rest = spec.split(":")
         if len(rest) >= 2:
+            if not (set(rest[:2]) <= set(dtypes) and rest[2:] in ([], ["add"])):
+                raise SystemExit(f"not a row: {spec!r} (MxN:x:out[:add], x and out in "
+                                 f"{sorted(dtypes)})")
             M, N = map(int, shape.split("x"))
             row = (M, N, dtypes[rest[0]], dtypes[rest[1]], *rest[2:])
             if row not in picked:

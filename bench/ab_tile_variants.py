@@ -48,7 +48,7 @@ def _tile(x_ptr, w_ptr, y_ptr, n_cols, stride, eps, N: tl.constexpr, BLOCK_N: tl
     if MASK == 1:
         m = cols < n_cols
     else:
-        m = cols < N     # MASK == 0: N is the tile width, the loads below take no mask
+        m = cols < N     # MASK == 0 uses no mask: N is then the tile width
     if EARLY_W:
         w = _load(w_ptr + cols, m, MASK)
     h = _load(x_row + cols, m, MASK).to(tl.float32)

@@ -5,16 +5,17 @@
 Any route that returns new outputs, one per GPU, ordered on each GPU's current stream, does at
 least this much on the host: allocate every output on its device, make x's stream wait for each
 peer's stream (the peer's new block may still be read by its earlier work), launch one kernel,
-and make each peer's stream wait for that kernel. `floor` does exactly that with torch's own
-calls and an empty Triton kernel launched through the package's direct launcher (no row work,
-no checks, no route decisions); its parts are timed alone too. Rows, wall time per call of
+and make each peer's stream wait for that kernel: per peer, a record and a wait each way (with
+2 GPUs, four event operations). `floor` does exactly that with torch's own calls and an empty
+Triton kernel launched through the package's direct launcher (no row work, no checks, no route
+decisions); its parts are timed alone too. Rows, wall time per call of
 back-to-back calls (`timing.host_us`), median over interleaved rounds (this host's speed drifts
 between loops a second apart):
 
   forward_tp        the default context, x (bf16) on cuda:0, N = 8192
   floor             allocations + four event operations + one empty launch
   floor: allocs     the outputs' allocations alone (new_empty on each device's weight)
-  floor: events     the two records and two waits alone
+  floor: events     the records and waits alone
   floor: launch     the empty launch alone
   rms_norm          one local rms_norm on cuda:0 (for scale)
   naive loop        rms_norm(x.to(gpu)) per GPU (the issue's "naive Python loop of P2P copies")

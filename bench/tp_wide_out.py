@@ -4,13 +4,15 @@
 
 x lives on cuda:0; every GPU has its own weight. Routes, each checked bit for bit against
 rms_norm on each GPU first:
-  fanout      one kernel on cuda:0 writes every copy over NVLink (forced at any size)
+  fanout      one kernel on cuda:0 writes every copy over NVLink (forced at any size), where the
+              config has a fanout form; a looped config to fp32 has none, and the cell then
+              times peer reads (marked "fanout*")
   peer reads  each GPU's kernel reads x over NVLink and writes its copy locally
   default     what forward_tp picks (TPContext defaults)
   tile+fanout the launch config replaced by a one-tile config through a tuned table (16 warps to
-              fp32, 8 to bf16: the heuristic's tiles before those rows looped), so that the
-              fanout takes the tile where the heuristic loops (16-bit -> fp32 from 512 rows of
-              4096+, bf16 -> bf16 at 513-1024 rows of 4097-8192)
+              fp32, 8 to bf16), so that the fanout takes a tile where the heuristic loops
+              (16-bit -> fp32 from 512 rows of 4096+, bf16 -> bf16 at 513-1024 rows of
+              4097-6144)
 Columns: device time (timing.eager_us; the call ends with cuda:0 waiting for every GPU, since
 the timer's flush, hold and events are on cuda:0) / host-inclusive time a call (timing.host_us).
 """
@@ -25,6 +27,7 @@ import torch  # noqa: E402
 
 import rmsnorm_triton as rt  # noqa: E402
 from rmsnorm_triton import config  # noqa: E402
+from rmsnorm_triton.ops import fanout_plan  # noqa: E402
 from rmsnorm_triton.parallel import TPContext, forward_tp  # noqa: E402
 from rmsnorm_triton.timing import eager_us, host_us  # noqa: E402
 from bench_tp import join_on_first  # noqa: E402
@@ -57,6 +60,8 @@ def main() -> None:
     for spec in (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(","):
         shape, _, out_name = spec.partition(":")
         M, N = map(int, shape.split("x"))
+        if out_name not in ("", "fp32", "bf16"):
+            raise SystemExit(f"{spec}: the output is fp32 (default) or bf16")
         out_dtype = BF16 if out_name == "bf16" else FP32
         x = (0.5 + 2 * torch.randn(M, N, device=devs[0])).to(BF16)
         ws = [(1 + 0.1 * torch.randn(N, device=d)).to(BF16) for d in devs]
@@ -75,6 +80,9 @@ def main() -> None:
                 join_on_first(devs)
                 return ys
             wall = host_us([call], n=200, repeats=5)
+            if name == "fanout" and fanout_plan(x, devs, ws, [None] * len(devs), EPS,
+                                                out_dtype=out_dtype) is None:
+                name += "*"
             cells.append(f"{name} {eager_us([call]):7.1f} / {wall:6.1f}")
         _tile_table(0, M, out_dtype)
         print(f"{M:>5} x {N:<5} bf16 -> {str(out_dtype)[6:]}, x {x.numel() * 2 / 2**20:5.1f} MB: "

@@ -501,7 +501,8 @@ def _norm_reading_source(ctx, x, devices, weights, biases, eps, *, out_dtype, we
 def _fanout_plan_for(ctx, x, devices, weights, biases, eps, *, out_dtype, weight_offset,
                      clamp_fp16_input):
     """The fanout plan for this call (made on first use), or None where that launch does not
-    apply (more GPUs than the kernel has outputs for, long rows, gradients, ...)."""
+    apply (more GPUs than the kernel has outputs for, split rows, a looped config to a wider
+    output, gradients, ...)."""
     n = len(devices)
     ws, bs = _per_device(weights, n, "weights"), _per_device(biases, n, "biases")
     key = plans.fanout_key(x, devices, ws, bs, eps, weight_offset, out_dtype, clamp_fp16_input)

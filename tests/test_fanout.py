@@ -45,10 +45,13 @@ def test_every_copy_equals_its_own_rms_norm(copies, x_dtype, out_dtype, shape):
                                                   weight_offset=1.0), rtol=0, atol=0)
 
 
-# Rows whose launch config loops: long rows in the interpreter; 513-1024 rows of 4097-8192
-# 16-bit elements on a GPU (config.LOOP_1K_ROW_BYTES), and 16-bit -> fp32 from 512 rows of 4096.
-LOOPED_SHAPE = (3, 40000) if DEV.type == "cpu" else (600, 5120)
-LOOPED_WIDER_SHAPE = (3, 40000) if DEV.type == "cpu" else (1024, 4096)
+# Rows whose launch config loops: long rows in the interpreter; on a GPU 513-1024 rows of
+# 4097-6144 16-bit elements (config.LOOP_1K_ROW_BYTES), 16-bit -> fp32 from 512 rows of 4096,
+# and 4-byte x from 32K columns past 512 rows.
+ON_CPU = DEV.type == "cpu"
+LOOPED_SHAPE = (3, 40000) if ON_CPU else (600, 5120)
+LOOPED_4BYTE_SHAPE = (3, 40000) if ON_CPU else (1024, 32768)
+LOOPED_WIDER_SHAPE = (3, 40000) if ON_CPU else (1024, 4096)
 
 
 def _config(shape, x_dtype, out_dtype):
@@ -56,21 +59,27 @@ def _config(shape, x_dtype, out_dtype):
                        DEV.index if DEV.type == "cuda" else -1)
 
 
-@pytest.mark.parametrize("copies", [2, MAX_FANOUT])
-@pytest.mark.parametrize("x_dtype", [BF16, FP16], ids=["bf16", "fp16"])
-def test_looped_config_copies_equal_rms_norm(copies, x_dtype):
+@pytest.mark.parametrize("x_dtype,out_dtype,copies,has_w,has_b", [
+    (BF16, BF16, 2, True, True),
+    (FP16, FP16, MAX_FANOUT, True, True),
+    (BF16, BF16, 3, False, True),
+    (FP32, BF16, 1, True, False),           # a narrower output: the fanout applies
+], ids=["bf16", "fp16-8-copies", "bf16-bias-only", "fp32-to-bf16"])
+def test_looped_config_copies_equal_rms_norm(x_dtype, out_dtype, copies, has_w, has_b):
     """A looped config takes the fanout's looped path: copy i equals rms_norm bit for bit."""
-    assert _config(LOOPED_SHAPE, x_dtype, x_dtype).looped
+    shape = LOOPED_4BYTE_SHAPE if x_dtype == FP32 else LOOPED_SHAPE
+    assert _config(shape, x_dtype, out_dtype).looped
     torch.manual_seed(copies)
-    n = LOOPED_SHAPE[-1]
-    x = rand_x(LOOPED_SHAPE, x_dtype, DEV)
+    n = shape[-1]
+    x = rand_x(shape, x_dtype, DEV)
     if x_dtype == FP16:
         x[0, 7] = float("inf")          # clamped to 65504 in both passes over the row
-    ws = [rand_w(n, x_dtype, DEV, gemma=True) for _ in range(copies)]
-    bs = [rand_w(n, FP32, DEV) for _ in range(copies)]
-    kw = dict(weight_offset=1.0, clamp_fp16_input=True)
+    ws = [rand_w(n, x_dtype, DEV, gemma=True) if has_w else None for _ in range(copies)]
+    bs = [rand_w(n, FP32, DEV) if has_b else None for _ in range(copies)]
+    kw = dict(out_dtype=out_dtype, weight_offset=1.0, clamp_fp16_input=True)
     outs = _run(x, ws, bs, **kw)
     for w, b, y in zip(ws, bs, outs):
+        assert y.dtype == out_dtype
         assert_close(y, rmsnorm_ref(x, w, EPS, weight_offset=1.0, bias=b, clamp=True))
         torch.testing.assert_close(y, rt.rms_norm(x, w, EPS, bias=b, **kw), rtol=0, atol=0)
 
