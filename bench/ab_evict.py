@@ -33,6 +33,7 @@ from rmsnorm_triton import providers as P
 from rmsnorm_triton.launcher import CachedLauncher
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets, scrub_l2
 from rmsnorm_triton.validate import check_inputs
+from bench_utils import interleaved_medians
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EPS = 1e-6
@@ -131,13 +132,7 @@ def main():
     for spec in specs:
         calls = _calls(*_parse(spec), launchers, compiled)
         for timer in (eager_us, graph_us):
-            samples = {name: [] for name in calls}
-            names = list(calls)
-            for r in range(rounds):
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    scrub_l2()
-                    samples[name].append(timer(calls[name]))
-            med = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+            med = interleaved_medians(calls, timer, rounds)
             line = "  ".join(f"{name} {us:.2f} ({med['shipped'] / us:.3f}x)"
                              for name, us in med.items())
             print(f"{spec} {timer.__name__}: {line}")

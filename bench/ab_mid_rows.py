@@ -31,8 +31,9 @@ from rmsnorm_triton import providers as P
 from rmsnorm_triton.config import (
     MAX_SINGLE_TILE_N, LaunchConfig, heuristic_config, next_pow2, preload_weight, row_bucket,
 )
-from rmsnorm_triton.timing import eager_us, graph_us, n_sets, scrub_l2
+from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from rmsnorm_triton.validate import check_inputs
+from bench_utils import interleaved_medians
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 EPS = 1e-6
@@ -165,14 +166,7 @@ def main():
             got = _norm(xs[0], w, out_dtype, cfg, r)().float()
             torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
             calls[name] = [_norm(x, w, out_dtype, cfg, r) for x, r in zip(xs, rs)]
-        samples = {name: [] for name in calls}
-        names = list(calls)
-        for r in range(rounds):
-            # Each round starts at the next config: none always runs in one place of a round.
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                scrub_l2()      # no config reads inputs left protected in L2 by another
-                samples[name].append(timer(calls[name]))
-        times = {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+        times = interleaved_medians(calls, timer, rounds)
         print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}{' fused add' if add else ''}"
               f" heuristic={heur}"
               + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else "")

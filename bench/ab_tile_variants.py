@@ -15,7 +15,6 @@ each on 8 and 16 warps, next to torch.compile and the package's own rms_norm. Ea
 `timing.eager_us`) and CUDA-graph timings, inputs and outputs rotating, medians of interleaved
 rounds; each variant is checked against fp32 math first.
 """
-import statistics
 import sys
 
 import torch
@@ -24,7 +23,8 @@ import triton.language as tl
 
 import rmsnorm_triton as rt
 from rmsnorm_triton import providers as P
-from rmsnorm_triton.timing import eager_us, graph_us, n_sets, scrub_l2
+from rmsnorm_triton.timing import eager_us, graph_us, n_sets
+from bench_utils import interleaved_medians
 
 SHAPES = "512x8192,512x7168,4096x8192,4096x5120,64x8192"
 EPS = 1e-6
@@ -101,13 +101,7 @@ def main():
                 torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
                 calls[f"{name} w{warps}"] = [_variant(x, w, warps, flags) for x in xs]
         for timer in (eager_us, graph_us):
-            samples = {name: [] for name in calls}
-            names = list(calls)
-            for r in range(rounds):
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    scrub_l2()
-                    samples[name].append(timer(calls[name]))
-            times = {name: statistics.median(v) for name, v in samples.items()}
+            times = interleaved_medians(calls, timer, rounds)
             print(f"{M}x{N} bf16, {timer.__name__}, medians of {rounds} rounds, {len(xs)} sets")
             ref = times["torch.compile"]
             for name, us in sorted(times.items(), key=lambda kv: kv[1]):

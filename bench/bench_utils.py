@@ -5,7 +5,22 @@ They live in the package (rmsnorm_triton/timing.py) because `rmsnorm-triton tune
 for them.
 """
 from rmsnorm_triton.timing import (copy_ceiling_gbps, eager_us, empty_launch_us, graph_us,
-                                   header_lines, host_us, l2_bytes, n_sets, rmsnorm_bytes)
+                                   header_lines, host_us, l2_bytes, n_sets, rmsnorm_bytes,
+                                   scrub_l2)
 
 __all__ = ["rmsnorm_bytes", "copy_ceiling_gbps", "eager_us", "graph_us", "host_us",
-           "empty_launch_us", "header_lines", "l2_bytes", "n_sets"]
+           "empty_launch_us", "header_lines", "l2_bytes", "n_sets", "interleaved_medians"]
+
+
+def interleaved_medians(calls: dict, timer, rounds: int) -> dict:
+    """name -> median over `rounds` timings of timer(calls[name]) (the upper median for an even
+    count). Rounds interleave the entries, each round starting at the next one, so that none
+    always runs in one place of a round; L2 is scrubbed before every timing, so that no entry
+    reads inputs another left protected in L2 (`evict_last`)."""
+    samples = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            scrub_l2()
+            samples[name].append(timer(calls[name]))
+    return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}

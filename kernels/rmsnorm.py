@@ -93,6 +93,27 @@ def _copy_out(
 
 
 @triton.jit
+def _nth(i: tl.constexpr, a0, a1, a2, a3, a4, a5, a6, a7):
+    """The i-th of eight arguments; i is a constexpr, so only its branch is compiled."""
+    if i == 0:
+        return a0
+    elif i == 1:
+        return a1
+    elif i == 2:
+        return a2
+    elif i == 3:
+        return a3
+    elif i == 4:
+        return a4
+    elif i == 5:
+        return a5
+    elif i == 6:
+        return a6
+    else:
+        return a7
+
+
+@triton.jit
 def rmsnorm_fwd_kernel(
     x_ptr,                        # [M, N] input; rows stride_x_row apart, columns contiguous
     r_ptr,                        # [M, N] residual, updated in place (HAS_RESIDUAL), else unused
@@ -281,30 +302,14 @@ def rmsnorm_fwd_fanout_kernel(
             mask = row_mask & col_mask
             h = _load_h(x_rows + start, x_rows + start, cols, mask,
                         False, False, CLAMP_FP16, "evict_first")
-            y_chunk = y_offs + start
-            _copy_out(y0_ptr + y_chunk, w0_ptr + start, b0_ptr + start, cols, col_mask, mask,
-                      h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
-            if COPIES > 1:
-                _copy_out(y1_ptr + y_chunk, w1_ptr + start, b1_ptr + start, cols, col_mask,
-                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
-            if COPIES > 2:
-                _copy_out(y2_ptr + y_chunk, w2_ptr + start, b2_ptr + start, cols, col_mask,
-                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
-            if COPIES > 3:
-                _copy_out(y3_ptr + y_chunk, w3_ptr + start, b3_ptr + start, cols, col_mask,
-                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
-            if COPIES > 4:
-                _copy_out(y4_ptr + y_chunk, w4_ptr + start, b4_ptr + start, cols, col_mask,
-                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
-            if COPIES > 5:
-                _copy_out(y5_ptr + y_chunk, w5_ptr + start, b5_ptr + start, cols, col_mask,
-                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
-            if COPIES > 6:
-                _copy_out(y6_ptr + y_chunk, w6_ptr + start, b6_ptr + start, cols, col_mask,
-                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
-            if COPIES > 7:
-                _copy_out(y7_ptr + y_chunk, w7_ptr + start, b7_ptr + start, cols, col_mask,
-                          mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+            for i in tl.static_range(COPIES):
+                _copy_out(_nth(i, y0_ptr, y1_ptr, y2_ptr, y3_ptr, y4_ptr, y5_ptr, y6_ptr,
+                               y7_ptr) + y_offs + start,
+                          _nth(i, w0_ptr, w1_ptr, w2_ptr, w3_ptr, w4_ptr, w5_ptr, w6_ptr,
+                               w7_ptr) + start,
+                          _nth(i, b0_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, b5_ptr, b6_ptr,
+                               b7_ptr) + start,
+                          cols, col_mask, mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
     else:
         col_mask = cols < n_cols
         mask = row_mask & col_mask
