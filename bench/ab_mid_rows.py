@@ -1,4 +1,5 @@
-"""Looped configs against the heuristic's pick at 256-16384 rows of 2K-16K, in a CUDA graph.
+"""Looped, single-tile and packed-row configs against the heuristic's pick, in a CUDA graph or
+eager: by default at 256-16384 rows of 2K-16K; any row named in full.
 
     python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds] [graph|eager] [cold]
 
@@ -102,9 +103,15 @@ def _candidates(M, N, out_dtype):
         if next_pow2(N) <= 4096:
             for warps in (4, 8, 16):    # two rows a program, as PACK_2048_MIN_ROWS packs them
                 found[f"2 rows w{warps}"] = LaunchConfig(2, next_pow2(N), warps, False)
+    if next_pow2(N) <= 1024:        # short rows, packed several a program
+        for rows in (1, 2, 4, 8, 16):
+            for warps in (1, 2, 4, 8):
+                if 4 <= rows * next_pow2(N) // (32 * warps) <= 64 and rows <= M:
+                    found[f"{rows} rows w{warps}"] = LaunchConfig(rows, next_pow2(N), warps,
+                                                                  False)
     for chunk in (2048, 4096, 8192):
         if chunk <= next_pow2(N):
-            for warps in (8, 16):
+            for warps in (4, 8, 16) if next_pow2(N) > 16384 else (8, 16):
                 found[f"loop{chunk} w{warps}"] = LaunchConfig(1, chunk, warps, True)
     return heur, found
 

@@ -85,10 +85,22 @@ LOOP_CHUNK_BYTES = 16384
 # at 512 x 3072 (one process, before the L2 scrub; the 4096-column rows it was taken for now
 # loop). The fused add of a 16-bit residual to fp32 follows (not timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
-# 2048-wide rows are packed two a program only from this many rows: fewer rows want every
-# program they can get (8 x 2048: 1.48 against 1.61 us in a graph, 64 x 2048: 1.90 against
-# 2.00). From 4096 rows one or two rows a program measured level (16.74 / 16.69 us).
-PACK_2048_MIN_ROWS = 4096
+# Rows of 512-2048 elements are packed several a program only from this many rows: fewer rows
+# want every program they can get (8 x 2048: 1.48 against 1.61 us in a graph, 64 x 2048: 1.90
+# against 2.00; one row a program against four at 64-1024 x 768-1024 and 512 x 512: 1.07-1.13x
+# in a graph, 1.02-1.06x eager). From 4096 rows packing was level or ahead (4096 x 2048 16.74
+# / 16.69 us; 4096 x 768-1024: one row a program 5-10% slower). Rows of up to 256 elements are
+# packed at any count (bench/RESULTS.md, "Rows of real models' hidden sizes").
+PACK_MIN_ROWS = 4096
+PACK_ALWAYS_MAX_N = 256
+# A 16-bit row that fills at most 9/16 of its power-of-two tile (8193-9216 of 16384,
+# 16385-18432 of 32768 columns), from 512 rows, loops instead: the tile's empty half still holds
+# registers. Against the tile, loop4096 on 16 warps: 9216 columns 1.06-1.15x at 512-4096 rows,
+# 18432 1.14-1.26x at 512-16384 (to fp32, 2048-element chunks: 1.17-1.20x at 512 rows); the
+# fused add of a 16-bit residual, which must follow, 0.975-1.06x (bench/RESULTS.md, "Rows of
+# real models' hidden sizes").
+SPARSE_TILE_MIN_N = 16384
+SPARSE_TILE_FILL = (9, 16)
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
 # Short rows are packed several to a program so that a tile carries >= this many elements:
@@ -160,7 +172,9 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
         loop = row_bytes >= LOOP_MID_ROW_BYTES and LOOP_MID_ROWS[0] <= n_rows <= LOOP_MID_ROWS[1]
         loop_1k = n_rows == LOOP_MID_ROWS[1] and \
             LOOP_1K_ROW_BYTES[0] < row_bytes <= LOOP_1K_ROW_BYTES[1]
-    if x_itemsize == 2 and block_n <= LOOP_MID_MAX_N and (loop or loop_1k):
+    sparse = block_n >= SPARSE_TILE_MIN_N and n_rows > DECODE_MAX_ROWS and \
+        n_cols * SPARSE_TILE_FILL[1] <= block_n * SPARSE_TILE_FILL[0]
+    if x_itemsize == 2 and ((block_n <= LOOP_MID_MAX_N and (loop or loop_1k)) or sparse):
         # A whole wide row a program holds registers that several looping programs share, and
         # the second read comes from L2 (evict_last on the first).
         chunk = 1 << ((LOOP_CHUNK_BYTES // (x_itemsize + out_itemsize)).bit_length() - 1)
@@ -169,7 +183,7 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     block_m = 1
     min_tile = MIN_TILE_ELEMS * (2 if block_n <= 256 else 1)
     while block_m * block_n < min_tile and block_m < MAX_BLOCK_M and block_m < n_rows and \
-            (block_n <= 1024 or n_rows >= PACK_2048_MIN_ROWS):
+            (block_n <= PACK_ALWAYS_MAX_N or n_rows >= PACK_MIN_ROWS):
         block_m *= 2
     if block_n <= 1024:
         # Packed short rows: 4 warps won at N = 128..1024 (73-82%), 8 lost by 3-9 points.

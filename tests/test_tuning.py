@@ -356,10 +356,27 @@ def _cfg(m, n, w, looped=False, splits=1):
     # 32 elements a thread from 8K: 5120 and 8192 take 8 warps, 4096 keeps 8.
     ((5120, 4096, 2), _cfg(1, 8192, 8)),
     ((4096, 1024, 2), _cfg(1, 4096, 8)),
-    # 2048-wide rows: packed two a program only from 4096 rows.
+    # Rows of 512-2048: packed several a program only from 4096 rows; 256 and shorter always.
     ((2048, 8, 2), _cfg(1, 2048, 4)),
     ((2048, 16384, 2), _cfg(2, 2048, 4)),
-    ((1024, 4096, 2), _cfg(4, 1024, 4)),                # short rows: packed as before
+    ((1024, 4096, 2), _cfg(4, 1024, 4)),
+    ((896, 1024, 2), _cfg(1, 1024, 4)),
+    ((768, 64, 2), _cfg(1, 1024, 4)),
+    ((512, 512, 2), _cfg(1, 512, 4)),
+    ((512, 4096, 2), _cfg(8, 512, 4)),
+    ((256, 64, 2), _cfg(32, 256, 4)),
+    ((128, 1024, 2), _cfg(64, 128, 4)),
+    # A 16-bit row filling at most 9/16 of a 16K or 32K tile loops from 512 rows; fuller rows,
+    # decode-sized calls and 4-byte x keep the tile.
+    ((18432, 512, 2), _cfg(1, 4096, 16, looped=True)),
+    ((18432, 16384, 2), _cfg(1, 4096, 16, looped=True)),
+    ((9216, 4096, 2), _cfg(1, 4096, 16, looped=True)),
+    ((8193, 2048, 2), _cfg(1, 4096, 16, looped=True)),
+    ((18432, 512, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((9217, 4096, 2), _cfg(1, 16384, 16)),
+    ((18433, 4096, 2), _cfg(1, 32768, 32)),
+    ((18432, 256, 2), _cfg(1, 32768, 32)),
+    ((9216, 4096, 4, True, 4), _cfg(1, 16384, 16)),
     # A 4-byte normalized tensor (the fused add's fp32 residual) at 32K: split on a GPU up to
     # 512 rows, else looped in 16K chunks; 16-bit keeps its 32K tile.
     ((32768, 512, 4, True, 2), _cfg(1, 4096, 4, splits=8)),
@@ -433,7 +450,9 @@ def test_fused_add_takes_the_config_of_the_norm_of_its_residual(cache):
         "test_fused_add_takes_the_config_of_the_norm_of_its_residual checks the choice")),
     ((4, 32768), BF16, FP32),       # a 4-byte residual at 32K: looped, as the norm of fp32
     ((3, 4096), BF16, FP32),        # warps follow the residual's size, as the unfused norm's
-], ids=["loop-10k", "fp32-residual-32k", "fp32-residual-4k"])
+    pytest.param((300, 18432), torch.float16, torch.float16, marks=pytest.mark.skipif(
+        not ON_GPU, reason="300 rows of 18K take ~40 s in the interpreter")),   # sparse tile
+], ids=["loop-10k", "fp32-residual-32k", "fp32-residual-4k", "loop-sparse-32k"])
 def test_fused_add_equals_unfused_where_the_rules_differ_by_dtype(device, shape, x_dtype,
                                                                    res_dtype):
     """Where a rule depends on the normalized tensor, the fused add picks what the norm of its
@@ -445,12 +464,21 @@ def test_fused_add_equals_unfused_where_the_rules_differ_by_dtype(device, shape,
     assert_close(y, rmsnorm_ref(r, w))
 
 
+_GPU_ONLY = pytest.mark.skipif(not ON_GPU, reason="hundreds of rows of 9K-18K take 15-40 s in "
+                               "the interpreter; the looped kernel itself runs on the CPU in "
+                               "test_looped_chunks_with_another_output_dtype")
+
+
 @pytest.mark.parametrize("shape,x_dtype,out_dtype,res_dtype", [
-    pytest.param((512, 16384), BF16, FP32, None, marks=pytest.mark.skipif(
-        not ON_GPU, reason="512 rows of 16K take ~40 s in the interpreter; the looped kernel "
-        "itself runs on the CPU in test_looped_chunks_with_another_output_dtype")),
+    pytest.param((512, 16384), BF16, FP32, None, marks=_GPU_ONLY),
     ((3, 32768), BF16, BF16, FP32),             # a 4-byte residual at 32K
-], ids=["loop-16k-fp32-out", "add-fp32-residual-32k"])
+    pytest.param((300, 9216), BF16, BF16, None, marks=_GPU_ONLY),      # a sparse 16K tile loops
+    pytest.param((600, 18432), torch.float16, FP32, None, marks=_GPU_ONLY),
+    pytest.param((300, 18432), BF16, BF16, BF16, marks=_GPU_ONLY),
+    ((40, 896), BF16, BF16, None),              # short rows: one a program below 4096 rows
+    ((70, 512), torch.float16, FP32, FP32),
+], ids=["loop-16k-fp32-out", "add-fp32-residual-32k", "loop-sparse-16k", "loop-sparse-32k-fp32",
+        "add-loop-sparse-32k", "unpacked-896", "add-unpacked-512"])
 def test_new_heuristic_paths_match_fp64(device, shape, x_dtype, out_dtype, res_dtype):
     x, w = rand_x(shape, x_dtype, device), rand_w(shape[1], x_dtype, device)
     out = torch.full(shape, float("nan"), dtype=out_dtype, device=device)
