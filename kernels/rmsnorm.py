@@ -114,6 +114,15 @@ def _nth(i: tl.constexpr, a0, a1, a2, a3, a4, a5, a6, a7):
 
 
 @triton.jit
+def _copy_cols(i: tl.constexpr, COPIES: tl.constexpr, ptr, cols, col_mask, PRESENT: tl.constexpr):
+    """Copy i's weight or bias slice (_load_cols), or 0 for a copy past COPIES: never loaded."""
+    if i < COPIES:
+        return _load_cols(ptr, cols, col_mask, PRESENT)
+    else:
+        return 0.0
+
+
+@triton.jit
 def rmsnorm_fwd_kernel(
     x_ptr,                        # [M, N] input; rows stride_x_row apart, columns contiguous
     r_ptr,                        # [M, N] residual, updated in place (HAS_RESIDUAL), else unused
@@ -313,52 +322,28 @@ def rmsnorm_fwd_fanout_kernel(
     else:
         col_mask = cols < n_cols
         mask = row_mask & col_mask
-        # Every weight in flight beside x: a peer's weight is an NVLink round trip away.
-        w0 = _load_cols(w0_ptr, cols, col_mask, HAS_WEIGHT)
-        b0 = _load_cols(b0_ptr, cols, col_mask, HAS_BIAS)
-        if COPIES > 1:
-            w1 = _load_cols(w1_ptr, cols, col_mask, HAS_WEIGHT)
-            b1 = _load_cols(b1_ptr, cols, col_mask, HAS_BIAS)
-        if COPIES > 2:
-            w2 = _load_cols(w2_ptr, cols, col_mask, HAS_WEIGHT)
-            b2 = _load_cols(b2_ptr, cols, col_mask, HAS_BIAS)
-        if COPIES > 3:
-            w3 = _load_cols(w3_ptr, cols, col_mask, HAS_WEIGHT)
-            b3 = _load_cols(b3_ptr, cols, col_mask, HAS_BIAS)
-        if COPIES > 4:
-            w4 = _load_cols(w4_ptr, cols, col_mask, HAS_WEIGHT)
-            b4 = _load_cols(b4_ptr, cols, col_mask, HAS_BIAS)
-        if COPIES > 5:
-            w5 = _load_cols(w5_ptr, cols, col_mask, HAS_WEIGHT)
-            b5 = _load_cols(b5_ptr, cols, col_mask, HAS_BIAS)
-        if COPIES > 6:
-            w6 = _load_cols(w6_ptr, cols, col_mask, HAS_WEIGHT)
-            b6 = _load_cols(b6_ptr, cols, col_mask, HAS_BIAS)
-        if COPIES > 7:
-            w7 = _load_cols(w7_ptr, cols, col_mask, HAS_WEIGHT)
-            b7 = _load_cols(b7_ptr, cols, col_mask, HAS_BIAS)
+        # Every copy's weight in flight beside x: a peer's weight is an NVLink round trip away.
+        w0 = _copy_cols(0, COPIES, w0_ptr, cols, col_mask, HAS_WEIGHT)
+        b0 = _copy_cols(0, COPIES, b0_ptr, cols, col_mask, HAS_BIAS)
+        w1 = _copy_cols(1, COPIES, w1_ptr, cols, col_mask, HAS_WEIGHT)
+        b1 = _copy_cols(1, COPIES, b1_ptr, cols, col_mask, HAS_BIAS)
+        w2 = _copy_cols(2, COPIES, w2_ptr, cols, col_mask, HAS_WEIGHT)
+        b2 = _copy_cols(2, COPIES, b2_ptr, cols, col_mask, HAS_BIAS)
+        w3 = _copy_cols(3, COPIES, w3_ptr, cols, col_mask, HAS_WEIGHT)
+        b3 = _copy_cols(3, COPIES, b3_ptr, cols, col_mask, HAS_BIAS)
+        w4 = _copy_cols(4, COPIES, w4_ptr, cols, col_mask, HAS_WEIGHT)
+        b4 = _copy_cols(4, COPIES, b4_ptr, cols, col_mask, HAS_BIAS)
+        w5 = _copy_cols(5, COPIES, w5_ptr, cols, col_mask, HAS_WEIGHT)
+        b5 = _copy_cols(5, COPIES, b5_ptr, cols, col_mask, HAS_BIAS)
+        w6 = _copy_cols(6, COPIES, w6_ptr, cols, col_mask, HAS_WEIGHT)
+        b6 = _copy_cols(6, COPIES, b6_ptr, cols, col_mask, HAS_BIAS)
+        w7 = _copy_cols(7, COPIES, w7_ptr, cols, col_mask, HAS_WEIGHT)
+        b7 = _copy_cols(7, COPIES, b7_ptr, cols, col_mask, HAS_BIAS)
         h = _load_h(x_rows, x_rows, cols, mask, False, False, CLAMP_FP16, "")
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
-        _normalize_store(y0_ptr + y_offs, w0, b0, cols, mask, h, rstd,
-                         HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-        if COPIES > 1:
-            _normalize_store(y1_ptr + y_offs, w1, b1, cols, mask, h, rstd,
-                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-        if COPIES > 2:
-            _normalize_store(y2_ptr + y_offs, w2, b2, cols, mask, h, rstd,
-                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-        if COPIES > 3:
-            _normalize_store(y3_ptr + y_offs, w3, b3, cols, mask, h, rstd,
-                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-        if COPIES > 4:
-            _normalize_store(y4_ptr + y_offs, w4, b4, cols, mask, h, rstd,
-                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-        if COPIES > 5:
-            _normalize_store(y5_ptr + y_offs, w5, b5, cols, mask, h, rstd,
-                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-        if COPIES > 6:
-            _normalize_store(y6_ptr + y_offs, w6, b6, cols, mask, h, rstd,
-                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-        if COPIES > 7:
-            _normalize_store(y7_ptr + y_offs, w7, b7, cols, mask, h, rstd,
-                             HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+        for i in tl.static_range(COPIES):
+            _normalize_store(_nth(i, y0_ptr, y1_ptr, y2_ptr, y3_ptr, y4_ptr, y5_ptr, y6_ptr,
+                                  y7_ptr) + y_offs,
+                             _nth(i, w0, w1, w2, w3, w4, w5, w6, w7),
+                             _nth(i, b0, b1, b2, b3, b4, b5, b6, b7),
+                             cols, mask, h, rstd, HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
