@@ -101,7 +101,7 @@ def _candidates(M, N, out_dtype):
                     found[f"tile w{warps} " + ("late" if preload_weight(tile, M) else "early")] \
                         = (tile, not preload_weight(tile, M))
         if next_pow2(N) <= 4096:
-            for warps in (4, 8, 16):    # two rows a program, as PACK_2048_MIN_ROWS packs them
+            for warps in (4, 8, 16):    # two rows a program, as config.PACK_MIN_ROWS packs them
                 found[f"2 rows w{warps}"] = LaunchConfig(2, next_pow2(N), warps, False)
     if next_pow2(N) <= 1024:        # short rows, packed several a program
         for rows in (1, 2, 4, 8, 16):

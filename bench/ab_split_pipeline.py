@@ -8,8 +8,9 @@ loads the slice, publishes its partial sum, then polls until the row's other pro
 published theirs, and only then stores. While it polls its SM issues no loads for it, and the
 Nsight Compute profile of 2048 x 65536 shows L2 90% busy with those polls (bench/RESULTS.md,
 "Long rows at 16M elements"). Here `GROUPS` programs a slice cover rows g, g + GROUPS, ...:
-a program loads and publishes row i + 1, then waits for row i (whose partials have had a whole
-row's load to arrive), stores it, and goes on, so a wait overlaps the next row's reads.
+a program loads and publishes its next row (i + GROUPS), then waits for row i (whose partials
+have had a whole row's load to arrive), stores it, and goes on, so a wait overlaps the next
+row's reads.
 Variants: `pipe R` (R rows a program: GROUPS = cdiv(M, R)), `pipe R f32` (the held slices kept
 as fp32 rather than in x's dtype), `pipe R w1` (the weight slice fetched once a program),
 `pipe R rK` (compiled with at most K registers a thread: `maxnreg`).
@@ -24,7 +25,7 @@ import triton
 import triton.language as tl
 
 import rmsnorm_triton as rt
-from rmsnorm_triton.config import heuristic_config, next_pow2
+from rmsnorm_triton.config import next_pow2, pick_config, row_bucket
 from rmsnorm_triton.kernels.rmsnorm import _load_cols, _normalize_store
 from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us, n_sets, rmsnorm_bytes
 from bench_utils import interleaved_medians
@@ -79,7 +80,7 @@ def pipelined_split_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_rows, n_cols, stride
                            SPLITS_P2: tl.constexpr, GROUPS: tl.constexpr, HOLD_F32: tl.constexpr,
                            W_ONCE: tl.constexpr):
     # A group's programs have consecutive ids and wait only on each other (see the shipped
-    # kernel's note on dispatch order); each publishes row i + 1 before waiting on row i.
+    # kernel's note on dispatch order); each publishes its next row before waiting on row i.
     pid = tl.program_id(0)
     g = pid // SPLITS
     part = pid % SPLITS
@@ -109,12 +110,17 @@ def pipelined_split_kernel(x_ptr, w_ptr, y_ptr, part_ptr, n_rows, n_cols, stride
 
 
 _slots = {}
+
+
+def _config(M, N, dtype):
+    """The config rms_norm launches for M x N rows of `dtype` (same-dtype out, no fused add)."""
+    return pick_config(N, row_bucket(M), dtype, dtype, False, torch.cuda.current_device())
 REGS = {}      # (rows a program, HOLD_F32, W_ONCE, maxnreg) -> (registers, spills), last compiled
 
 
 def pipelined(x, w, rows_per_program, hold_f32=False, w_once=False, maxnreg=None, eps=1e-6):
     M, N = x.shape
-    cfg = heuristic_config(N, M, x.element_size())
+    cfg = _config(M, N, x.dtype)
     s = cfg.splits
     slots = _slots.get((M, s))
     if slots is None:
@@ -145,7 +151,7 @@ def main():
     ceiling = copy_ceiling_gbps()
     print(f"copy ceiling {ceiling:.0f} GB/s; % of it, medians of {rounds} interleaved rounds")
     for M, N in shapes:
-        cfg = heuristic_config(N, M, 2)
+        cfg = _config(M, N, torch.bfloat16)
         nbytes = rmsnorm_bytes(M, N, torch.bfloat16, torch.bfloat16, torch.bfloat16)
         sets = [(torch.randn(M, N, device="cuda", dtype=torch.bfloat16),
                  torch.randn(N, device="cuda", dtype=torch.bfloat16))

@@ -85,18 +85,19 @@ LOOP_CHUNK_BYTES = 16384
 # at 512 x 3072 (one process, before the L2 scrub; the 4096-column rows it was taken for now
 # loop). The fused add of a 16-bit residual to fp32 follows (not timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
-# Rows of 512-2048 elements are packed several a program only from this many rows: fewer rows
-# want every program they can get (8 x 2048: 1.48 against 1.61 us in a graph, 64 x 2048: 1.90
-# against 2.00; one row a program against four at 64-1024 x 768-1024 and 512 x 512: 1.07-1.13x
-# in a graph, 1.02-1.06x eager). From 4096 rows packing was level or ahead (4096 x 2048 16.74
-# / 16.69 us; 4096 x 768-1024: one row a program 5-10% slower). Rows of up to 256 elements are
-# packed at any count (bench/RESULTS.md, "Rows of real models' hidden sizes").
+# Rows of 257-2048 elements (tiles of 512-2048) are packed several a program only from this many
+# rows: fewer rows want every program they can get (8 x 2048: 1.48 against 1.61 us in a graph,
+# 64 x 2048: 1.90 against 2.00; one row a program against four at 64-1024 x 768-1024 and 512 x
+# 512: 1.07-1.13x in a graph, 1.02-1.06x eager). From 4096 rows packing was level or ahead
+# (4096 x 2048 16.74 / 16.69 us; 4096 x 768-1024: one row a program 3-10% slower). Rows of up to
+# 256 elements are packed at any count (bench/RESULTS.md, "Rows of real models' hidden sizes").
 PACK_MIN_ROWS = 4096
 PACK_ALWAYS_MAX_N = 256
 # A 16-bit row that fills at most 9/16 of its power-of-two tile (8193-9216 of 16384,
 # 16385-18432 of 32768 columns), from 512 rows, loops instead: the tile's empty half still holds
 # registers. Against the tile, loop4096 on 16 warps: 9216 columns 1.06-1.15x at 512-4096 rows,
-# 18432 1.14-1.26x at 512-16384 (to fp32, 2048-element chunks: 1.17-1.20x at 512 rows); the
+# 18432 1.14-1.26x at 512-16384; to fp32, in 2048-element chunks (past 1024 rows, unlike full
+# tiles, which keep LOOP_4BYTE_OUT_MAX_N): 1.02-1.22x at 512-4096 rows of 9216 and 18432. The
 # fused add of a 16-bit residual, which must follow, 0.975-1.06x (bench/RESULTS.md, "Rows of
 # real models' hidden sizes").
 SPARSE_TILE_MIN_N = 16384

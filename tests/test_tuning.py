@@ -407,8 +407,8 @@ def test_heuristic_configs_are_legal(monkeypatch):
     """Every answer covers its row exactly once within what the kernels compile."""
     for interpret in (False, True):
         monkeypatch.setattr(config, "INTERPRET", interpret)
-        for n in (1, 100, 1000, 2048, 3000, 5120, 8192, 10240, 12288, 16384, 20000, 32768,
-                  65536, 131072, 262144, 1 << 21, 1 << 24):
+        for n in (1, 100, 384, 896, 1000, 2048, 3000, 5120, 8192, 8193, 9216, 10240, 12288,
+                  16384, 18432, 20000, 32768, 65536, 131072, 262144, 1 << 21, 1 << 24):
             for bucket in (1, 8, 64, 256, 512, 1024, 4096, 65536):
                 for x_size, out_size in ((2, 2), (2, 4), (4, 4), (4, 2)):
                     for on_gpu in (False, True):
@@ -435,7 +435,7 @@ def test_fused_add_takes_the_config_of_the_norm_of_its_residual(cache):
     """Without a tuned table, every fused-add config is the one the unfused norm of the
     residual gets, whatever the dtypes: the two are equal bit for bit (DESIGN.md)."""
     dtypes = (BF16, torch.float16, FP32)
-    for n in (1000, 2048, 4096, 5120, 8192, 10240, 16384, 32768, 65536):
+    for n in (896, 1000, 2048, 4096, 5120, 8192, 9216, 10240, 16384, 18432, 32768, 65536):
         for bucket in (1, 64, 256, 512, 1024, 4096):
             for x in dtypes:
                 for res in dtypes:
@@ -450,8 +450,9 @@ def test_fused_add_takes_the_config_of_the_norm_of_its_residual(cache):
         "test_fused_add_takes_the_config_of_the_norm_of_its_residual checks the choice")),
     ((4, 32768), BF16, FP32),       # a 4-byte residual at 32K: looped, as the norm of fp32
     ((3, 4096), BF16, FP32),        # warps follow the residual's size, as the unfused norm's
-    pytest.param((300, 18432), torch.float16, torch.float16, marks=pytest.mark.skipif(
-        not ON_GPU, reason="300 rows of 18K take ~40 s in the interpreter")),   # sparse tile
+    # 16-bit rows of 18K loop (a 9/16-full tile), a 4-byte residual's norm does not
+    pytest.param((300, 18432), BF16, FP32, marks=pytest.mark.skipif(
+        not ON_GPU, reason="300 rows of 18K take ~40 s in the interpreter")),
 ], ids=["loop-10k", "fp32-residual-32k", "fp32-residual-4k", "loop-sparse-32k"])
 def test_fused_add_equals_unfused_where_the_rules_differ_by_dtype(device, shape, x_dtype,
                                                                    res_dtype):
