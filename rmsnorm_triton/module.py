@@ -7,6 +7,7 @@ fp16/bf16 outputs can differ from HF Llama's by about one ulp, and are closer to
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -118,8 +119,9 @@ class RMSNorm(nn.Module):
 
         Whether an HF norm scales by w or by (1 + w) (Gemma, Qwen3-Next, ...) is not knowable from
         its name (Gemma3n's norm scales by w), so `m` is run once on a small fp32 probe and the
-        form that reproduces its output is taken; neither matching raises ValueError. Norms whose
-        weight is on the meta device cannot run, and fall back to the name: "Gemma" -> (1 + w).
+        form that reproduces its output is taken; neither matching raises ValueError. A norm on
+        the meta device (built before its weights are loaded) is probed through a CPU copy of it
+        given known weights: the name is never trusted.
         """
         if isinstance(m, RMSNorm):
             return m
@@ -174,11 +176,31 @@ def _hf_eps(m: nn.Module) -> float:
                      f"{', '.join(_EPS_ATTRS)}")
 
 
+def _cpu_stand_in(m: nn.Module, has_bias: bool) -> tuple:
+    """A CPU stand-in for a meta-device norm, to probe its form: (module, weight, bias).
+
+    A shallow copy of m with its own parameters and buffers on the CPU (the weight and bias
+    known and non-zero, buffers zeroed); m itself is untouched. Shallow, so hooks and whatever
+    they reference (an offloading map) are not copied: the probe calls the class's forward."""
+    stand_in = copy.copy(m)
+    stand_in._parameters = {k: None if p is None else nn.Parameter(
+        torch.zeros(p.shape, dtype=p.dtype), requires_grad=False)
+        for k, p in m._parameters.items()}
+    stand_in._buffers = {k: None if b is None else torch.zeros(b.shape, dtype=b.dtype)
+                         for k, b in m._buffers.items()}
+    weight, bias = stand_in.weight, stand_in.bias if has_bias else None
+    with torch.no_grad():
+        weight.copy_(torch.linspace(0.25, 0.75, weight.shape[0]))
+        if bias is not None:
+            bias.copy_(torch.linspace(-0.2, 0.3, bias.shape[0]))
+    return stand_in, weight, bias
+
+
 def _probe_offset(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> float:
     """0.0 if m computes n * w, 1.0 if n * (1 + w), where n = x / rms(x)."""
     name = type(m).__name__
     if weight.device.type == "meta":
-        return 1.0 if "Gemma" in name else 0.0
+        m, weight, bias = _cpu_stand_in(m, bias is not None)
     n = weight.shape[0]
     # Deterministic, off-centre, non-zero rows, so both candidates are far from zero and apart.
     x = torch.linspace(-1.5, 3.0, 2 * n, device=weight.device).view(2, n)

@@ -97,3 +97,18 @@ def test_from_module_on_hf_classes(device, module, name, offset, eps_attr):
     x = rand_x((3, 80), torch.float32, device)
     with torch.no_grad():
         assert_close(m(x), src(x).double())
+
+
+@pytest.mark.parametrize("module, name, offset", [
+    ("llama.modeling_llama", "LlamaRMSNorm", 0.0),
+    ("gemma3.modeling_gemma3", "Gemma3RMSNorm", 1.0),
+    ("gemma3n.modeling_gemma3n", "Gemma3nRMSNorm", 0.0),        # "Gemma", but w
+    ("qwen3_next.modeling_qwen3_next", "Qwen3NextRMSNorm", 1.0),  # not "Gemma", but 1+w
+])
+def test_from_module_on_meta_hf_classes(module, name, offset):
+    """Built on meta before its weights load (accelerate's empty init), the form still comes out
+    right: it is probed through a CPU stand-in, not read from the class name."""
+    with torch.device("meta"):
+        src = _hf_class(module, name)(80, eps=1e-5)
+    m = RMSNorm.from_module(src)
+    assert (m.weight_offset, m.eps) == (offset, 1e-5) and m.weight is src.weight

@@ -194,9 +194,18 @@ def test_from_module_needs_an_eps_attribute():
         RMSNorm.from_module(src)
 
 
-def test_from_module_on_meta_falls_back_to_the_class_name():
-    assert RMSNorm.from_module(OnePlusRMSNorm(8).to("meta")).weight_offset == 0.0
-    assert RMSNorm.from_module(GemmaLikeButPlainRMSNorm(8).to("meta")).weight_offset == 1.0
+def test_from_module_on_meta_probes_a_cpu_stand_in_not_the_name():
+    """A norm built on the meta device (weights loaded later) is probed through a CPU copy with
+    known weights: a name with or without "Gemma" does not decide its form."""
+    for cls, offset in ((OnePlusRMSNorm, 1.0), (GemmaLikeButPlainRMSNorm, 0.0),
+                        (PlainRMSNorm, 0.0)):
+        src = cls(8).to("meta")
+        src.register_forward_hook(lambda *a: pytest.fail("a hook ran"))
+        m = RMSNorm.from_module(src)
+        assert m.weight_offset == offset, cls.__name__
+        assert m.weight is src.weight and src.weight.is_meta     # shared, left on meta
+    with pytest.raises(ValueError, match="MeanNorm: its output matches neither"):
+        RMSNorm.from_module(MeanNorm(16).to("meta"))
 
 
 def test_from_module_skips_instance_hooks():
