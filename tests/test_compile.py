@@ -43,6 +43,27 @@ def test_out_and_fused_add_compile_fullgraph(device):
     assert_close(out, rmsnorm_ref(want_res, w), torch.float32)
 
 
+def test_compiled_equals_eager_bit_for_bit(device):
+    """Compiled, the ops launch the same kernels with the same configs: equal, not just close
+    (torch.compile of a composite norm is not bit-equal to eager; this package must be)."""
+    x, w = rand_x((5, 384), torch.bfloat16, device), rand_w(384, torch.bfloat16, device)
+    m = rt.RMSNorm(384, eps=1e-5, device=device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        m.weight.copy_(w)
+
+    def f(x, residual):
+        y, r = rt.fused_add_rms_norm(x, residual, w)
+        return rt.rms_norm(x, w, 1e-5), m(x), y, r
+
+    torch._dynamo.reset()
+    residual = rand_x((5, 384), torch.bfloat16, device)
+    with torch.no_grad():
+        got = _compile(f, device)(x, residual.clone())
+        want = f(x, residual.clone())
+    for g, e in zip(got, want):
+        assert torch.equal(g, e)
+
+
 def test_ops_are_registered():
     for name in ("rms_norm", "rms_norm_out", "fused_add_rms_norm", "fused_add_rms_norm_out"):
         assert hasattr(torch.ops.rmsnorm_triton, name)

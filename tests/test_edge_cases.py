@@ -364,6 +364,35 @@ def test_longest_rows_finish_on_gpu():
         assert float(err) < 8e-3, f"N={n}: rel err {err}"
 
 
+@pytest.mark.skipif(not ON_GPU, reason="offsets past 2**31 elements need ~9 GB of GPU memory; "
+                    "the interpreter's pointers are host arrays")
+@pytest.mark.parametrize("M,N,fused", [(2, 4096, False), (512, 9216, False), (2, 65536, False),
+                                       (2, 4096, True)],
+                         ids=["tile", "looped", "split", "fused-add"])
+def test_row_offsets_past_2_31_elements(M, N, fused):
+    """The last row of x, the residual and the output starts at element 2**31 or later: a 32-bit
+    row offset would wrap and read or write another row (vLLM's int32-index bug)."""
+    stride = -(-(1 << 31) // (M - 1))
+    span = stride * (M - 1) + N
+
+    def far_rows(fill):
+        return torch.full((span,), fill, dtype=BF16, device="cuda").as_strided((M, N), (stride, 1))
+    x, out = far_rows(0.0), far_rows(float("nan"))
+    x.copy_(rand_x((M, N), BF16, "cuda"))
+    w = rand_w(N, BF16, "cuda")
+    if fused:
+        r = far_rows(0.0)
+        r.copy_(rand_x((M, N), BF16, "cuda"))
+        s = (x.double() + r.double()).to(BF16)
+        rt.fused_add_rms_norm(x, r, w, out=out)
+        assert torch.equal(r, s)
+        want = rmsnorm_ref(s, w)
+    else:
+        rt.rms_norm(x, w, out=out)
+        want = rmsnorm_ref(x, w)
+    assert_close(out, want)
+
+
 # ---- negative views -------------------------------------------------------------------------
 # torch's lazy negation (torch._neg_view; conj() views of complex tensors set it too) leaves
 # the memory holding -t. The kernels read memory, so such a tensor must be materialized first,
