@@ -210,7 +210,8 @@ COLS = f"{'provider':<10} {'M':>6} {'N':>7} {'dtypes':<20} {'op':<9} {'mode':<5}
 
 
 def fmt(r: Row) -> str:
-    num = (lambda x, f: format(x, f) if x is not None else "-")
+    def num(x, f):
+        return format(x, f) if x is not None else "-"
     return (f"{r.provider:<10} {r.M:>6} {r.N:>7} {r.dtypes:<20} {r.op:<9} {r.mode:<5} "
             f"{num(r.us, '9.2f'):>9} {num(r.gbps, '7.0f'):>7} {num(r.pct, '6.1f'):>6} "
             f"{num(r.ratio, '9.2f'):>9}  {r.note}").rstrip()

@@ -119,9 +119,9 @@ class RMSNorm(nn.Module):
 
         Whether an HF norm scales by w or by (1 + w) (Gemma, Qwen3-Next, ...) is not knowable from
         its name (Gemma3n's norm scales by w), so `m` is run once on a small fp32 probe and the
-        form that reproduces its output is taken; neither matching raises ValueError. A norm on
-        the meta device (built before its weights are loaded) is probed through a CPU copy of it
-        given known weights: the name is never trusted.
+        form that reproduces its output is taken; neither matching raises ValueError. The probe
+        runs a copy of `m` given known weights (on the CPU for a norm on the meta device, built
+        before its weights load), so neither the name nor m's current values are trusted.
         """
         if isinstance(m, RMSNorm):
             return m
@@ -176,48 +176,64 @@ def _hf_eps(m: nn.Module) -> float:
                      f"{', '.join(_EPS_ATTRS)}")
 
 
-def _cpu_stand_in(m: nn.Module, has_bias: bool) -> tuple:
-    """A CPU stand-in for a meta-device norm, to probe its form: (module, weight, bias).
+def _stand_in(m: nn.Module, has_bias: bool, device: torch.device) -> tuple:
+    """A copy of m on `device` whose weight (and bias) hold known, non-uniform values, to probe
+    its form: (module, weight, bias). m itself is untouched.
 
-    A shallow copy of m with its own parameters and buffers on the CPU (the weight and bias
-    known and non-zero, buffers zeroed); m itself is untouched. Shallow, so hooks and whatever
-    they reference (an offloading map) are not copied: the probe calls the class's forward."""
+    Known values, not m's own: a norm built on the meta device has none, and freshly initialised
+    ones (zeros, ones) can make another formula look like a norm. A shallow copy, so hooks and
+    whatever they reference (an offloading map) are not copied: the probe calls the class's
+    forward. A module holding other parameters or buffers is not a plain norm: refused."""
+    others = [k for k, t in (*m._parameters.items(), *m._buffers.items())
+              if t is not None and k not in ("weight", "bias")]
+    if others:
+        raise ValueError(f"cannot convert {type(m).__name__}: it holds tensors besides weight "
+                         f"and bias ({', '.join(others)})")
     stand_in = copy.copy(m)
     stand_in._parameters = {k: None if p is None else nn.Parameter(
-        torch.zeros(p.shape, dtype=p.dtype), requires_grad=False)
+        torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=False)
         for k, p in m._parameters.items()}
-    stand_in._buffers = {k: None if b is None else torch.zeros(b.shape, dtype=b.dtype)
+    stand_in._buffers = {k: None if b is None else torch.empty(b.shape, dtype=b.dtype,
+                                                               device=device)
                          for k, b in m._buffers.items()}
     weight, bias = stand_in.weight, stand_in.bias if has_bias else None
     with torch.no_grad():
-        weight.copy_(torch.linspace(0.25, 0.75, weight.shape[0]))
+        weight.copy_(torch.linspace(0.25, 0.75, weight.shape[0], device=device))
         if bias is not None:
-            bias.copy_(torch.linspace(-0.2, 0.3, bias.shape[0]))
+            bias.copy_(torch.linspace(-0.2, 0.3, bias.shape[0], device=device))
     return stand_in, weight, bias
 
 
 def _probe_offset(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> float:
     """0.0 if m computes n * w, 1.0 if n * (1 + w), where n = x / rms(x)."""
     name = type(m).__name__
-    if weight.device.type == "meta":
-        m, weight, bias = _cpu_stand_in(m, bias is not None)
-    n = weight.shape[0]
-    # Deterministic, off-centre, non-zero rows, so both candidates are far from zero and apart.
-    x = torch.linspace(-1.5, 3.0, 2 * n, device=weight.device).view(2, n)
-    with torch.no_grad():
-        try:
+    # A meta norm cannot run: its stand-in runs on the CPU.
+    device = torch.device("cpu") if weight.device.type == "meta" else weight.device
+    try:
+        probe, weight, bias = _stand_in(m, bias is not None, device)
+        n = weight.shape[0]
+        # Deterministic, off-centre, non-zero rows: both candidates far from zero and apart.
+        x = torch.linspace(-1.5, 3.0, 2 * n, device=device).view(2, n)
+        with torch.no_grad():
             # The class's forward, not the instance's: hooks (statistics, offloading) stay silent.
-            got = type(m).forward(m, x)
-        except Exception as e:  # any failure means: not a plain norm we can stand in for
-            raise ValueError(f"cannot convert {name}: running it on a probe input failed "
-                             f"({type(e).__name__}: {e})") from e
-        if not isinstance(got, torch.Tensor) or got.shape != x.shape:
-            raise ValueError(f"cannot convert {name}: it returned {type(got).__name__} "
-                             f"{getattr(got, 'shape', '')} for an x of shape {tuple(x.shape)}")
-        errs = {}
-        for offset in (0.0, 1.0):
-            ref = rms_norm_reference(x, weight, eps, bias=bias, weight_offset=offset).double()
-            errs[offset] = ((got.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            got = type(m).forward(probe, x)
+            if not isinstance(got, torch.Tensor) or got.shape != x.shape or \
+                    got.device != x.device:
+                raise ValueError(f"cannot convert {name}: it returned {type(got).__name__} "
+                                 f"{getattr(got, 'shape', '')} on "
+                                 f"{getattr(got, 'device', '')} for an x of shape "
+                                 f"{tuple(x.shape)} on {x.device}")
+            errs = {}
+            for offset in (0.0, 1.0):
+                ref = rms_norm_reference(x, weight, eps, bias=bias,
+                                         weight_offset=offset).double()
+                errs[offset] = ((got.double() - ref).norm()
+                                / ref.norm().clamp_min(1e-30)).item()
+    except ValueError:
+        raise
+    except Exception as e:  # any failure means: not a plain norm we can stand in for
+        raise ValueError(f"cannot convert {name}: running it on a probe input failed "
+                         f"({type(e).__name__}: {e})") from e
     best = min(errs, key=errs.get)
     tol = _PROBE_TOL[weight.dtype]
     if not errs[best] <= tol:

@@ -206,7 +206,8 @@ def print_summary(results: list[Result]) -> None:
           f"{'best':<20} {'us':>8}  {'speedup':>7}  note")
     for r in results:
         c = r.case
-        us = (lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8}")
+        def us(v):
+            return f"{v:8.2f}" if v is not None else f"{'-':>8}"
         sp = f"{r.speedup:6.2f}x" if r.speedup is not None else f"{'-':>7}"
         note = "tuned" if r.chosen else "heuristic kept"
         if r.heuristic in r.dropped:

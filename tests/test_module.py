@@ -208,6 +208,54 @@ def test_from_module_on_meta_probes_a_cpu_stand_in_not_the_name():
         RMSNorm.from_module(MeanNorm(16).to("meta"))
 
 
+class InputScaledNorm(OnePlusRMSNorm):
+    """Scales x before normalizing: not an RMSNorm, though with its zero-initialised weight its
+    output (zeros) equals x/rms(x)*w."""
+
+    def forward(self, x):
+        h = x.float() * self.weight.float()
+        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+class NormWithScaleBuffer(PlainRMSNorm):
+    def __init__(self, n):
+        super().__init__(n)
+        self.register_buffer("scale", torch.tensor(2.0))
+
+    def forward(self, x):
+        return super().forward(x) * self.scale
+
+
+def test_from_module_probes_known_weights_not_the_module_s_own():
+    """Freshly initialised weights could make another formula pass for a norm: the probe gives
+    a copy known, non-uniform weights."""
+    with pytest.raises(ValueError, match="InputScaledNorm: its output matches neither"):
+        RMSNorm.from_module(InputScaledNorm(16))
+    with pytest.raises(ValueError, match="InputScaledNorm: its output matches neither"):
+        RMSNorm.from_module(InputScaledNorm(16).to("meta"))
+
+
+def test_from_module_refuses_other_tensors_and_unprobeable_meta_modules():
+    for src in (NormWithScaleBuffer(16), NormWithScaleBuffer(16).to("meta")):
+        with pytest.raises(ValueError, match=r"holds tensors besides weight and bias \(scale\)"):
+            RMSNorm.from_module(src)
+    # A parametrized weight cannot be copied for the probe: ValueError (patch_model keeps such
+    # a norm, with a warning), never another exception.
+    src = PlainRMSNorm(16).to("meta")
+    torch.nn.utils.parametrize.register_parametrization(src, "weight", nn.Identity())
+    with pytest.raises(ValueError, match="cannot convert ParametrizedPlainRMSNorm"):
+        RMSNorm.from_module(src)
+
+
+def test_from_module_inside_a_meta_device_context():
+    """Under `with torch.device("meta")` (accelerate's empty init) the probe still runs on the
+    CPU: its tensors name their device."""
+    with torch.device("meta"):
+        plain, one_plus = PlainRMSNorm(8), OnePlusRMSNorm(8)
+        assert RMSNorm.from_module(plain).weight_offset == 0.0
+        assert RMSNorm.from_module(one_plus).weight_offset == 1.0
+
+
 def test_from_module_skips_instance_hooks():
     src = PlainRMSNorm(16)
     calls = []
