@@ -81,6 +81,25 @@ def _normalize_store(
 
 
 @triton.jit
+def _looped_rstd(
+    x_rows, r_rows, cols, row_mask, inv_n, eps,
+    HAS_RESIDUAL: tl.constexpr, CLAMP_FP16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LOOP_N: tl.constexpr,
+):
+    """The looped path's first pass: 1 / rms of each row, read in BLOCK_N chunks up to LOOP_N
+    (with the fused add, the updated residual is stored on the way)."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in range(0, LOOP_N, BLOCK_N):
+        mask = row_mask & (start + cols < LOOP_N)
+        # Kept in L2 for the second pass, which reads x (or the updated residual) once more and
+        # lets it go. With the fused add x itself is not read again.
+        h = _load_h(x_rows + start, r_rows + start, cols, mask,
+                    HAS_RESIDUAL, True, CLAMP_FP16, "evict_last")
+        acc += h * h
+    return tl.rsqrt(tl.sum(acc, axis=1) * inv_n + eps)[:, None]
+
+
+@triton.jit
 def _copy_out(
     y_rows, w_ptr, b_ptr, cols, col_mask, mask, h, rstd,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr,
@@ -173,15 +192,8 @@ def rmsnorm_fwd_kernel(
         # trip count known the compiler likely keeps several chunks' loads in flight (not
         # profiled); 1024 x 5120 bf16 -> fp32: 11.98 against 13.10 us with n_cols as the bound
         # (bench/RESULTS.md, "Loop bounds as constants").
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for start in range(0, LOOP_N, BLOCK_N):
-            mask = row_mask & (start + cols < LOOP_N)
-            # Kept in L2 for the second pass, which reads x (or the updated residual) once
-            # more and lets it go. With the fused add x itself is not read again.
-            h = _load_h(x_rows + start, r_rows + start, cols, mask,
-                        HAS_RESIDUAL, True, CLAMP_FP16, "evict_last")
-            acc += h * h
-        rstd = tl.rsqrt(tl.sum(acc, axis=1) * inv_n + eps)[:, None]
+        rstd = _looped_rstd(x_rows, r_rows, cols, row_mask, inv_n, eps,
+                            HAS_RESIDUAL, CLAMP_FP16, BLOCK_M, BLOCK_N, LOOP_N)
         for start in range(0, LOOP_N, BLOCK_N):
             col_mask = start + cols < LOOP_N
             mask = row_mask & col_mask
@@ -299,13 +311,8 @@ def rmsnorm_fwd_fanout_kernel(
     cols = tl.arange(0, BLOCK_N)[None, :]
     inv_n = 1.0 / n_cols
     if LOOPED:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for start in range(0, LOOP_N, BLOCK_N):
-            mask = row_mask & (start + cols < LOOP_N)
-            h = _load_h(x_rows + start, x_rows + start, cols, mask,
-                        False, False, CLAMP_FP16, "evict_last")
-            acc += h * h
-        rstd = tl.rsqrt(tl.sum(acc, axis=1) * inv_n + eps)[:, None]
+        rstd = _looped_rstd(x_rows, x_rows, cols, row_mask, inv_n, eps,
+                            False, CLAMP_FP16, BLOCK_M, BLOCK_N, LOOP_N)
         for start in range(0, LOOP_N, BLOCK_N):
             col_mask = start + cols < LOOP_N
             mask = row_mask & col_mask
