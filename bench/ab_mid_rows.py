@@ -111,8 +111,9 @@ def _candidates(M, N, out_dtype):
                                                                   False)
     for chunk in (2048, 4096, 8192):
         if chunk <= next_pow2(N):
-            for warps in (4, 8, 16) if next_pow2(N) > 16384 else (8, 16):
-                found[f"loop{chunk} w{warps}"] = LaunchConfig(1, chunk, warps, True)
+            for warps in (4, 8, 16, 32) if next_pow2(N) > 16384 else (8, 16, 32):
+                if chunk // (32 * warps) >= 4:      # elements a thread
+                    found[f"loop{chunk} w{warps}"] = LaunchConfig(1, chunk, warps, True)
     return heur, found
 
 

@@ -11,10 +11,16 @@ output; bf16 in and out) is timed with one change at a time:
   no-mask    no mask at all (only where N is the tile width)
   int32      32-bit row offsets
   late-w     the weight fetched after the reduction
-each on 8 and 16 warps, next to torch.compile and the package's own rms_norm. Eager (L2 flushed,
-`timing.eager_us`) and CUDA-graph timings, inputs and outputs rotating, medians of interleaved
+  const-n    the mask and 1/n_cols both from n_cols as a constexpr (torch.compile's kernel
+             specializes on the shape so)
+each on 8 and 16 warps (AB_WARPS="4,8" picks others); then the package's kernel itself with
+the same flags (weight fetched first), launched through Triton's JIT (`kernel-jit`) and through
+the package's launcher with that config (`launcher`, `ops._launch`: its own weight-fetch rule),
+next to torch.compile and the package's own rms_norm. Eager (L2 flushed, `timing.eager_us`) and
+CUDA-graph timings, inputs and outputs rotating, medians of interleaved
 rounds; each variant is checked against fp32 math first.
 """
+import os
 import sys
 
 import torch
@@ -22,7 +28,10 @@ import triton
 import triton.language as tl
 
 import rmsnorm_triton as rt
-from rmsnorm_triton import providers as P
+from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel
+from rmsnorm_triton import ops, providers as P
+from rmsnorm_triton.config import LaunchConfig
+from rmsnorm_triton.validate import check_inputs
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from bench_utils import interleaved_medians
 
@@ -32,7 +41,8 @@ VARIANTS = {"base": dict(MASK=1, IDX64=True, EARLY_W=True),
             "const-mask": dict(MASK=2, IDX64=True, EARLY_W=True),
             "no-mask": dict(MASK=0, IDX64=True, EARLY_W=True),
             "int32": dict(MASK=1, IDX64=False, EARLY_W=True),
-            "late-w": dict(MASK=1, IDX64=True, EARLY_W=False)}
+            "late-w": dict(MASK=1, IDX64=True, EARLY_W=False),
+            "const-n": dict(MASK=3, IDX64=True, EARLY_W=True)}
 
 
 @triton.jit
@@ -52,7 +62,10 @@ def _tile(x_ptr, w_ptr, y_ptr, n_cols, stride, eps, N: tl.constexpr, BLOCK_N: tl
     if EARLY_W:
         w = _load(w_ptr + cols, m, MASK)
     h = _load(x_row + cols, m, MASK).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(h * h, axis=1) * (1.0 / n_cols) + eps)[:, None]
+    if MASK == 3:
+        rstd = tl.rsqrt(tl.sum(h * h, axis=1) * (1.0 / N) + eps)[:, None]
+    else:
+        rstd = tl.rsqrt(tl.sum(h * h, axis=1) * (1.0 / n_cols) + eps)[:, None]
     if not EARLY_W:
         w = _load(w_ptr + cols, m, MASK)
     y = (h * rstd * w.to(tl.float32)).to(y_row.dtype.element_ty)
@@ -81,6 +94,28 @@ def _variant(x, w, warps, flags):
     return call
 
 
+def _kernel_jit(x, w, warps):
+    M, N = x.shape
+
+    def call():
+        y = torch.empty_like(x)
+        rmsnorm_fwd_kernel[(M,)](
+            x, x, w, x, y, M, N, N, 0, N, EPS, HAS_WEIGHT=True, HAS_BIAS=False,
+            HAS_RESIDUAL=False, ACCUMULATE=False, CLAMP_FP16=False, WEIGHT_OFFSET=0.0,
+            BLOCK_M=1, BLOCK_N=triton.next_power_of_2(N), LOOPED=False, LOOP_N=0, PRELOAD_W=True,
+            num_warps=warps)
+        return y
+    return call
+
+
+def _launcher(x, w, warps):
+    cfg = LaunchConfig(1, triton.next_power_of_2(x.shape[1]), warps, False)
+
+    def call():
+        return ops._launch(check_inputs(x, w, eps=EPS), EPS, 0.0, False, False, cfg)
+    return call
+
+
 def main():
     P.prepare_compile()
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
@@ -96,10 +131,15 @@ def main():
         for name, flags in VARIANTS.items():
             if name == "no-mask" and triton.next_power_of_2(N) != N:
                 continue
-            for warps in (8, 16):
+            for warps in map(int, os.environ.get("AB_WARPS", "8,16").split(",")):
                 got = _variant(xs[0], w, warps, flags)().float()
                 torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
                 calls[f"{name} w{warps}"] = [_variant(x, w, warps, flags) for x in xs]
+        for warps in map(int, os.environ.get("AB_WARPS", "8,16").split(",")):
+            for name, make in (("kernel-jit", _kernel_jit), ("launcher", _launcher)):
+                got = make(xs[0], w, warps)().float()
+                torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+                calls[f"{name} w{warps}"] = [make(x, w, warps) for x in xs]
         for timer in (eager_us, graph_us):
             times = interleaved_medians(calls, timer, rounds)
             print(f"{M}x{N} bf16, {timer.__name__}, medians of {rounds} rounds, {len(xs)} sets")
