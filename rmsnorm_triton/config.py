@@ -102,6 +102,20 @@ PACK_ALWAYS_MAX_N = 256
 # real models' hidden sizes").
 SPARSE_TILE_MIN_N = 16384
 SPARSE_TILE_FILL = (9, 16)
+# Of those, the 32K tiles' rows (16385-18432 columns) loop on 32 warps: half as many rows in
+# flight, whose first pass L2 then keeps for the second (Nsight Compute at 4096 x 18432 fp16 ->
+# fp32: 164.8 MB read from DRAM on 16 warps, 151.3 MB = x alone on 32). To a 4-byte output in
+# 4096-element chunks from 512 rows (1.04-1.12x at 512-16384 rows, graph and eager); to a
+# 16-bit one in 8192-element chunks from 2048 rows (1.02-1.03x at 2048-16384; 0.92-0.99x at
+# 512-1024 rows, which keep 16 warps); the fused add follows, 1.01-1.02x at 1024-4096 rows
+# (bench/RESULTS.md, "Rows still behind, profiled").
+SPARSE_WIDE_WARPS = 32
+SPARSE_WIDE_CHUNK = (8192, 4096)        # (16-bit output, 4-byte output)
+SPARSE_WIDE_MIN_ROWS = (2048, 512)
+# One 16-bit row of 513-1024 elements a program, to a 4-byte output, in calls of up to 1024
+# rows: 8 warps, half the stores a thread (64-1024 x 768-1024 to fp32: 1.00-1.04x in a graph,
+# 1.01-1.03x eager against 4; 2048 x 896: 0.89x / 0.96x, so larger calls keep 4).
+WIDE_OUT_1K_WARPS = 8
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
 # Short rows are packed several to a program so that a tile carries >= this many elements:
@@ -175,6 +189,10 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
             LOOP_1K_ROW_BYTES[0] < row_bytes <= LOOP_1K_ROW_BYTES[1]
     sparse = block_n >= SPARSE_TILE_MIN_N and n_rows > DECODE_MAX_ROWS and \
         n_cols * SPARSE_TILE_FILL[1] <= block_n * SPARSE_TILE_FILL[0]
+    if x_itemsize == 2 and sparse and block_n > SPARSE_TILE_MIN_N and \
+            n_rows >= SPARSE_WIDE_MIN_ROWS[out_itemsize >= 4]:
+        return LaunchConfig(block_m=1, block_n=SPARSE_WIDE_CHUNK[out_itemsize >= 4],
+                            num_warps=SPARSE_WIDE_WARPS, looped=True)
     if x_itemsize == 2 and ((block_n <= LOOP_MID_MAX_N and (loop or loop_1k)) or sparse):
         # A whole wide row a program holds registers that several looping programs share, and
         # the second read comes from L2 (evict_last on the first).
@@ -188,7 +206,11 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
         block_m *= 2
     if block_n <= 1024:
         # Packed short rows: 4 warps won at N = 128..1024 (73-82%), 8 lost by 3-9 points.
-        return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=4, looped=False)
+        # One 16-bit row of 513-1024 to a 4-byte output, up to 1024 rows: 8 (WIDE_OUT_1K_WARPS).
+        wide_out = block_n == 1024 and block_m == 1 and x_itemsize == 2 and \
+            out_itemsize >= 4 and n_rows <= LOOP_MID_ROWS[1]
+        return LaunchConfig(block_m=block_m, block_n=block_n,
+                            num_warps=WIDE_OUT_1K_WARPS if wide_out else 4, looped=False)
     # Elements a thread holds: 16 (16-bit x) for one row of up to 4K, and for any row of a
     # decode-sized call (up to 256 rows: latency-bound, more threads a row won: 64 x 16384 on
     # 32 warps 4.05 us against 4.18 on 16). From 512 rows twice that for tiles of 8K or more,

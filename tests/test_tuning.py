@@ -361,6 +361,12 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((2048, 16384, 2), _cfg(2, 2048, 4)),
     ((1024, 4096, 2), _cfg(4, 1024, 4)),
     ((896, 1024, 2), _cfg(1, 1024, 4)),
+    # ... on 8 warps to a 4-byte output, up to 1024 rows
+    ((896, 1024, 2, True, 4), _cfg(1, 1024, 8)),
+    ((768, 64, 2, True, 4), _cfg(1, 1024, 8)),
+    ((896, 2048, 2, True, 4), _cfg(1, 1024, 4)),
+    ((512, 512, 2, True, 4), _cfg(1, 512, 4)),
+    ((896, 1024, 4, True, 4), _cfg(1, 1024, 4)),
     ((768, 64, 2), _cfg(1, 1024, 4)),
     ((512, 512, 2), _cfg(1, 512, 4)),
     ((512, 4096, 2), _cfg(8, 512, 4)),
@@ -369,10 +375,17 @@ def _cfg(m, n, w, looped=False, splits=1):
     # A 16-bit row filling at most 9/16 of a 16K or 32K tile loops from 512 rows; fuller rows,
     # decode-sized calls and 4-byte x keep the tile.
     ((18432, 512, 2), _cfg(1, 4096, 16, looped=True)),
-    ((18432, 16384, 2), _cfg(1, 4096, 16, looped=True)),
+    ((18432, 1024, 2), _cfg(1, 4096, 16, looped=True)),
     ((9216, 4096, 2), _cfg(1, 4096, 16, looped=True)),
     ((8193, 2048, 2), _cfg(1, 4096, 16, looped=True)),
-    ((18432, 512, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    ((9216, 4096, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    # ... and a 32K tile's rows on 32 warps: to a 4-byte output from 512 rows, to 16 bits from
+    # 2048 rows.
+    ((18432, 2048, 2), _cfg(1, 8192, 32, looped=True)),
+    ((18432, 16384, 2), _cfg(1, 8192, 32, looped=True)),
+    ((16385, 4096, 2), _cfg(1, 8192, 32, looped=True)),
+    ((18432, 512, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
+    ((18432, 4096, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
     ((9217, 4096, 2), _cfg(1, 16384, 16)),
     ((18433, 4096, 2), _cfg(1, 32768, 32)),
     ((18432, 256, 2), _cfg(1, 32768, 32)),
@@ -476,10 +489,15 @@ _GPU_ONLY = pytest.mark.skipif(not ON_GPU, reason="hundreds of rows of 9K-18K ta
     pytest.param((300, 9216), BF16, BF16, None, marks=_GPU_ONLY),      # a sparse 16K tile loops
     pytest.param((600, 18432), torch.float16, FP32, None, marks=_GPU_ONLY),
     pytest.param((300, 18432), BF16, BF16, BF16, marks=_GPU_ONLY),
+    pytest.param((2048, 18432), BF16, BF16, BF16, marks=_GPU_ONLY),   # 32 warps, 8K chunks
+    pytest.param((1500, 18000), BF16, FP32, BF16, marks=_GPU_ONLY),   # 32 warps, 4K chunks
     ((40, 896), BF16, BF16, None),              # short rows: one a program below 4096 rows
+    ((40, 896), BF16, FP32, None),              # ... on 8 warps to fp32
+    ((30, 1000), torch.float16, FP32, torch.float16),
     ((70, 512), torch.float16, FP32, FP32),
 ], ids=["loop-16k-fp32-out", "add-fp32-residual-32k", "loop-sparse-16k", "loop-sparse-32k-fp32",
-        "add-loop-sparse-32k", "unpacked-896", "add-unpacked-512"])
+        "add-loop-sparse-32k", "add-loop-sparse-32k-wide", "add-loop-sparse-32k-wide-fp32",
+        "unpacked-896", "unpacked-896-fp32", "add-unpacked-1000-fp32", "add-unpacked-512"])
 def test_new_heuristic_paths_match_fp64(device, shape, x_dtype, out_dtype, res_dtype):
     x, w = rand_x(shape, x_dtype, device), rand_w(shape[1], x_dtype, device)
     out = torch.full(shape, float("nan"), dtype=out_dtype, device=device)
@@ -495,7 +513,8 @@ def test_new_heuristic_paths_match_fp64(device, shape, x_dtype, out_dtype, res_d
     assert_close(out, want)
 
 
-@pytest.mark.parametrize("cfg", [_cfg(1, 2048, 16, looped=True), _cfg(2, 4096, 8, looped=True)],
+@pytest.mark.parametrize("cfg", [_cfg(1, 2048, 16, looped=True), _cfg(2, 4096, 8, looped=True),
+                                 _cfg(1, 4096, 32, looped=True)],
                          ids=tune_space.cfg_str)
 def test_looped_chunks_with_another_output_dtype(device, cfg):
     """The looped kernel (eviction hints on both passes) with fp32 out, as the 16K rule runs it."""
