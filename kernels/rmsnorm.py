@@ -165,9 +165,11 @@ def rmsnorm_fwd_kernel(
 ):
     # int64 row offsets: M * stride can pass 2**31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    if BLOCK_M == 1:
-        # The grid has one program a row: no row to mask, and no compare ahead of the loads
-        # (64-1024 x 896: 0.06-0.12 us, bench/RESULTS.md, "Rows still behind, profiled").
+    if BLOCK_M == 1 and BLOCK_N <= 4096:
+        # One program a row covers a row that exists: no row mask. Measured in a graph, tiles
+        # up to 4096 wide gained 1-2.3% (64-1024 x 896, 64 x 4096), 8192-wide ones on 16 warps
+        # lost 1-1.8% (16-64 x 8192), so those keep it (bench/RESULTS.md, "Rows still behind,
+        # profiled").
         row_mask = tl.full([1, 1], 1, tl.int1)
     else:
         row_mask = (rows < n_rows)[:, None]
@@ -175,6 +177,7 @@ def rmsnorm_fwd_kernel(
     r_rows = r_ptr + rows[:, None] * stride_r_row
     y_rows = y_ptr + rows[:, None] * stride_y_row
     cols = tl.arange(0, BLOCK_N)[None, :]
+    inv_n = 1.0 / n_cols          # n_cols may arrive as the constexpr 1 (Triton specializes it)
 
     if not LOOPED:
         col_mask = cols < n_cols
@@ -185,9 +188,7 @@ def rmsnorm_fwd_kernel(
             w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
             b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
         h = _load_h(x_rows, r_rows, cols, mask, HAS_RESIDUAL, True, CLAMP_FP16, "")
-        # 1 / n_cols after the loads, so that nothing delays their issue (n_cols may arrive as
-        # the constexpr 1: Triton specializes it).
-        rstd = tl.rsqrt(tl.sum(h * h, axis=1) * (1.0 / n_cols) + eps)[:, None]
+        rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
         if not PRELOAD_W:
             w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
             b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
@@ -198,7 +199,7 @@ def rmsnorm_fwd_kernel(
         # trip count known the compiler likely keeps several chunks' loads in flight (not
         # profiled); 1024 x 5120 bf16 -> fp32: 11.98 against 13.10 us with n_cols as the bound
         # (bench/RESULTS.md, "Loop bounds as constants").
-        rstd = _looped_rstd(x_rows, r_rows, cols, row_mask, 1.0 / n_cols, eps,
+        rstd = _looped_rstd(x_rows, r_rows, cols, row_mask, inv_n, eps,
                             HAS_RESIDUAL, CLAMP_FP16, BLOCK_M, BLOCK_N, LOOP_N)
         for start in range(0, LOOP_N, BLOCK_N):
             col_mask = start + cols < LOOP_N
