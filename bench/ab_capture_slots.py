@@ -8,7 +8,8 @@ Three graphs of the same calls, per-call time (`timing.graph_us`, inputs and out
 - shipped: `rms_norm` as captured today (fill + split-row kernel);
 - slots zeroed once: the same launch given slots zeroed before the capture. Graph replays run
   in order, and each launch moves every slot on by one round, so they stay correct without
-  the fill; the output is checked against the fp32 reference after the replays;
+  the fill; each form's outputs, poisoned first, are checked against the fp32 reference after
+  three replays of a graph of its own;
 - fill alone: the `torch.zeros` a captured call makes, and nothing else.
 bf16, weight, no bias; medians of interleaved rounds, L2 scrubbed before each.
 """
@@ -63,9 +64,20 @@ def main():
                  "fill alone": [lambda: torch.zeros((M, cfg.splits), dtype=torch.int64,
                                                     device="cuda")]}
         times = interleaved_medians(calls, graph_us, rounds)
-        for x, o in zip(xs, outs):           # what the last replays of each left
-            want = P._rms_norm_fp32(x, w, 1e-6, torch.bfloat16).float()
-            torch.testing.assert_close(o.float(), want, rtol=1e-2, atol=1e-2)
+        for name in ("shipped", "slots zeroed once"):     # each form, replayed on its own
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for call in calls[name]:
+                    call()
+            for o in outs:
+                o.fill_(float("nan"))
+            for _ in range(3):
+                graph.replay()
+            for x, o in zip(xs, outs):
+                want = P._rms_norm_fp32(x, w, 1e-6, torch.bfloat16).float()
+                torch.testing.assert_close(o.float(), want, rtol=1e-2, atol=1e-2,
+                                           msg=lambda m, name=name: f"{name}: {m}")
+            del graph
         print(f"{M}x{N} bf16, {cfg.splits} splits of {cfg.block_n}, graph_us, medians of "
               f"{rounds} rounds, {sets} sets: " + ", ".join(
                   f"{name} {us:.2f} us" for name, us in times.items())

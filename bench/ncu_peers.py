@@ -1,10 +1,11 @@
 """Our kernel next to each peer's and a plain copy of the same rows, one call each, for Nsight
 Compute: where a row is behind, what the kernels do differently.
 
+    M=smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum
     ncu --profile-from-start off --clock-control none --cache-control all \\
         --section SpeedOfLight --section Occupancy --section LaunchStats \\
-        --section WarpStateStats --metrics smsp__inst_executed.sum,dram__bytes_read.sum,\\
-    dram__bytes_write.sum -o peers python3 bench/ncu_peers.py 512x896:bf16:bf16,...
+        --section WarpStateStats --metrics $M -o peers \\
+        python3 bench/ncu_peers.py 512x896:bf16:bf16,... > labels.txt
     ncu --import peers.ncu-rep --csv --page details --print-units base > peers.csv
     python3 bench/ncu_peers.py --table peers.csv labels.txt
 

@@ -167,9 +167,9 @@ def rmsnorm_fwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     if BLOCK_M == 1 and BLOCK_N <= 4096:
         # One program a row covers a row that exists: no row mask. Measured in a graph, tiles
-        # up to 4096 wide gained 1-2.3% (64-1024 x 896, 64 x 4096), 8192-wide ones on 16 warps
-        # lost 1-1.8% (16-64 x 8192), so those keep it (bench/RESULTS.md, "Rows still behind,
-        # profiled").
+        # and chunks up to 4096 wide gained up to 2.5% (64-1024 x 896 1.005-1.025x, 8-64 x 4096
+        # 1.02x, 4096-element loop chunks 1.02x), 8192-wide tiles on 16 warps lost 1-1.8% at
+        # 16-64 rows, so those keep it (bench/RESULTS.md, "Rows still behind, profiled").
         row_mask = tl.full([1, 1], 1, tl.int1)
     else:
         row_mask = (rows < n_rows)[:, None]

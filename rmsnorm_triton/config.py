@@ -104,18 +104,22 @@ SPARSE_TILE_MIN_N = 16384
 SPARSE_TILE_FILL = (9, 16)
 # Of those, the 32K tiles' rows (16385-18432 columns) loop on 32 warps: half as many rows in
 # flight, whose first pass L2 then keeps for the second (Nsight Compute at 4096 x 18432 fp16 ->
-# fp32: 164.8 MB read from DRAM on 16 warps, 151.3 MB = x alone on 32). To a 4-byte output in
-# 4096-element chunks from 512 rows (1.04-1.12x at 512-16384 rows, graph and eager); to a
-# 16-bit one in 8192-element chunks from 2048 rows (1.02-1.03x at 2048-16384; 0.92-0.99x at
-# 512-1024 rows, which keep 16 warps); the fused add follows, 1.01-1.02x at 1024-4096 rows
+# fp32: 164.8 MB read from DRAM on 16 warps, 151.3 MB on 32, where x is 151.0). To a 4-byte
+# output in 4096-element chunks from the 512-row bucket (1.04-1.12x at 512-16384 rows, graph
+# and eager); to a 16-bit one in 8192-element chunks from the 2048-row bucket, i.e. from 1025
+# rows (1.02-1.03x at 2048-16384 rows; 0.92-1.00x at 512-1024, which keep 16 warps). The fused
+# add of a 16-bit residual follows: 1.022x at 4096 x 18432 to 16 bits; to fp32 not timed
 # (bench/RESULTS.md, "Rows still behind, profiled").
 SPARSE_WIDE_WARPS = 32
 SPARSE_WIDE_CHUNK = (8192, 4096)        # (16-bit output, 4-byte output)
 SPARSE_WIDE_MIN_ROWS = (2048, 512)
-# One 16-bit row of 513-1024 elements a program, to a 4-byte output, in calls of up to 1024
-# rows: 8 warps, half the stores a thread (64-1024 x 768-1024 to fp32: 1.00-1.04x in a graph,
-# 1.01-1.03x eager against 4; 2048 x 896: 0.89x / 0.96x, so larger calls keep 4).
+# One 16-bit row of 513-1024 elements a program (a 1024 tile), to a 4-byte output, in calls of
+# up to WIDE_OUT_1K_MAX_ROWS rows: 8 warps, half the stores a thread. Measured at 64-1024 x
+# 768-1024 to fp32: 1.00-1.04x in a graph, 1.01-1.03x eager against 4; 2048 x 896: 0.89x /
+# 0.96x, so larger calls keep 4. Calls under 33 rows and 513-767 columns were not measured and
+# follow.
 WIDE_OUT_1K_WARPS = 8
+WIDE_OUT_1K_MAX_ROWS = 1024
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
 # Short rows are packed several to a program so that a tile carries >= this many elements:
@@ -206,9 +210,9 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
         block_m *= 2
     if block_n <= 1024:
         # Packed short rows: 4 warps won at N = 128..1024 (73-82%), 8 lost by 3-9 points.
-        # One 16-bit row of 513-1024 to a 4-byte output, up to 1024 rows: 8 (WIDE_OUT_1K_WARPS).
+        # One 16-bit row of 513-1024 to a 4-byte output, in smaller calls: WIDE_OUT_1K_WARPS.
         wide_out = block_n == 1024 and block_m == 1 and x_itemsize == 2 and \
-            out_itemsize >= 4 and n_rows <= LOOP_MID_ROWS[1]
+            out_itemsize >= 4 and n_rows <= WIDE_OUT_1K_MAX_ROWS
         return LaunchConfig(block_m=block_m, block_n=block_n,
                             num_warps=WIDE_OUT_1K_WARPS if wide_out else 4, looped=False)
     # Elements a thread holds: 16 (16-bit x) for one row of up to 4K, and for any row of a
