@@ -1,11 +1,12 @@
 """What in the single-tile kernel costs time: column masks, 64-bit row offsets, weight order.
 
-    python bench/ab_tile_variants.py [M1xN1,...] [rounds]
+    python bench/ab_tile_variants.py [M1xN1[:x:out],...] [rounds]
 
 torch.compile's kernel for the 16-bit norm at 512 x 8192 (one row a program, 16 warps, no masks,
 32-bit offsets, `bench/inductor_choice.py`) beats the package's 8192-wide tile on 16 warps by
 about 15% after an L2 flush. A stripped copy of rmsnorm_fwd_kernel's single-tile path (x, weight,
-output; bf16 in and out) is timed with one change at a time:
+output; bf16 in and out unless a row names its dtypes, e.g. 512x896:bf16:fp32) is timed with one
+change at a time:
   base       as the package: mask on the runtime n_cols, int64 row offsets, weight fetched first
   const-mask the mask on n_cols as a constexpr (a kernel per hidden size)
   no-mask    no mask at all (only where N is the tile width)
@@ -13,6 +14,9 @@ output; bf16 in and out) is timed with one change at a time:
   late-w     the weight fetched after the reduction
   const-n    the mask and 1/n_cols both from n_cols as a constexpr (torch.compile's kernel
              specializes on the shape so)
+  wide-sig   base, with the package kernel's arguments (residual and bias pointers, the row
+             count, a row stride each for x, residual and output), the output addressed by x's
+             stride; `wide-sig-ystride` by its own
 each on 8 and 16 warps (AB_WARPS="4,8" picks others); then the package's kernel itself with
 the same flags (weight fetched first), launched through Triton's JIT (`kernel-jit`) and through
 the package's launcher with that config (`launcher`, `ops._launch`: its own weight-fetch rule),
@@ -37,6 +41,7 @@ from bench_utils import interleaved_medians
 
 SHAPES = "512x8192,512x7168,4096x8192,4096x5120,64x8192"
 EPS = 1e-6
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 VARIANTS = {"base": dict(MASK=1, IDX64=True, EARLY_W=True),
             "const-mask": dict(MASK=2, IDX64=True, EARLY_W=True),
             "no-mask": dict(MASK=0, IDX64=True, EARLY_W=True),
@@ -83,22 +88,47 @@ def _load(ptrs, m, MASK: tl.constexpr):
         return tl.load(ptrs, mask=m, other=0.0)
 
 
-def _variant(x, w, warps, flags):
+@triton.jit
+def _tile_wide_sig(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_cols, stride_x, stride_r,
+                   stride_y, eps, BLOCK_N: tl.constexpr, Y_STRIDE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    m = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=m, other=0.0)
+    h = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(h * h, axis=1) * (1.0 / n_cols) + eps)[:, None]
+    y_row = y_ptr + row * (stride_y if Y_STRIDE else stride_x)
+    tl.store(y_row + cols, (h * rstd * w.to(tl.float32)).to(y_ptr.dtype.element_ty), mask=m)
+
+
+def _wide_sig(x, w, warps, y_stride, out_dtype):
     M, N = x.shape
 
     def call():
-        y = torch.empty_like(x)
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        _tile_wide_sig[(M,)](x, x, w, x, y, M, N, N, 0, N, EPS,
+                             BLOCK_N=triton.next_power_of_2(N), Y_STRIDE=y_stride,
+                             num_warps=warps)
+        return y
+    return call
+
+
+def _variant(x, w, warps, flags, out_dtype):
+    M, N = x.shape
+
+    def call():
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
         _tile[(M,)](x, w, y, N, N, EPS, N=N, BLOCK_N=triton.next_power_of_2(N),
                     num_warps=warps, **flags)
         return y
     return call
 
 
-def _kernel_jit(x, w, warps):
+def _kernel_jit(x, w, warps, out_dtype):
     M, N = x.shape
 
     def call():
-        y = torch.empty_like(x)
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
         rmsnorm_fwd_kernel[(M,)](
             x, x, w, x, y, M, N, N, 0, N, EPS, HAS_WEIGHT=True, HAS_BIAS=False,
             HAS_RESIDUAL=False, ACCUMULATE=False, CLAMP_FP16=False, WEIGHT_OFFSET=0.0,
@@ -108,11 +138,12 @@ def _kernel_jit(x, w, warps):
     return call
 
 
-def _launcher(x, w, warps):
+def _launcher(x, w, warps, out_dtype):
     cfg = LaunchConfig(1, triton.next_power_of_2(x.shape[1]), warps, False)
 
     def call():
-        return ops._launch(check_inputs(x, w, eps=EPS), EPS, 0.0, False, False, cfg)
+        return ops._launch(check_inputs(x, w, eps=EPS, out_dtype=out_dtype), EPS, 0.0, False,
+                           False, cfg)
     return call
 
 
@@ -121,28 +152,37 @@ def main():
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     for spec in (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(","):
-        M, N = map(int, spec.split("x"))
-        xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(torch.bfloat16)
-              for _ in range(n_sets(4 * M * N))]
-        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(torch.bfloat16)
-        want = P._rms_norm_fp32(xs[0], w, EPS, torch.bfloat16).float()
-        calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, torch.bfloat16) for x in xs],
-                 "rms_norm": [lambda x=x: rt.rms_norm(x, w, EPS) for x in xs]}
+        shape, *names = spec.split(":")
+        x_dtype, out_dtype = (DTYPES[n] for n in (names or ["bf16", "bf16"]))
+        M, N = map(int, shape.split("x"))
+        xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
+              for _ in range(n_sets((2 + out_dtype.itemsize) * M * N))]
+        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)
+        want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
+        calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs],
+                 "rms_norm": [lambda x=x: rt.rms_norm(x, w, EPS, out_dtype=out_dtype)
+                              for x in xs]}
         for name, flags in VARIANTS.items():
             if name == "no-mask" and triton.next_power_of_2(N) != N:
                 continue
             for warps in map(int, os.environ.get("AB_WARPS", "8,16").split(",")):
-                got = _variant(xs[0], w, warps, flags)().float()
+                got = _variant(xs[0], w, warps, flags, out_dtype)().float()
                 torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
-                calls[f"{name} w{warps}"] = [_variant(x, w, warps, flags) for x in xs]
+                calls[f"{name} w{warps}"] = [_variant(x, w, warps, flags, out_dtype)
+                                             for x in xs]
         for warps in map(int, os.environ.get("AB_WARPS", "8,16").split(",")):
-            for name, make in (("kernel-jit", _kernel_jit), ("launcher", _launcher)):
-                got = make(xs[0], w, warps)().float()
+            for name, y_stride in (("wide-sig", False), ("wide-sig-ystride", True)):
+                got = _wide_sig(xs[0], w, warps, y_stride, out_dtype)().float()
                 torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
-                calls[f"{name} w{warps}"] = [make(x, w, warps) for x in xs]
+                calls[f"{name} w{warps}"] = [_wide_sig(x, w, warps, y_stride, out_dtype)
+                                             for x in xs]
+            for name, make in (("kernel-jit", _kernel_jit), ("launcher", _launcher)):
+                got = make(xs[0], w, warps, out_dtype)().float()
+                torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+                calls[f"{name} w{warps}"] = [make(x, w, warps, out_dtype) for x in xs]
         for timer in (eager_us, graph_us):
             times = interleaved_medians(calls, timer, rounds)
-            print(f"{M}x{N} bf16, {timer.__name__}, medians of {rounds} rounds, {len(xs)} sets")
+            print(f"{spec}, {timer.__name__}, medians of {rounds} rounds, {len(xs)} sets")
             ref = times["torch.compile"]
             for name, us in sorted(times.items(), key=lambda kv: kv[1]):
                 print(f"   {name:16s} {us:7.2f} us  compile/this {ref / us:5.3f}")

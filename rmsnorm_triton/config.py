@@ -120,6 +120,9 @@ SPARSE_WIDE_MIN_ROWS = (2048, 512)
 # follow.
 WIDE_OUT_1K_WARPS = 8
 WIDE_OUT_1K_MAX_ROWS = 1024
+# One-row programs of up to 1024 elements fetch the weight first in calls of up to this many
+# rows (`preload_weight`); larger calls were not measured.
+PRELOAD_1K_MAX_ROWS = 1024
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
 # Short rows are packed several to a program so that a tile carries >= this many elements:
@@ -244,8 +247,13 @@ def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
     decode sizes (1 x 8192: 1.92 against 2.10 us in a graph, 4.8 against 6.4 us eager; 64 x
     8192: 2.94 against 3.50 us) and up to 256 rows, and at N >= 8192 (1024 x 8192: 4%); late
     wins at 1024 x 4096 (9%, graph); large shapes are level (16384 x 8192: 97.9 / 97.5%).
+    One row of up to 1024 elements a program, in calls of up to PRELOAD_1K_MAX_ROWS rows,
+    fetches early too (512-1024 x 768-1024 bf16 in a graph: 1.3-1.8%, the fused add 0.5-0.9%;
+    bench/RESULTS.md, "Short rows fetch the weight first").
     The split-row kernel always fetches late (a comment there says why)."""
-    return cfg.splits == 1 and not cfg.looped and (n_rows <= 256 or cfg.block_n >= 8192)
+    return cfg.splits == 1 and not cfg.looped and (
+        n_rows <= 256 or cfg.block_n >= 8192
+        or (cfg.block_m == 1 and cfg.block_n <= 1024 and n_rows <= PRELOAD_1K_MAX_ROWS))
 
 
 def _is_pow2(n) -> bool:

@@ -32,8 +32,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 WARPS = (4, 8, 16, 32)
 # Looped rows read x twice (the second time from L2): worth trying where a whole row makes a
 # big tile; from 4K tiles (rows of 2049 elements and more): the heuristic loops 16-bit x to a
-# 4-byte output from 4096 columns.
-LOOP_MIN_N, CHUNKS, CHUNK_WARPS = 4096, (2048, 4096, 8192, 16384), (8, 16)
+# 4-byte output from 4096 columns. 32 warps halve the rows in flight, so that L2 still holds a
+# row's first pass for its second (the heuristic's pick at 16385-18432 columns).
+LOOP_MIN_N, CHUNKS, CHUNK_WARPS = 4096, (2048, 4096, 8192, 16384), (8, 16, 32)
 SLICES, SLICE_WARPS = (2048, 4096, 8192, 16384), (4, 8)
 # Below this many rows a row per program leaves SMs idle, so splitting rows is worth a try;
 # above it the split-row kernel only adds its exchange of partial sums.

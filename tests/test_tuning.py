@@ -196,6 +196,18 @@ def test_candidates_are_legal_and_start_with_the_heuristic():
     assert all(c.splits == 1 for c in tune_space.candidates(65536, 1, 2, on_gpu=False))
 
 
+def test_candidates_offer_every_looped_warp_count_the_heuristic_uses():
+    # The heuristic loops 18432-wide rows on 32 warps; the tuner must be able to find that
+    # config at other sizes too, and to try its neighbours where the heuristic picked it.
+    looped = {(c.block_n, c.num_warps) for c in tune_space.candidates(65536, 16384, 2)
+              if c.looped}
+    assert {(4096, 32), (8192, 32), (8192, 16), (2048, 8)} <= looped
+    pick = heuristic_config(18432, 4096, 2, True, 4)
+    assert pick.looped and pick.num_warps == 32
+    cands = tune_space.candidates(18432, 4096, 2, on_gpu=True, out_itemsize=4)
+    assert cands[0] == pick and LaunchConfig(1, 8192, 16, looped=True) in cands
+
+
 @pytest.mark.skipif(not ops.INTERPRET, reason="runs the candidates through the interpreter")
 @pytest.mark.parametrize("pair,fused", [((BF16, BF16), True), ((torch.float16, FP32), False),
                                         ((FP32, FP32), True)], ids=["bf16-add", "fp16-fp32",
@@ -417,6 +429,24 @@ def _cfg(m, n, w, looped=False, splits=1):
 def test_heuristic_rules(monkeypatch, args, want):
     monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
     assert heuristic_config(*args) == want
+
+
+@pytest.mark.parametrize("cfg,n_rows,want", [
+    (_cfg(1, 8192, 16), 1, True),                       # decode: overlap the weight with x
+    (_cfg(1, 4096, 8), 256, True),
+    (_cfg(1, 4096, 8), 1024, False),                    # mid-sized 4K tiles: after the sum
+    (_cfg(1, 8192, 8), 4096, True),                     # wide tiles: first
+    (_cfg(1, 1024, 4), 512, True),                      # one short row a program, <= 1024 rows
+    (_cfg(1, 1024, 8), 1024, True),
+    (_cfg(1, 512, 4), 1000, True),
+    (_cfg(1, 1024, 4), 1025, False),                    # larger calls: not measured, late
+    (_cfg(4, 1024, 4), 1024, False),                    # packed rows keep the late fetch
+    (_cfg(1, 2048, 4), 1024, False),
+    (_cfg(1, 4096, 16, looped=True), 1, False),         # the looped path has no such choice
+    (_cfg(1, 2048, 8, splits=32), 1, False),            # nor the split-row kernel
+])
+def test_weight_fetch_rule(cfg, n_rows, want):
+    assert config.preload_weight(cfg, n_rows) is want
 
 
 def test_heuristic_configs_are_legal(monkeypatch):
