@@ -153,10 +153,12 @@ def main():
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     for spec in (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(","):
         shape, *names = spec.split(":")
+        if len(names) not in (0, 2) or not set(names) <= set(DTYPES):
+            raise SystemExit(f"not a row: {spec!r} (MxN or MxN:x:out, dtypes {sorted(DTYPES)})")
         x_dtype, out_dtype = (DTYPES[n] for n in (names or ["bf16", "bf16"]))
         M, N = map(int, shape.split("x"))
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
-              for _ in range(n_sets((2 + out_dtype.itemsize) * M * N))]
+              for _ in range(n_sets((x_dtype.itemsize + out_dtype.itemsize) * M * N))]
         w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)
         want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
         calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs],

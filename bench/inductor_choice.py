@@ -47,7 +47,8 @@ def main():
         for launcher in getattr(o, "launchers", None) or []:
             print(o.size_hints, launcher.config, "registers", getattr(launcher, "n_regs", None),
                   "spills", getattr(launcher, "n_spills", None))
-        if show_source:
+        # An autotuner without launchers repeats the source of one that has them.
+        if show_source and getattr(o, "launchers", None):
             meta = getattr(o, "triton_meta", {}) or {}
             print("triton_meta:", {k: v for k, v in meta.items() if k not in ("signature",)})
             print("inductor_meta:", getattr(o, "inductor_meta", None))

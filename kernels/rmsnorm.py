@@ -69,10 +69,7 @@ def _normalize_store(
 
     w and b come from _load_cols: the caller decides when they are fetched."""
     y = h * rstd
-    if HAS_WEIGHT and WEIGHT_OFFSET == 0.0:
-        # Not w + 0.0: the compiler keeps that add (it would turn -0.0 into +0.0).
-        y = y * w.to(tl.float32)
-    elif HAS_WEIGHT:
+    if HAS_WEIGHT:
         y = y * (w.to(tl.float32) + WEIGHT_OFFSET)      # the offset is added in fp32
     elif WEIGHT_OFFSET != 0.0:
         y = y * (1.0 + WEIGHT_OFFSET)

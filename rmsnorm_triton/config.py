@@ -120,8 +120,9 @@ SPARSE_WIDE_MIN_ROWS = (2048, 512)
 # follow.
 WIDE_OUT_1K_WARPS = 8
 WIDE_OUT_1K_MAX_ROWS = 1024
-# One-row programs of up to 1024 elements fetch the weight first in calls of up to this many
-# rows (`preload_weight`); larger calls were not measured.
+# One-row programs of a 1024 tile fetch the weight first in calls of up to this many rows
+# (`preload_weight`); at 2048 x 896 fetching first measured 1.009x, within the noise, so
+# larger calls keep the late fetch.
 PRELOAD_1K_MAX_ROWS = 1024
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
@@ -247,13 +248,14 @@ def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
     decode sizes (1 x 8192: 1.92 against 2.10 us in a graph, 4.8 against 6.4 us eager; 64 x
     8192: 2.94 against 3.50 us) and up to 256 rows, and at N >= 8192 (1024 x 8192: 4%); late
     wins at 1024 x 4096 (9%, graph); large shapes are level (16384 x 8192: 97.9 / 97.5%).
-    One row of up to 1024 elements a program, in calls of up to PRELOAD_1K_MAX_ROWS rows,
-    fetches early too (512-1024 x 768-1024 bf16 in a graph: 1.3-1.8%, the fused add 0.5-0.9%;
-    bench/RESULTS.md, "Short rows fetch the weight first").
+    One row of 513-1024 elements a program (a 1024 tile), in calls of up to
+    PRELOAD_1K_MAX_ROWS rows, fetches early too: at 512-1024 x 768-1024 in a graph 1.2-1.6%
+    on an H100 (to fp32 0.3-2.5%), 0.0-1.4% on an H200, the fused add 0.4-0.5%
+    (bench/RESULTS.md, "Short rows fetch the weight first"); 513-767 columns follow, not timed.
     The split-row kernel always fetches late (a comment there says why)."""
     return cfg.splits == 1 and not cfg.looped and (
         n_rows <= 256 or cfg.block_n >= 8192
-        or (cfg.block_m == 1 and cfg.block_n <= 1024 and n_rows <= PRELOAD_1K_MAX_ROWS))
+        or (cfg.block_m == 1 and cfg.block_n == 1024 and n_rows <= PRELOAD_1K_MAX_ROWS))
 
 
 def _is_pow2(n) -> bool:
