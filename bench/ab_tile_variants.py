@@ -16,7 +16,9 @@ change at a time:
              specializes on the shape so)
   wide-sig   base, with the package kernel's arguments (residual and bias pointers, the row
              count, a row stride each for x, residual and output), the output addressed by x's
-             stride; `wide-sig-ystride` by its own
+             stride; `wide-sig-ystride` by its own; `wide-sig-none` with the residual and bias
+             pointers passed as None, and `wide-sig-none-all` with the row count and the
+             residual's stride None too (Triton compiles a None argument out of the kernel)
 each on 8 and 16 warps (AB_WARPS="4,8" picks others); then the package's kernel itself with
 the same flags (weight fetched first), launched through Triton's JIT (`kernel-jit`) and through
 the package's launcher with that config (`launcher`, `ops._launch`: its own weight-fetch rule),
@@ -101,12 +103,16 @@ def _tile_wide_sig(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_cols, stride_x, 
     tl.store(y_row + cols, (h * rstd * w.to(tl.float32)).to(y_ptr.dtype.element_ty), mask=m)
 
 
-def _wide_sig(x, w, warps, y_stride, out_dtype):
+def _wide_sig(x, w, warps, y_stride, out_dtype, absent=""):
+    """absent: "" passes x for the unused pointers, as the package does; "ptrs" passes None
+    for them; "all" also for the unused row count and residual stride."""
     M, N = x.shape
+    unused = x if not absent else None
+    n_rows, stride_r = (None, None) if absent == "all" else (M, 0)
 
     def call():
         y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-        _tile_wide_sig[(M,)](x, x, w, x, y, M, N, N, 0, N, EPS,
+        _tile_wide_sig[(M,)](x, unused, w, unused, y, n_rows, N, N, stride_r, N, EPS,
                              BLOCK_N=triton.next_power_of_2(N), Y_STRIDE=y_stride,
                              num_warps=warps)
         return y
@@ -173,10 +179,13 @@ def main():
                 calls[f"{name} w{warps}"] = [_variant(x, w, warps, flags, out_dtype)
                                              for x in xs]
         for warps in map(int, os.environ.get("AB_WARPS", "8,16").split(",")):
-            for name, y_stride in (("wide-sig", False), ("wide-sig-ystride", True)):
-                got = _wide_sig(xs[0], w, warps, y_stride, out_dtype)().float()
+            for name, y_stride, absent in (("wide-sig", False, ""),
+                                           ("wide-sig-ystride", True, ""),
+                                           ("wide-sig-none", True, "ptrs"),
+                                           ("wide-sig-none-all", True, "all")):
+                got = _wide_sig(xs[0], w, warps, y_stride, out_dtype, absent)().float()
                 torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
-                calls[f"{name} w{warps}"] = [_wide_sig(x, w, warps, y_stride, out_dtype)
+                calls[f"{name} w{warps}"] = [_wide_sig(x, w, warps, y_stride, out_dtype, absent)
                                              for x in xs]
             for name, make in (("kernel-jit", _kernel_jit), ("launcher", _launcher)):
                 got = make(xs[0], w, warps, out_dtype)().float()
