@@ -200,14 +200,16 @@ class _Progress:
             self.bar.close()
 
 
+def _us(v) -> str:
+    return f"{v:8.2f}" if v is not None else f"{'-':>8}"
+
+
 def print_summary(results: list[Result]) -> None:
     name = {v: k for k, v in DTYPES.items()}
     print(f"\n{'N':>7} {'rows':>5} {'dtypes':<11} {'add':>3}  {'heuristic':<20} {'us':>8}  "
           f"{'best':<20} {'us':>8}  {'speedup':>7}  note")
     for r in results:
         c = r.case
-        def us(v):
-            return f"{v:8.2f}" if v is not None else f"{'-':>8}"
         sp = f"{r.speedup:6.2f}x" if r.speedup is not None else f"{'-':>7}"
         note = "tuned" if r.chosen else "heuristic kept"
         if r.heuristic in r.dropped:
@@ -215,8 +217,8 @@ def print_summary(results: list[Result]) -> None:
         elif r.dropped:
             note += f"; {len(r.dropped)} dropped"
         print(f"{c.n_cols:>7} {c.bucket:>5} {name[c.x_dtype] + '->' + name[c.out_dtype]:<11} "
-              f"{int(c.fused):>3}  {cfg_str(r.heuristic):<20} {us(r.heuristic_us)}  "
-              f"{cfg_str(r.best):<20} {us(r.best_us)}  {sp}  {note}")
+              f"{int(c.fused):>3}  {cfg_str(r.heuristic):<20} {_us(r.heuristic_us)}  "
+              f"{cfg_str(r.best):<20} {_us(r.best_us)}  {sp}  {note}")
     sps = [r.speedup for r in results if r.speedup]
     if sps:
         g = math.exp(sum(map(math.log, sps)) / len(sps))
