@@ -4,7 +4,9 @@
     python bench/ab_kernel_file.py /tmp/old_rmsnorm.py [MxN[:x:out],...] [rounds]
 
 Both files' `rmsnorm_fwd_kernel` are launched through Triton's JIT with the config and flags
-`rms_norm` would use for the row (`pick_config`, `preload_weight`), outputs allocated per call;
+`rms_norm` would use for the row (`pick_config`, `preload_weight`, `row_mask`), outputs
+allocated per call, and each with the arguments its revision's launcher passes: a kernel with a
+ROW_MASK parameter gets None for the operands it does not read, an older one x's pointer;
 each is checked against fp32 math first, then timed eager (L2 flushed) and in a CUDA graph,
 inputs and outputs rotating, medians of interleaved rounds. bf16 by default; `x` and `out` name
 other dtypes (bf16, fp16, fp32).
@@ -15,7 +17,7 @@ import sys
 import torch
 
 from rmsnorm_triton import providers as P
-from rmsnorm_triton.config import pick_config, preload_weight, row_bucket
+from rmsnorm_triton.config import pick_config, preload_weight, row_bucket, row_mask
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from bench_utils import interleaved_medians
@@ -42,11 +44,16 @@ def _call(kernel, x, w, out_dtype):
                  CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                  LOOPED=cfg.looped, LOOP_N=N if cfg.looped else 0,
                  PRELOAD_W=preload_weight(cfg, M))
+    if "ROW_MASK" in kernel.arg_names:
+        flags["ROW_MASK"] = row_mask(cfg)
+        unused, n_rows, stride_r = None, M if flags["ROW_MASK"] else None, None
+    else:
+        unused, n_rows, stride_r = x, M, 0
 
     def call():
         y = torch.empty(M, N, device=x.device, dtype=out_dtype)
-        kernel[(-(-M // cfg.block_m),)](x, x, w, x, y, M, N, N, 0, N, EPS, **flags,
-                                        num_warps=cfg.num_warps)
+        kernel[(-(-M // cfg.block_m),)](x, unused, w, unused, y, n_rows, N, N, stride_r, N, EPS,
+                                        **flags, num_warps=cfg.num_warps)
         return y
     return call, cfg
 

@@ -14,13 +14,16 @@ change at a time:
   late-w     the weight fetched after the reduction
   const-n    the mask and 1/n_cols both from n_cols as a constexpr (torch.compile's kernel
              specializes on the shape so)
-  wide-sig   base, with the package kernel's arguments (residual and bias pointers, the row
-             count, a row stride each for x, residual and output), the output addressed by x's
-             stride; `wide-sig-ystride` by its own; `wide-sig-none` with the residual and bias
+  wide-sig   base, with the package kernel's argument list (residual and bias pointers, the
+             row count, a row stride each for x, residual and output), values passed for all
+             as the package did up to 875a0f7, the output addressed by x's stride;
+             `wide-sig-ystride` by its own; `wide-sig-none` with the residual and bias
              pointers passed as None, and `wide-sig-none-all` with the row count and the
-             residual's stride None too (Triton compiles a None argument out of the kernel)
+             residual's stride None too, as the package passes them now (Triton compiles a
+             None argument out of the kernel)
 each on 8 and 16 warps (AB_WARPS="4,8" picks others); then the package's kernel itself with
-the same flags (weight fetched first), launched through Triton's JIT (`kernel-jit`) and through
+the same flags (weight fetched first) and its arguments as the package passes them, launched
+through Triton's JIT (`kernel-jit`) and through
 the package's launcher with that config (`launcher`, `ops._launch`: its own weight-fetch rule),
 next to torch.compile and the package's own rms_norm. Eager (L2 flushed, `timing.eager_us`) and
 CUDA-graph timings, inputs and outputs rotating, medians of interleaved
@@ -136,10 +139,10 @@ def _kernel_jit(x, w, warps, out_dtype):
     def call():
         y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
         rmsnorm_fwd_kernel[(M,)](
-            x, x, w, x, y, M, N, N, 0, N, EPS, HAS_WEIGHT=True, HAS_BIAS=False,
+            x, None, w, None, y, None, N, N, None, N, EPS, HAS_WEIGHT=True, HAS_BIAS=False,
             HAS_RESIDUAL=False, ACCUMULATE=False, CLAMP_FP16=False, WEIGHT_OFFSET=0.0,
             BLOCK_M=1, BLOCK_N=triton.next_power_of_2(N), LOOPED=False, LOOP_N=0, PRELOAD_W=True,
-            num_warps=warps)
+            ROW_MASK=False, num_warps=warps)
         return y
     return call
 

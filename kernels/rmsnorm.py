@@ -17,6 +17,12 @@ Features are constexpr flags, so a disabled one costs no instruction. Three ways
 - rmsnorm_fwd_fanout_kernel: rmsnorm_fwd_kernel's single-tile or looped path writing COPIES
   outputs, each with its own weight and bias (tensor parallelism: one launch on the source GPU
   fills every GPU's copy over peer access).
+
+An operand a launch does not use (the residual, weight or bias its flags leave out, the row
+count of a kernel that masks no rows, a fanout's unused outputs) arrives as None: Triton compiles
+a None argument out of the kernel, and each unused one passed as a value cost time in a CUDA
+graph (0.07-0.09 us for two pointers at 512 x 896 on an H100; bench/RESULTS.md, "Unused
+operands passed as None"). Such an operand is only touched under its flag.
 """
 import triton
 import triton.language as tl
@@ -50,7 +56,8 @@ def _load_h(
 
 @triton.jit
 def _load_cols(ptr, cols, col_mask, PRESENT: tl.constexpr):
-    """A weight or bias slice in its own dtype (converted where used), or 0 when absent.
+    """A weight or bias slice in its own dtype (converted where used), or 0 when absent (ptr
+    is then None: callers pass offsets in cols, never an offset pointer).
 
     Loaded once per tile and broadcast over its rows."""
     if PRESENT:
@@ -100,18 +107,6 @@ def _looped_rstd(
 
 
 @triton.jit
-def _copy_out(
-    y_rows, w_ptr, b_ptr, cols, col_mask, mask, h, rstd,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr,
-):
-    """One fanout copy of a looped chunk: its weight and bias fetched, then stored."""
-    w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
-    b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
-    _normalize_store(y_rows, w, b, cols, mask, h, rstd,
-                     HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
-
-
-@triton.jit
 def _nth(i: tl.constexpr, a0, a1, a2, a3, a4, a5, a6, a7):
     """The i-th of eight arguments; i is a constexpr, so only its branch is compiled."""
     if i == 0:
@@ -142,13 +137,25 @@ def _copy_cols(i: tl.constexpr, COPIES: tl.constexpr, ptr, cols, col_mask, PRESE
 
 
 @triton.jit
+def _nth_cols(i: tl.constexpr, a0, a1, a2, a3, a4, a5, a6, a7, cols, col_mask,
+              PRESENT: tl.constexpr):
+    """_load_cols of the i-th of eight pointers. Absent, they are all None, and _nth is not
+    called: Triton 3.6 does not compile a helper that returns None."""
+    if PRESENT:
+        return _load_cols(_nth(i, a0, a1, a2, a3, a4, a5, a6, a7), cols, col_mask, True)
+    else:
+        return 0.0
+
+
+@triton.jit
 def rmsnorm_fwd_kernel(
     x_ptr,                        # [M, N] input; rows stride_x_row apart, columns contiguous
-    r_ptr,                        # [M, N] residual, updated in place (HAS_RESIDUAL), else unused
-    w_ptr,                        # [N] weight (HAS_WEIGHT), any float dtype
-    b_ptr,                        # [N] bias (HAS_BIAS)
+    r_ptr,                        # [M, N] residual, updated in place (HAS_RESIDUAL), else None
+    w_ptr,                        # [N] weight (HAS_WEIGHT, else None), any float dtype
+    b_ptr,                        # [N] bias (HAS_BIAS, else None)
     y_ptr,                        # [M, N] output; its dtype decides the store cast
-    n_rows, n_cols,
+    n_rows,                       # ROW_MASK, else None
+    n_cols,
     stride_x_row, stride_r_row, stride_y_row,
     eps,                          # a Python float, so Triton types it fp32 (never fp64)
     HAS_WEIGHT: tl.constexpr,
@@ -162,19 +169,19 @@ def rmsnorm_fwd_kernel(
     LOOPED: tl.constexpr,
     LOOP_N: tl.constexpr,         # LOOPED: n_cols as a constant (a kernel per hidden size), else 0
     PRELOAD_W: tl.constexpr,      # fetch weight/bias before the reduction, not after it
+    ROW_MASK: tl.constexpr,       # mask rows past n_rows (config.row_mask says when)
 ):
     # int64 row offsets: M * stride can pass 2**31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    if BLOCK_M == 1 and BLOCK_N <= 4096:
-        # One program a row covers a row that exists: no row mask. Measured in a graph, tiles
-        # and chunks up to 4096 wide gained up to 2.5% (64-1024 x 896 1.005-1.025x, 8-64 x 4096
-        # 1.02x, 4096-element loop chunks 1.02x), 8192-wide tiles on 16 warps lost 1-1.8% at
-        # 16-64 rows, so those keep it (bench/RESULTS.md, "Rows still behind, profiled").
-        row_mask = tl.full([1, 1], 1, tl.int1)
-    else:
+    if ROW_MASK:
         row_mask = (rows < n_rows)[:, None]
+    else:
+        row_mask = tl.full([1, 1], 1, tl.int1)
     x_rows = x_ptr + rows[:, None] * stride_x_row
-    r_rows = r_ptr + rows[:, None] * stride_r_row
+    if HAS_RESIDUAL:
+        r_rows = r_ptr + rows[:, None] * stride_r_row
+    else:
+        r_rows = x_rows           # never read (_load_h reads it under HAS_RESIDUAL only)
     y_rows = y_ptr + rows[:, None] * stride_y_row
     cols = tl.arange(0, BLOCK_N)[None, :]
     inv_n = 1.0 / n_cols          # n_cols may arrive as the constexpr 1 (Triton specializes it)
@@ -211,8 +218,8 @@ def rmsnorm_fwd_kernel(
             else:
                 h = _load_h(x_rows + start, r_rows + start, cols, mask,
                             False, False, CLAMP_FP16, "evict_first")
-            w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT)
-            b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS)
+            w = _load_cols(w_ptr, start + cols, col_mask, HAS_WEIGHT)
+            b = _load_cols(b_ptr, start + cols, col_mask, HAS_BIAS)
             _normalize_store(y_rows + start, w, b, cols, mask, h, rstd,
                              HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
 
@@ -220,8 +227,9 @@ def rmsnorm_fwd_kernel(
 @triton.jit
 def rmsnorm_fwd_split_kernel(
     x_ptr, r_ptr, w_ptr, b_ptr, y_ptr,   # as in rmsnorm_fwd_kernel
-    part_ptr,                     # [>= n_rows, SPLITS] int64 slots: (round << 32) | fp32 bits
-    n_rows, n_cols,
+    part_ptr,                     # [>= rows, SPLITS] int64 slots: (round << 32) | fp32 bits
+    n_rows,                       # None: the grid covers the rows exactly (one signature for both)
+    n_cols,
     stride_x_row, stride_r_row, stride_y_row,
     eps,
     HAS_WEIGHT: tl.constexpr,
@@ -255,7 +263,10 @@ def rmsnorm_fwd_split_kernel(
     # between (a barrier) keeps every read before the publish: keep the two apart.
     this_round = (tl.load(slot_row + part) >> 32) + 1
     x_rows = x_ptr + row * stride_x_row + start
-    r_rows = r_ptr + row * stride_r_row + start
+    if HAS_RESIDUAL:
+        r_rows = r_ptr + row * stride_r_row + start
+    else:
+        r_rows = x_rows           # never read
     y_rows = y_ptr + row * stride_y_row + start
     cols = tl.arange(0, BLOCK_N)[None, :]
     col_mask = start + cols < n_cols
@@ -284,8 +295,8 @@ def rmsnorm_fwd_split_kernel(
     rstd = tl.rsqrt(total * (1.0 / n_cols) + eps)
     # Fetched after the wait: fetched before it, the extra registers lowered occupancy and
     # cost 4-7% at N = 65536-262144 (bench/ab_preload.py).
-    w = _load_cols(w_ptr + start, cols, col_mask, HAS_WEIGHT)
-    b = _load_cols(b_ptr + start, cols, col_mask, HAS_BIAS)
+    w = _load_cols(w_ptr, start + cols, col_mask, HAS_WEIGHT)
+    b = _load_cols(b_ptr, start + cols, col_mask, HAS_BIAS)
     _normalize_store(y_rows, w, b, cols, col_mask, h, rstd,
                      HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
 
@@ -293,9 +304,9 @@ def rmsnorm_fwd_split_kernel(
 @triton.jit
 def rmsnorm_fwd_fanout_kernel(
     x_ptr,                        # [M, N] input, rows stride_x_row apart (on the launching GPU)
-    y0_ptr, y1_ptr, y2_ptr, y3_ptr, y4_ptr, y5_ptr, y6_ptr, y7_ptr,
-    w0_ptr, w1_ptr, w2_ptr, w3_ptr, w4_ptr, w5_ptr, w6_ptr, w7_ptr,
-    b0_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, b5_ptr, b6_ptr, b7_ptr,
+    y0_ptr, y1_ptr, y2_ptr, y3_ptr, y4_ptr, y5_ptr, y6_ptr, y7_ptr,   # None past COPIES
+    w0_ptr, w1_ptr, w2_ptr, w3_ptr, w4_ptr, w5_ptr, w6_ptr, w7_ptr,   # also None without weight
+    b0_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, b5_ptr, b6_ptr, b7_ptr,   # also None without bias
     n_rows, n_cols,
     stride_x_row, stride_y_row,   # every output has the same row stride
     eps,
@@ -326,13 +337,15 @@ def rmsnorm_fwd_fanout_kernel(
             h = _load_h(x_rows + start, x_rows + start, cols, mask,
                         False, False, CLAMP_FP16, "evict_first")
             for i in tl.static_range(COPIES):
-                _copy_out(_nth(i, y0_ptr, y1_ptr, y2_ptr, y3_ptr, y4_ptr, y5_ptr, y6_ptr,
-                               y7_ptr) + y_offs + start,
-                          _nth(i, w0_ptr, w1_ptr, w2_ptr, w3_ptr, w4_ptr, w5_ptr, w6_ptr,
-                               w7_ptr) + start,
-                          _nth(i, b0_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, b5_ptr, b6_ptr,
-                               b7_ptr) + start,
-                          cols, col_mask, mask, h, rstd, HAS_WEIGHT, HAS_BIAS, WEIGHT_OFFSET)
+                # Copy i's weight and bias for this chunk, then its output.
+                w = _nth_cols(i, w0_ptr, w1_ptr, w2_ptr, w3_ptr, w4_ptr, w5_ptr, w6_ptr, w7_ptr,
+                              start + cols, col_mask, HAS_WEIGHT)
+                b = _nth_cols(i, b0_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, b5_ptr, b6_ptr, b7_ptr,
+                              start + cols, col_mask, HAS_BIAS)
+                _normalize_store(_nth(i, y0_ptr, y1_ptr, y2_ptr, y3_ptr, y4_ptr, y5_ptr, y6_ptr,
+                                      y7_ptr) + y_offs + start,
+                                 w, b, cols, mask, h, rstd, HAS_WEIGHT, HAS_BIAS, False,
+                                 WEIGHT_OFFSET)
     else:
         col_mask = cols < n_cols
         mask = row_mask & col_mask

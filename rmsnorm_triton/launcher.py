@@ -4,7 +4,8 @@ Triton's `kernel[grid](...)` rebinds every argument, rebuilds its specialization
 cache key on each call: microseconds that dominate a decode-sized norm. `CachedLauncher` lets
 the first call of a specialization go through Triton (which compiles it), keeps the compiled
 kernel under a key at least as fine as Triton's own (argument dtypes, 16-byte alignment of
-pointers, integers equal to 1, divisible by 16, or past int32; the constexprs; warps; device),
+pointers, integers equal to 1, divisible by 16, or past int32, arguments that are None; the
+constexprs; warps; device),
 and later calls hand the arguments straight to the compiled kernel's launcher.
 
 Where this Triton's launcher has the argument layout we know (`CudaLauncher.__call__(gridX,
@@ -38,7 +39,8 @@ _INT32_MAX = 2 ** 31 - 1
 
 def _spec_key(args) -> tuple:
     """What Triton specializes runtime arguments on (and a little more), cheaply: tensors by
-    dtype and 16-byte alignment; ints by == 1, % 16 == 0, and int32 range; floats not at all."""
+    dtype and 16-byte alignment; ints by == 1, % 16 == 0, and int32 range; floats not at all;
+    None (a constexpr, compiled out) as a code of its own among the ints' and in the dtypes."""
     dtypes = []
     bits = 0
     for a in args:
@@ -49,6 +51,9 @@ def _spec_key(args) -> tuple:
                 dtypes.append(("i64", a < 0))
         elif cls is float:
             continue
+        elif a is None:
+            bits = (bits << 2) | 3
+            dtypes.append(None)
         elif cls is bool:
             dtypes.append(a)
         else:

@@ -26,6 +26,7 @@ from .config import (
     pick_config,
     preload_weight,
     row_bucket,
+    row_mask,
 )
 from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
@@ -69,8 +70,10 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     if cfg is None:
         cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
                           dev_index, None if res is None else res.dtype)
-    scalars = (n_rows, n_cols, x.stride(0), 0 if res is None else res.stride(0),
-               out.stride(0), float(eps))
+    masked = cfg.splits == 1 and row_mask(cfg)
+    # None for what the kernel does not read: Triton compiles it out (kernels/rmsnorm.py).
+    scalars = (n_rows if masked else None, n_cols, x.stride(0),
+               None if res is None else res.stride(0), out.stride(0), float(eps))
     flags = (("HAS_WEIGHT", weight is not None), ("HAS_BIAS", bias is not None),
              ("HAS_RESIDUAL", res is not None), ("ACCUMULATE", bool(accumulate)),
              ("CLAMP_FP16", bool(clamp_fp16_input) and x.dtype == torch.float16),
@@ -84,10 +87,9 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         launcher, grid = _launch_rows, -(-n_rows // cfg.block_m)
         flags += (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped),
                   ("LOOP_N", n_cols if cfg.looped else 0),
-                  ("PRELOAD_W", preload_weight(cfg, n_rows)))
+                  ("PRELOAD_W", preload_weight(cfg, n_rows)), ("ROW_MASK", masked))
     if n_rows > 0:
-        args = (x, x if res is None else res, x if weight is None else weight,
-                x if bias is None else bias, out)
+        args = (x, res, weight, bias, out)
         # Triton launches on the current device: follow the output (tensor parallelism).
         if dev.type == "cuda" and dev_index != torch.cuda.current_device():
             with torch.cuda.device(dev):
@@ -169,7 +171,7 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
 
 def _run_kernel(launcher, grid, cfg: LaunchConfig, dev_index: int, args, scalars, flags):
     if cfg.splits > 1:
-        args += (split_slots.split_workspace(scalars[0], cfg.splits, args[4].device),)
+        args += (split_slots.split_workspace(args[0].shape[0], cfg.splits, args[4].device),)
     launcher(grid, dev_index, (*args, *scalars), flags, cfg.num_warps)
 
 

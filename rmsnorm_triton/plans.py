@@ -121,14 +121,23 @@ class Plan:
     def launch(self, x, residual, weight, bias, out) -> None:
         if self.grid == 0:
             return
+        # An absent operand is passed as None, which Triton compiles out (kernels/rmsnorm.py).
         xp, op = x.data_ptr(), out.data_ptr()
-        rp = xp if residual is None else residual.data_ptr()
-        wp = xp if weight is None else weight.data_ptr()
-        bp = xp if bias is None else bias.data_ptr()
-        if not (xp and rp and wp and bp):
+        bits = xp | op
+        rp = wp = bp = None
+        if residual is not None:
+            rp = residual.data_ptr()
+            bits |= rp
+        if weight is not None:
+            wp = weight.data_ptr()
+            bits |= wp
+        if bias is not None:
+            bp = bias.data_ptr()
+            bits |= bp
+        if not xp or rp == 0 or wp == 0 or bp == 0:
             _refuse_lazy(("x", x), ("residual", residual), ("weight", weight), ("bias", bias))
         # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel.
-        aligned = not (xp | rp | wp | bp | op) & 15
+        aligned = not bits & 15
         runner, launcher = self.runner, self.launcher
         parts = () if self.parts_shape is None else \
             (split_slots.split_workspace(*self.parts_shape, self.device),)
@@ -141,8 +150,7 @@ class Plan:
             except (AttributeError, TypeError):
                 # An incompatible Triton: this call and every later one take its own path.
                 launcher.enabled = False
-        args = (x, x if residual is None else residual, x if weight is None else weight,
-                x if bias is None else bias, out, *parts, *self.scalars)
+        args = (x, residual, weight, bias, out, *parts, *self.scalars)
         launcher(self.grid, self.dev_index, args, self.constexprs, self.num_warps)
         if runner is None and aligned:
             self.runner = launcher.runner(self.dev_index, args, self.constexprs,
@@ -223,7 +231,7 @@ class FanoutPlan:
         self.src = x.device.index if x.device.type == "cuda" else -1
         self.grid, self.scalars, self.launcher = grid, scalars, launcher
         self.constexprs, self.num_warps = constexprs, num_warps
-        self.pad = slots - len(devices)          # unused kernel slots, given x's address
+        self.pad = slots - len(devices)          # unused kernel slots, passed as None
         self.has_weight, self.has_bias = has_weight, has_bias
         self.runner: Optional[Runner] = None
 
@@ -239,18 +247,20 @@ class FanoutPlan:
         """Write outs (from outputs()) on x's GPU's current stream."""
         if self.grid == 0:
             return
+        # Unused kernel slots and absent operands are None: Triton compiles them out.
         xp = x.data_ptr()
-        n, pad = len(outs), (xp,) * self.pad
-        wps = [w.data_ptr() for w in weights] if self.has_weight else (xp,) * n
-        bps = [b.data_ptr() for b in biases] if self.has_bias else (xp,) * n
-        if not (xp and all(wps) and all(bps)):
+        n, pad = len(outs), (None,) * self.pad
+        yps = [o.data_ptr() for o in outs]
+        wps = [w.data_ptr() for w in weights] if self.has_weight else (None,) * n
+        bps = [b.data_ptr() for b in biases] if self.has_bias else (None,) * n
+        if not xp or 0 in wps or 0 in bps:
             _refuse_lazy(("x", x), *[(f"weights[{i}]", w) for i, w in enumerate(weights)],
                          *[(f"biases[{i}]", b) for i, b in enumerate(biases)])
-        yps = [o.data_ptr() for o in outs]
         ptrs = (xp, *yps, *pad, *wps, *pad, *bps, *pad)
         bits = xp
-        for p in (*yps, *wps, *bps):         # the pads repeat xp
-            bits |= p
+        for p in ptrs:
+            if p is not None:
+                bits |= p
         # Triton launches on the current device: switch to x's GPU for this call.
         prev = self.src if self.src < 0 else _current_device()
         if prev != self.src:
@@ -263,9 +273,8 @@ class FanoutPlan:
                     return
                 except (AttributeError, TypeError):
                     launcher.enabled = False
-            tensors = (x, *outs, *[x] * self.pad,
-                       *(weights if self.has_weight else [x] * n), *[x] * self.pad,
-                       *(biases if self.has_bias else [x] * n), *[x] * self.pad)
+            tensors = (x, *outs, *pad, *(weights if self.has_weight else (None,) * n), *pad,
+                       *(biases if self.has_bias else (None,) * n), *pad)
             args = (*tensors, *self.scalars)
             launcher(self.grid, self.src, args, self.constexprs, self.num_warps)
             if runner is None and not bits & 15:

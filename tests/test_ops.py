@@ -266,6 +266,60 @@ def test_launch_cache_keys_on_specialization(device):
     assert len(_launch_rows.kernels) == before + 1
 
 
+class _ArgSpy:
+    """Records the arguments and meta-parameters each launch of the wrapped kernel gets."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, []
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            self.calls.append((args, meta))
+            return self.kernel[grid](*args, **meta)
+        return run
+
+
+@pytest.mark.parametrize("cfg,masked", [(LaunchConfig(1, 512, 4, False), False),
+                                        (LaunchConfig(2, 512, 4, False), True),
+                                        (LaunchConfig(1, 128, 4, True), False)],
+                         ids=["row-a-program", "two-rows", "looped"])
+@pytest.mark.parametrize("has_w,has_b,fused", [(True, False, False), (False, True, True),
+                                               (True, True, True), (False, False, False)],
+                         ids=["weight", "bias-add", "weight-bias-add", "bare"])
+def test_unused_operands_reach_the_kernel_as_none(device, monkeypatch, cfg, masked, has_w,
+                                                  has_b, fused):
+    """Triton compiles a None argument out: the residual, weight and bias, the row count and
+    the residual's stride are None exactly where the launch does not read them, and the
+    result still matches the oracle in a poisoned buffer."""
+    M, N = 5, 300
+    spy = _ArgSpy(rt.ops._launch_rows.fn)
+    monkeypatch.setattr(rt.ops._launch_rows, "fn", spy)
+    monkeypatch.setattr(rt.ops._launch_rows, "kernels", {})     # the first launch goes via fn
+    x = rand_x((M, N), FP32, device)
+    w = rand_w(N, FP32, device) if has_w else None
+    b = rand_x((N,), FP32, device, scale=0.5) if has_b else None
+    r = rand_x((M, N), FP32, device) if fused else None
+    h = x if r is None else x + r
+    buf, out = poisoned(M, N, FP32, device)
+    _launch(check_inputs(x, w, bias=b, residual=r, out=out, eps=1e-6, fused=fused), 1e-6, 0.0,
+            False, False, cfg)
+    (args, meta), = spy.calls
+    _, r_arg, w_arg, b_arg, _, n_rows, _, _, stride_r, _, _ = args
+    assert (r_arg is None, w_arg is None, b_arg is None) == (not fused, not has_w, not has_b)
+    assert (stride_r is None, n_rows is None, meta["ROW_MASK"]) == (not fused, not masked,
+                                                                     masked)
+    assert_close(out, rmsnorm_ref(h, w, bias=b))
+    assert_guard_intact(buf, N)
+
+
+def test_launch_cache_key_tells_none_from_a_value_and_where_it_is():
+    from rmsnorm_triton.launcher import _spec_key
+    t = torch.zeros(4)
+    forms = [(t, None, 16), (None, t, 16), (t, t, 16), (t, None, None), (t, t, None),
+             (t, None, 17), (t, None, 1), (None, None, 16)]
+    assert len({_spec_key(a) for a in forms}) == len(forms)
+
+
 def test_out_is_returned_itself_and_numpy_scalars_are_accepted(device):
     import numpy as np
     x, w = rand_x((4, 64), BF16, device), rand_w(64, BF16, device)
