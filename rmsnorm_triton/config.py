@@ -85,6 +85,16 @@ LOOP_CHUNK_BYTES = 16384
 # at 512 x 3072 (one process, before the L2 scrub; the 4096-column rows it was taken for now
 # loop). The fused add of a 16-bit residual to fp32 follows (not timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
+# 16-bit x to a 4-byte output, rows of DECODE_WIDE_OUT_MIN_N+1 to 8192 elements, in calls of up
+# to DECODE_WIDE_OUT_MAX_ROWS rows: looped in 4096-element chunks on 32 warps, against the
+# 8192-wide tile on 16 warps, in a CUDA graph on an H100 (bench/ab_mid_rows.py):
+# 1 x 8192 1.07x, 4-16 x 8192 1.04-1.14x, 32 x 8192 1.03x, 8 x 7168 1.07x, 16 x 6144 1.05x;
+# 8 x 5120 1.02x and 1 x 5120 1.00x (so 5120 keeps the tile), 64 x 8192 1.00x; to a 16-bit
+# output it loses (8 x 8192 bf16 0.90x). The fused add of a 16-bit residual to fp32 follows, as
+# it must to equal the norm (not timed) (bench/RESULTS.md, "Unused operands passed as None").
+DECODE_WIDE_OUT_MIN_N = 5120
+DECODE_WIDE_OUT_MAX_ROWS = 32
+DECODE_WIDE_OUT_CHUNK = 4096
 # Rows of 257-2048 elements (tiles of 512-2048) are packed several a program only from this many
 # rows: fewer rows want every program they can get (8 x 2048: 1.48 against 1.61 us in a graph,
 # 64 x 2048: 1.90 against 2.00; one row a program against four at 64-1024 x 768-1024 and 512 x
@@ -207,6 +217,9 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
         chunk = 1 << ((LOOP_CHUNK_BYTES // (x_itemsize + out_itemsize)).bit_length() - 1)
         return LaunchConfig(block_m=1, block_n=chunk, num_warps=LOOP_1K_WARPS if loop_1k else 16,
                             looped=True)
+    if x_itemsize == 2 and out_itemsize >= 4 and block_n == 8192 and \
+            n_cols > DECODE_WIDE_OUT_MIN_N and n_rows <= DECODE_WIDE_OUT_MAX_ROWS:
+        return LaunchConfig(block_m=1, block_n=DECODE_WIDE_OUT_CHUNK, num_warps=32, looped=True)
     block_m = 1
     min_tile = MIN_TILE_ELEMS * (2 if block_n <= 256 else 1)
     while block_m * block_n < min_tile and block_m < MAX_BLOCK_M and block_m < n_rows and \

@@ -425,6 +425,14 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((131072, 8, 2), _cfg(1, 4096, 4, splits=32)),
     ((65537, 8, 2), _cfg(1, 4096, 4, splits=17)),       # one element past 512K
     ((65536, 1, 4), _cfg(1, 2048, 8, splits=32)),       # a 4-byte x (or residual) alike
+    # 16-bit x to a 4-byte output, 5121-8192 columns, up to 32 rows: 4096-element chunks on 32
+    # warps; 5120 columns, 64 rows and a 16-bit output keep the 8192 tile.
+    ((8192, 1, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
+    ((5121, 32, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
+    ((5120, 8, 2, True, 4), _cfg(1, 8192, 16)),
+    ((8192, 64, 2, True, 4), _cfg(1, 8192, 16)),
+    ((8192, 8, 2), _cfg(1, 8192, 16)),
+    ((8192, 8, 4), _cfg(1, 8192, 32)),
 ])
 def test_heuristic_rules(monkeypatch, args, want):
     monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
@@ -528,9 +536,12 @@ _GPU_ONLY = pytest.mark.skipif(not ON_GPU, reason="hundreds of rows of 9K-18K ta
     ((40, 896), BF16, FP32, None),              # ... on 8 warps to fp32
     ((30, 1000), torch.float16, FP32, torch.float16),
     ((70, 512), torch.float16, FP32, FP32),
+    ((8, 6144), BF16, FP32, None),              # decode rows to fp32: 4K chunks on 32 warps
+    ((5, 8000), torch.float16, FP32, torch.float16),
 ], ids=["loop-16k-fp32-out", "add-fp32-residual-32k", "loop-sparse-16k", "loop-sparse-32k-fp32",
         "add-loop-sparse-32k", "add-loop-sparse-32k-wide", "add-loop-sparse-32k-wide-fp32",
-        "unpacked-896", "unpacked-896-fp32", "add-unpacked-1000-fp32", "add-unpacked-512"])
+        "unpacked-896", "unpacked-896-fp32", "add-unpacked-1000-fp32", "add-unpacked-512",
+        "decode-loop-6k-fp32", "add-decode-loop-8k-fp32"])
 def test_new_heuristic_paths_match_fp64(device, shape, x_dtype, out_dtype, res_dtype):
     x, w = rand_x(shape, x_dtype, device), rand_w(shape[1], x_dtype, device)
     out = torch.full(shape, float("nan"), dtype=out_dtype, device=device)
