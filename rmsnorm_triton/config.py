@@ -91,7 +91,7 @@ WIDE_OUT_16_WARPS_4K_ROWS = 512
 # 1 x 8192 1.07x, 4-16 x 8192 1.04-1.14x, 32 x 8192 1.03x, 8 x 7168 1.07x, 16 x 6144 1.05x;
 # 8 x 5120 1.02x and 1 x 5120 1.00x (so 5120 keeps the tile), 64 x 8192 1.00x; to a 16-bit
 # output it loses (8 x 8192 bf16 0.90x). The fused add of a 16-bit residual to fp32 follows, as
-# it must to equal the norm (not timed) (bench/RESULTS.md, "Unused operands passed as None").
+# it must to equal the norm (not timed) (bench/RESULTS.md, "Decode rows to fp32 loop").
 DECODE_WIDE_OUT_MIN_N = 5120
 DECODE_WIDE_OUT_MAX_ROWS = 32
 DECODE_WIDE_OUT_CHUNK = 4096
