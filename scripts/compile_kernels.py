@@ -1,0 +1,113 @@
+"""Compile every kernel for a GPU architecture on a machine without one, operands as launched.
+
+    python scripts/compile_kernels.py [--arch 90] [--quick]
+
+The interpreter runs the kernels' Python, not Triton's compiler, so a CPU test run cannot see
+what only compilation rejects. One such case: Triton 3.6 does not compile a @triton.jit helper
+that returns None, which an operand passed as None (the launches pass None for what a kernel
+does not read) can lead to; Triton 3.9 does. This compiles rmsnorm_fwd_kernel,
+rmsnorm_fwd_split_kernel and rmsnorm_fwd_fanout_kernel for `--arch` over their flag sets, each
+operand None where its flag leaves it out, as ops.py passes them. It needs only Triton (the
+kernel file is loaded by path), so it runs in a venv of any Triton version. `--quick` takes a
+subset that still reaches every None form. Prints one line per failure and a count; exit
+status 1 on any failure.
+"""
+import argparse
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+KERNEL_FILE = Path(__file__).resolve().parents[1] / "kernels" / "rmsnorm.py"
+
+
+def _kernels():
+    spec = importlib.util.spec_from_file_location("rmsnorm_kernels", KERNEL_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _operands(sig, consts, present):
+    """Each (name, type) operand a pointer or int of `sig` if present, else a None constexpr."""
+    for name, kind, here in present:
+        if here:
+            sig[name] = kind
+        else:
+            consts[name] = None
+
+
+def row_cases(quick):
+    operand_sets = ([(True, False, False), (False, True, True), (False, False, False)] if quick
+                    else itertools.product([True, False], repeat=3))
+    for (has_w, has_b, has_r), looped, masked in itertools.product(
+            operand_sets, [True, False], [True, False]):
+        sig = {"x_ptr": "*bf16", "y_ptr": "*fp32", "n_cols": "i32", "stride_x_row": "i32",
+               "stride_y_row": "i32", "eps": "fp32"}
+        consts = dict(HAS_WEIGHT=has_w, HAS_BIAS=has_b, HAS_RESIDUAL=has_r, ACCUMULATE=False,
+                      CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_M=2 if masked else 1,
+                      BLOCK_N=256, LOOPED=looped, LOOP_N=1000 if looped else 0, PRELOAD_W=True,
+                      ROW_MASK=masked)
+        _operands(sig, consts, [("r_ptr", "*bf16", has_r), ("w_ptr", "*bf16", has_w),
+                                ("b_ptr", "*bf16", has_b), ("stride_r_row", "i32", has_r),
+                                ("n_rows", "i32", masked)])
+        yield "rmsnorm_fwd_kernel", sig, consts
+        if not looped and not masked:
+            split = {k: v for k, v in consts.items()
+                     if k not in ("BLOCK_M", "LOOPED", "LOOP_N", "PRELOAD_W", "ROW_MASK")}
+            split.update(SPLITS=4, SPLITS_P2=4, n_rows=None)
+            yield "rmsnorm_fwd_split_kernel", dict(sig, part_ptr="*i64"), split
+
+
+def fanout_cases(quick):
+    for has_w, has_b, looped, copies in itertools.product(
+            [True, False], [True, False], [True, False], [2] if quick else [1, 2, 8]):
+        sig = {"x_ptr": "*bf16", "n_rows": "i32", "n_cols": "i32", "stride_x_row": "i32",
+               "stride_y_row": "i32", "eps": "fp32"}
+        consts = dict(HAS_WEIGHT=has_w, HAS_BIAS=has_b, CLAMP_FP16=False, WEIGHT_OFFSET=1.0,
+                      BLOCK_M=1, BLOCK_N=256, LOOPED=looped, LOOP_N=1000 if looped else 0,
+                      COPIES=copies)
+        _operands(sig, consts, [(f"{k}{i}_ptr", "*bf16", i < copies and here)
+                                for k, here in (("y", True), ("w", has_w), ("b", has_b))
+                                for i in range(8)])
+        yield "rmsnorm_fwd_fanout_kernel", sig, consts
+
+
+def _reason(error: Exception) -> str:
+    """The innermost error of a compile failure: where (the helper's def line) and what."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).strip().splitlines()] or [type(error).__name__]
+    where = next((line for line in lines if line.startswith("def ")), "")
+    return f"{lines[0]} {where} {lines[-1]}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10")
+    parser.add_argument("--quick", action="store_true", help="a subset reaching every None form")
+    args = parser.parse_args(argv)
+    module, target = _kernels(), GPUTarget("cuda", args.arch, 32)
+    cases = [*row_cases(args.quick), *fanout_cases(args.quick)]
+    failed = 0
+    for name, sig, consts in cases:
+        for const in consts:
+            sig[const] = "constexpr"
+        try:
+            triton.compile(ASTSource(getattr(module, name), sig, consts), target=target,
+                           options={"num_warps": 4})
+        except Exception as e:          # any compiler error is a finding; keep going
+            failed += 1
+            flags = {k: v for k, v in consts.items() if k.isupper()}
+            print(f"FAILED {name} {flags}: {_reason(e)}")
+    print(f"triton {triton.__version__}, sm_{args.arch}: {len(cases) - failed} compiled, "
+          f"{failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
