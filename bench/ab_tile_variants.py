@@ -39,7 +39,7 @@ import triton.language as tl
 import rmsnorm_triton as rt
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel
 from rmsnorm_triton import ops, providers as P
-from rmsnorm_triton.config import LaunchConfig
+from rmsnorm_triton.config import LaunchConfig, row_mask
 from rmsnorm_triton.validate import check_inputs
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from bench_utils import interleaved_medians
@@ -107,8 +107,9 @@ def _tile_wide_sig(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_cols, stride_x, 
 
 
 def _wide_sig(x, w, warps, y_stride, out_dtype, absent=""):
-    """absent: "" passes x for the unused pointers, as the package does; "ptrs" passes None
-    for them; "all" also for the unused row count and residual stride."""
+    """absent: "" passes x for the unused pointers, as the package did up to 875a0f7; "ptrs"
+    passes None for them; "all" also for the unused row count and residual stride, as the
+    package does now."""
     M, N = x.shape
     unused = x if not absent else None
     n_rows, stride_r = (None, None) if absent == "all" else (M, 0)
@@ -135,14 +136,16 @@ def _variant(x, w, warps, flags, out_dtype):
 
 def _kernel_jit(x, w, warps, out_dtype):
     M, N = x.shape
+    block_n = triton.next_power_of_2(N)
+    masked = row_mask(LaunchConfig(1, block_n, warps, False))
 
     def call():
         y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
         rmsnorm_fwd_kernel[(M,)](
-            x, None, w, None, y, None, N, N, None, N, EPS, HAS_WEIGHT=True, HAS_BIAS=False,
-            HAS_RESIDUAL=False, ACCUMULATE=False, CLAMP_FP16=False, WEIGHT_OFFSET=0.0,
-            BLOCK_M=1, BLOCK_N=triton.next_power_of_2(N), LOOPED=False, LOOP_N=0, PRELOAD_W=True,
-            ROW_MASK=False, num_warps=warps)
+            x, None, w, None, y, M if masked else None, N, N, None, N, EPS, HAS_WEIGHT=True,
+            HAS_BIAS=False, HAS_RESIDUAL=False, ACCUMULATE=False, CLAMP_FP16=False,
+            WEIGHT_OFFSET=0.0, BLOCK_M=1, BLOCK_N=block_n, LOOPED=False, LOOP_N=0,
+            PRELOAD_W=True, ROW_MASK=masked, num_warps=warps)
         return y
     return call
 

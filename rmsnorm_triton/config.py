@@ -278,7 +278,8 @@ def row_mask(cfg: LaunchConfig) -> bool:
     dropping it gained up to 2.5% for tiles and chunks up to 4096 wide (64-1024 x 896
     1.005-1.025x, 8-64 x 4096 1.02x, 4096-element loop chunks 1.02x); 8192-wide tiles on 16
     warps lost 1-1.8% at 16-64 rows, so those keep it (bench/RESULTS.md, "Rows still behind,
-    profiled")."""
+    profiled"). Wider tiles and loop chunks (16K-32K tiles, 8K-16K chunks) keep it too, not
+    timed without it."""
     return cfg.block_m > 1 or cfg.block_n > 4096
 
 

@@ -18,6 +18,7 @@ from rmsnorm_triton.kernels.rmsnorm import (
 
 from . import plans, split_slots
 from .config import (
+    DECODE_MAX_ROWS,
     INTERPRET,
     LaunchConfig,
     config_generation,
@@ -149,11 +150,13 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     cfgs = {pick_config(n_cols, row_bucket(n_rows), x.dtype, out_dtype, False, i)
             for i in indices}
     cfg = cfgs.pop()
-    # A looped config to a wider output (16-bit -> fp32 from 512 rows of 4096+) reads x in
-    # place on every GPU instead: those reads beat a fanout, which pushes the 4-byte outputs
-    # over NVLink (bench/RESULTS.md, "To an fp32 output").
+    # A looped config to a wider output in a call past decode size (16-bit -> fp32 from 512
+    # rows of 4096+) reads x in place on every GPU instead: those reads beat a fanout, which
+    # pushes the 4-byte outputs over NVLink (bench/RESULTS.md, "To an fp32 output"). Decode
+    # calls that loop to fp32 (config.DECODE_WIDE_OUT_*) keep the fanout: one launch, not one
+    # a GPU (2 x H200, 1-8 x 8192 bf16 in a graph: 7.3-7.7 us against 19.9-20.5 read in place).
     wider_out = out_dtype.itemsize > x.dtype.itemsize
-    if cfgs or cfg.splits > 1 or cfg.looped and wider_out:
+    if cfgs or cfg.splits > 1 or cfg.looped and wider_out and n_rows > DECODE_MAX_ROWS:
         return None
     has_w, has_b = weights[0] is not None, biases[0] is not None
     if any((w is not None) != has_w for w in weights) or \

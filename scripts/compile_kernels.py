@@ -71,7 +71,10 @@ def fanout_cases(quick):
         consts = dict(HAS_WEIGHT=has_w, HAS_BIAS=has_b, CLAMP_FP16=False, WEIGHT_OFFSET=1.0,
                       BLOCK_M=1, BLOCK_N=256, LOOPED=looped, LOOP_N=1000 if looped else 0,
                       COPIES=copies)
-        _operands(sig, consts, [(f"{k}{i}_ptr", "*bf16", i < copies and here)
+        # Looped copies to fp32: decode rows to a wider output loop and keep the fanout.
+        y_type = "*fp32" if looped else "*bf16"
+        _operands(sig, consts, [(f"{k}{i}_ptr", y_type if k == "y" else "*bf16",
+                                 i < copies and here)
                                 for k, here in (("y", True), ("w", has_w), ("b", has_b))
                                 for i in range(8)])
         yield "rmsnorm_fwd_fanout_kernel", sig, consts

@@ -47,11 +47,12 @@ def test_every_copy_equals_its_own_rms_norm(copies, x_dtype, out_dtype, shape):
 
 # Rows whose launch config loops: long rows in the interpreter; on a GPU 513-1024 rows of
 # 4097-6144 16-bit elements (config.LOOP_1K_ROW_BYTES), 16-bit -> fp32 from 512 rows of 4096,
-# and 4-byte x from 32K columns past 512 rows.
+# and 4-byte x from 32K columns past 512 rows. LOOPED_WIDER_SHAPE is past decode size (its
+# fanout is refused without a launch, so the interpreter need not run 300 long rows).
 ON_CPU = DEV.type == "cpu"
 LOOPED_SHAPE = (3, 40000) if ON_CPU else (600, 5120)
 LOOPED_4BYTE_SHAPE = (3, 40000) if ON_CPU else (1024, 32768)
-LOOPED_WIDER_SHAPE = (3, 40000) if ON_CPU else (1024, 4096)
+LOOPED_WIDER_SHAPE = (300, 40000) if ON_CPU else (1024, 4096)
 
 
 def _config(shape, x_dtype, out_dtype):
@@ -85,12 +86,29 @@ def test_looped_config_copies_equal_rms_norm(x_dtype, out_dtype, copies, has_w, 
 
 
 def test_looped_config_to_a_wider_output_has_no_fanout():
-    """Its peers read x in place instead (ops.fanout_plan says why)."""
+    """Past decode size its peers read x in place instead (ops.fanout_plan says why)."""
     assert _config(LOOPED_WIDER_SHAPE, BF16, FP32).looped
     x = rand_x(LOOPED_WIDER_SHAPE, BF16, DEV)
     ws = [rand_w(x.shape[-1], BF16, DEV) for _ in range(2)]
     assert fanout_plan(x, [DEV] * 2, ws, [None, None], EPS, out_dtype=FP32) is None
     assert fanout_plan(x, [DEV] * 2, ws, [None, None], EPS) is not None
+
+
+@pytest.mark.parametrize("shape,has_b", [((8, 8192), False), ((3, 6000), True)], ids=str)
+def test_decode_rows_looping_to_fp32_keep_the_fanout(shape, has_b):
+    """16-bit decode rows to fp32 loop (config.DECODE_WIDE_OUT_*) and still take one fanout
+    launch, whose copies equal rms_norm bit for bit."""
+    assert _config(shape, BF16, FP32).looped
+    x = rand_x(shape, BF16, DEV)
+    ws = [rand_w(shape[-1], BF16, DEV, gemma=True) for _ in range(2)]
+    bs = [rand_w(shape[-1], FP32, DEV) if has_b else None for _ in range(2)]
+    assert fanout_plan(x, [DEV] * 2, ws, bs, EPS, out_dtype=FP32, weight_offset=1.0) is not None
+    outs = _run(x, ws, bs, out_dtype=FP32, weight_offset=1.0)
+    for w, b, y in zip(ws, bs, outs):
+        assert y.dtype == FP32
+        assert_close(y, rmsnorm_ref(x, w, EPS, weight_offset=1.0, bias=b))
+        torch.testing.assert_close(y, rt.rms_norm(x, w, EPS, bias=b, out_dtype=FP32,
+                                                  weight_offset=1.0), rtol=0, atol=0)
 
 
 def test_no_weight_row_strided_x_and_clamp():
