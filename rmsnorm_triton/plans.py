@@ -249,18 +249,17 @@ class FanoutPlan:
             return
         # Unused kernel slots and absent operands are None: Triton compiles them out.
         xp = x.data_ptr()
-        n, pad = len(outs), (None,) * self.pad
+        absent, pad = (None,) * len(outs), (None,) * self.pad
         yps = [o.data_ptr() for o in outs]
-        wps = [w.data_ptr() for w in weights] if self.has_weight else (None,) * n
-        bps = [b.data_ptr() for b in biases] if self.has_bias else (None,) * n
+        wps = [w.data_ptr() for w in weights] if self.has_weight else []
+        bps = [b.data_ptr() for b in biases] if self.has_bias else []
         if not xp or 0 in wps or 0 in bps:
             _refuse_lazy(("x", x), *[(f"weights[{i}]", w) for i, w in enumerate(weights)],
                          *[(f"biases[{i}]", b) for i, b in enumerate(biases)])
-        ptrs = (xp, *yps, *pad, *wps, *pad, *bps, *pad)
         bits = xp
-        for p in ptrs:
-            if p is not None:
-                bits |= p
+        for p in (*yps, *wps, *bps):
+            bits |= p
+        ptrs = (xp, *yps, *pad, *(wps or absent), *pad, *(bps or absent), *pad)
         # Triton launches on the current device: switch to x's GPU for this call.
         prev = self.src if self.src < 0 else _current_device()
         if prev != self.src:
@@ -273,8 +272,8 @@ class FanoutPlan:
                     return
                 except (AttributeError, TypeError):
                     launcher.enabled = False
-            tensors = (x, *outs, *pad, *(weights if self.has_weight else (None,) * n), *pad,
-                       *(biases if self.has_bias else (None,) * n), *pad)
+            tensors = (x, *outs, *pad, *(weights if self.has_weight else absent), *pad,
+                       *(biases if self.has_bias else absent), *pad)
             args = (*tensors, *self.scalars)
             launcher(self.grid, self.src, args, self.constexprs, self.num_warps)
             if runner is None and not bits & 15:
