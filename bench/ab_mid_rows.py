@@ -4,7 +4,8 @@ eager: by default at 256-16384 rows of 2K-16K; any row named in full.
     python bench/ab_mid_rows.py [MxN[:x:out],...] [rounds] [graph|eager] [cold]
 
 Arguments pick rows of SHAPES (e.g. 512x4096:bf16:fp32, 1024x16384:bf16:bf16:add for the fused
-add of a bf16 residual, or 512x4096 for every row of that shape; a row named in full that SHAPES
+add of a residual of x's dtype, 1x5120:bf16:bf16:add32 for an fp32 residual, or 512x4096 for every
+row of that shape; a row named in full that SHAPES
 lacks is timed too), how many interleaved rounds to
 time (default 1; with more, each config's median is shown) and the timer: a CUDA graph of
 rotating inputs and outputs (default), or the eager timer (`timing.eager_us`), which flushes L2
@@ -87,9 +88,9 @@ def _liger_fused():
     return LigerFusedAddRMSNormFunction
 
 
-def _candidates(M, N, out_dtype):
-    # as rms_norm, and as the fused add of a 16-bit residual, which takes its norm's config
-    heur = heuristic_config(N, row_bucket(M), 2, True, out_dtype.itemsize)
+def _candidates(M, N, out_dtype, res_itemsize=2):
+    # the fused add takes the config of the unfused norm of its residual
+    heur = heuristic_config(N, row_bucket(M), res_itemsize, True, out_dtype.itemsize)
     found = {"heuristic": heur}
     if next_pow2(N) <= MAX_SINGLE_TILE_N:
         for warps in (4, 8, 16, 32):
@@ -128,8 +129,8 @@ def _picked(argv):
     for spec in wanted:             # rows named in full that SHAPES lacks
         shape, *rest = spec.split(":")
         if len(rest) >= 2:
-            if not (set(rest[:2]) <= set(dtypes) and rest[2:] in ([], ["add"])):
-                raise SystemExit(f"not a row: {spec!r} (MxN:x:out[:add], x and out in "
+            if not (set(rest[:2]) <= set(dtypes) and rest[2:] in ([], ["add"], ["add32"])):
+                raise SystemExit(f"not a row: {spec!r} (MxN:x:out[:add|add32], x and out in "
                                  f"{sorted(dtypes)})")
             M, N = map(int, shape.split("x"))
             row = (M, N, dtypes[rest[0]], dtypes[rest[1]], *rest[2:])
@@ -147,25 +148,26 @@ def main():
     timer = {"graph": graph_us, "eager": eager_us}[sys.argv[3] if len(sys.argv) > 3 else "graph"]
     cold = len(sys.argv) > 4 and sys.argv[4] == "cold"
     for M, N, x_dtype, out_dtype, *add in _picked(sys.argv[1:]):
-        moved = M * N * (2 + out_dtype.itemsize + (4 if add else 0))
-        read = M * N * (4 if add else 2)
+        res_dtype = FP32 if add == ["add32"] else x_dtype
+        moved = M * N * (2 + out_dtype.itemsize + (2 * res_dtype.itemsize if add else 0))
+        read = M * N * (2 + res_dtype.itemsize if add else 2)
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
               for _ in range(n_sets(read if cold else moved))]
         # Each set's residual is updated in place by every call; values drift, times do not.
-        rs = [torch.randn(M, N, device="cuda").to(x_dtype) if add else None for _ in xs]
+        rs = [torch.randn(M, N, device="cuda").to(res_dtype) if add else None for _ in xs]
         w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)
         if add:
             r0 = rs[0].clone()
             want = P._fused_add_fp32(xs[0], r0, w, EPS, out_dtype).float()
             calls = {"torch.compile": [lambda x=x, r=r: compiled_add(x, r, w, EPS, out_dtype)
                                        for x, r in zip(xs, rs)]}
-            if liger_add is not None:
+            if liger_add is not None and res_dtype == x_dtype:    # Liger: one dtype
                 calls["liger"] = [lambda x=x, r=r: liger_add.apply(x, r, w, EPS)
                                   for x, r in zip(xs, rs)]
         else:
             want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
             calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs]}
-        heur, found = _candidates(M, N, out_dtype)
+        heur, found = _candidates(M, N, out_dtype, res_dtype.itemsize if add else 2)
         only = os.environ.get("AB_ONLY")
         if only:
             found = {k: v for k, v in found.items() if k in only.split(",") or k == "heuristic"}
@@ -175,8 +177,9 @@ def main():
             torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
             calls[name] = [_norm(x, w, out_dtype, cfg, r) for x, r in zip(xs, rs)]
         times = interleaved_medians(calls, timer, rounds)
-        print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}{' fused add' if add else ''}"
-              f" heuristic={heur}"
+        print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}"
+              + (f" fused add, {str(res_dtype)[6:]} residual" if add else "")
+              + f" heuristic={heur}"
               + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else "")
               + f", {timer.__name__}, {len(xs)} sets{' (cold)' if cold else ''}")
         for name, us in sorted(times.items(), key=lambda kv: kv[1]):
