@@ -88,9 +88,9 @@ def _liger_fused():
     return LigerFusedAddRMSNormFunction
 
 
-def _candidates(M, N, out_dtype, res_itemsize=2):
-    # the fused add takes the config of the unfused norm of its residual
-    heur = heuristic_config(N, row_bucket(M), res_itemsize, True, out_dtype.itemsize)
+def _candidates(M, N, out_dtype, norm_itemsize):
+    # norm_itemsize: x's, or the fused add's residual's, whose unfused norm's config it takes
+    heur = heuristic_config(N, row_bucket(M), norm_itemsize, True, out_dtype.itemsize)
     found = {"heuristic": heur}
     if next_pow2(N) <= MAX_SINGLE_TILE_N:
         for warps in (4, 8, 16, 32):
@@ -149,8 +149,9 @@ def main():
     cold = len(sys.argv) > 4 and sys.argv[4] == "cold"
     for M, N, x_dtype, out_dtype, *add in _picked(sys.argv[1:]):
         res_dtype = FP32 if add == ["add32"] else x_dtype
-        moved = M * N * (2 + out_dtype.itemsize + (2 * res_dtype.itemsize if add else 0))
-        read = M * N * (2 + res_dtype.itemsize if add else 2)
+        xb = x_dtype.itemsize
+        moved = M * N * (xb + out_dtype.itemsize + (2 * res_dtype.itemsize if add else 0))
+        read = M * N * (xb + res_dtype.itemsize if add else xb)
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
               for _ in range(n_sets(read if cold else moved))]
         # Each set's residual is updated in place by every call; values drift, times do not.
@@ -167,7 +168,7 @@ def main():
         else:
             want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
             calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs]}
-        heur, found = _candidates(M, N, out_dtype, res_dtype.itemsize if add else 2)
+        heur, found = _candidates(M, N, out_dtype, (res_dtype if add else x_dtype).itemsize)
         only = os.environ.get("AB_ONLY")
         if only:
             found = {k: v for k, v in found.items() if k in only.split(",") or k == "heuristic"}

@@ -91,7 +91,8 @@ WIDE_OUT_16_WARPS_4K_ROWS = 512
 # 1 x 8192 1.07x, 4-16 x 8192 1.04-1.14x, 32 x 8192 1.03x, 8 x 7168 1.07x, 16 x 6144 1.05x;
 # 8 x 5120 1.02x and 1 x 5120 1.00x (so 5120 keeps the tile), 64 x 8192 1.00x; to a 16-bit
 # output it loses (8 x 8192 bf16 0.90x). The fused add of a 16-bit residual to fp32 follows, as
-# it must to equal the norm (not timed) (bench/RESULTS.md, "Decode rows to fp32 loop").
+# it must to equal the norm, at a cost: 8 x 8192 0.95x of the 16-warp tile (bench/RESULTS.md,
+# "Decode rows to fp32 loop", "Decode rows of 4-byte x").
 DECODE_WIDE_OUT_MIN_N = 5120
 DECODE_WIDE_OUT_MAX_ROWS = 32
 DECODE_WIDE_OUT_CHUNK = 4096
@@ -136,6 +137,12 @@ WIDE_OUT_1K_MAX_ROWS = 1024
 PRELOAD_1K_MAX_ROWS = 1024
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
+# A single-tile row of 4-byte x (the fused add's fp32 residual, or an fp32 norm) in a
+# decode-sized call: this many elements a thread, half the warps that 8 gave. In a CUDA graph on
+# an H100, the fused add of an fp32 residual at 1-64 x 4096-8192: 1.05-1.11x; 2048 columns and
+# 256 rows 1.005-1.02x; the fp32 norm 1.00-1.04x; eager 1.01-1.03x (bench/RESULTS.md, "Decode
+# rows of 4-byte x"). Larger calls keep 8.
+DECODE_4BYTE_PER_THREAD = 16
 # Short rows are packed several to a program so that a tile carries >= this many elements:
 # a 128-wide row alone would leave most of a warp's 16-byte lanes idle (65536 x 128: 64 rows
 # a program, 73%; 4 rows, 41%). Rows of 256 or fewer want twice that.
@@ -232,14 +239,16 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
             out_itemsize >= 4 and n_rows <= WIDE_OUT_1K_MAX_ROWS
         return LaunchConfig(block_m=block_m, block_n=block_n,
                             num_warps=WIDE_OUT_1K_WARPS if wide_out else 4, looped=False)
-    # Elements a thread holds: 16 (16-bit x) for one row of up to 4K, and for any row of a
-    # decode-sized call (up to 256 rows: latency-bound, more threads a row won: 64 x 16384 on
-    # 32 warps 4.05 us against 4.18 on 16). From 512 rows twice that for tiles of 8K or more,
-    # so that two or more programs share an SM (32 warps for a 16K row left one, and 89% of
-    # the ceiling at 16384 rows); packed rows too. Tiles of 32K keep 32 warps.
+    # Elements a thread holds: 16 (16-bit x; 4-byte x 8, or DECODE_4BYTE_PER_THREAD in a
+    # decode-sized call) for one row of up to 4K, and for any row of a decode-sized call (up to
+    # 256 rows: latency-bound, more threads a row won: 64 x 16384 on 32 warps 4.05 us against
+    # 4.18 on 16). From 512 rows twice that for tiles of 8K or more, so that two or more
+    # programs share an SM (32 warps for a 16K row left one, and 89% of the ceiling at 16384
+    # rows); packed rows too. Tiles of 32K keep 32 warps.
     tile = block_m * block_n
     wide = tile >= 8192 and n_rows > DECODE_MAX_ROWS
-    per_thread = (16 if x_itemsize <= 2 else 8) * (2 if wide or block_m > 1 else 1)
+    per_thread = (16 if x_itemsize <= 2 else DECODE_4BYTE_PER_THREAD
+                  if n_rows <= DECODE_MAX_ROWS else 8) * (2 if wide or block_m > 1 else 1)
     max_warps = 16 if wide and tile <= 16384 else 32
     num_warps = max(4, min(max_warps, tile // (32 * per_thread)))
     if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and tile == 4096 and \

@@ -432,7 +432,14 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((5120, 8, 2, True, 4), _cfg(1, 8192, 16)),
     ((8192, 64, 2, True, 4), _cfg(1, 8192, 16)),
     ((8192, 8, 2), _cfg(1, 8192, 16)),
-    ((8192, 8, 4), _cfg(1, 8192, 32)),
+    # A 4-byte x (or the fused add's fp32 residual) in a decode-sized call: 16 elements a
+    # thread, as 16-bit x; past 256 rows 8 (a 4096 tile on 16 warps).
+    ((8192, 8, 4), _cfg(1, 8192, 16)),
+    ((5120, 1, 4), _cfg(1, 8192, 16)),
+    ((4096, 256, 4), _cfg(1, 4096, 8)),
+    ((2048, 64, 4, True, 2), _cfg(1, 2048, 4)),
+    ((16384, 1, 4), _cfg(1, 16384, 32)),
+    ((4096, 512, 4), _cfg(1, 4096, 16)),
 ])
 def test_heuristic_rules(monkeypatch, args, want):
     monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
