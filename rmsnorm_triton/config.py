@@ -139,9 +139,10 @@ PRELOAD_1K_MAX_ROWS = 1024
 DECODE_MAX_ROWS = 256
 # A single-tile row of 4-byte x (the fused add's fp32 residual, or an fp32 norm) in a
 # decode-sized call: this many elements a thread, half the warps that 8 gave. In a CUDA graph on
-# an H100, the fused add of an fp32 residual at 1-64 x 4096-8192: 1.05-1.11x; 2048 columns and
-# 256 rows 1.005-1.02x; the fp32 norm 1.00-1.04x; eager 1.01-1.03x (bench/RESULTS.md, "Decode
-# rows of 4-byte x"). Larger calls keep 8.
+# an H100, the fused add of an fp32 residual at 1-64 x 4096-8192: 1.05-1.11x; at 2048 columns,
+# and at 256 rows, 1.005-1.02x; the fp32 norm 1.00-1.04x; eager 1.01-1.03x. One row lost: the
+# fused add to an fp32 output at 1 x 4096, 0.964x (bench/RESULTS.md, "Decode rows of 4-byte
+# x"). Larger calls keep 8.
 DECODE_4BYTE_PER_THREAD = 16
 # Short rows are packed several to a program so that a tile carries >= this many elements:
 # a 128-wide row alone would leave most of a warp's 16-byte lanes idle (65536 x 128: 64 rows

@@ -545,10 +545,13 @@ _GPU_ONLY = pytest.mark.skipif(not ON_GPU, reason="hundreds of rows of 9K-18K ta
     ((70, 512), torch.float16, FP32, FP32),
     ((8, 6144), BF16, FP32, None),              # decode rows to fp32: 4K chunks on 32 warps
     ((5, 8000), torch.float16, FP32, torch.float16),
+    ((4, 5120), BF16, BF16, FP32),              # a 4-byte residual at decode size: 16 warps
+    ((2, 4000), FP32, BF16, None),              # ... an fp32 x: 8 warps
 ], ids=["loop-16k-fp32-out", "add-fp32-residual-32k", "loop-sparse-16k", "loop-sparse-32k-fp32",
         "add-loop-sparse-32k", "add-loop-sparse-32k-wide", "add-loop-sparse-32k-wide-fp32",
         "unpacked-896", "unpacked-896-fp32", "add-unpacked-1000-fp32", "add-unpacked-512",
-        "decode-loop-6k-fp32", "add-decode-loop-8k-fp32"])
+        "decode-loop-6k-fp32", "add-decode-loop-8k-fp32",
+        "add-fp32-residual-decode", "fp32-x-decode"])
 def test_new_heuristic_paths_match_fp64(device, shape, x_dtype, out_dtype, res_dtype):
     x, w = rand_x(shape, x_dtype, device), rand_w(shape[1], x_dtype, device)
     out = torch.full(shape, float("nan"), dtype=out_dtype, device=device)
