@@ -85,6 +85,14 @@ LOOP_CHUNK_BYTES = 16384
 # at 512 x 3072 (one process, before the L2 scrub; the 4096-column rows it was taken for now
 # loop). The fused add of a 16-bit residual to fp32 follows (not timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
+# 16-bit x to a 16-bit output, one 8192-wide tile a row (6145-8192 columns: shorter rows of this
+# bucket loop, LOOP_1K_ROW_BYTES) in the 1024-row bucket: 4 warps instead of the 8 that the
+# elements-a-thread rule gives. On an H100, one process, 3 interleaved rounds, graph / eager:
+# 1024 x 7168 bf16 1.053x / 1.038x, 1024 x 8192 fp16 1.021x / 1.015x, the fused add of a bf16
+# residual at 1024 x 7168-8192 1.009-1.019x / 1.007x. The 512-row bucket lost (512 x 7168
+# 0.994x / 0.980x); at 4096 rows 1.003-1.018x, at 16384 level: those keep 8
+# (bench/RESULTS.md, "8192-wide tiles of the 1024-row bucket on 4 warps").
+TILE_8K_1K_ROWS_WARPS = 4
 # 16-bit x to a 4-byte output, rows of DECODE_WIDE_OUT_MIN_N+1 to 8192 elements, in calls of up
 # to DECODE_WIDE_OUT_MAX_ROWS rows: looped in 4096-element chunks on 32 warps, against the
 # 8192-wide tile on 16 warps, in a CUDA graph on an H100 (bench/ab_mid_rows.py):
@@ -255,6 +263,9 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and tile == 4096 and \
             n_rows == WIDE_OUT_16_WARPS_4K_ROWS:
         num_warps = 16
+    if x_itemsize == 2 and out_itemsize == 2 and block_m == 1 and tile == 8192 and \
+            n_rows == LOOP_MID_ROWS[1]:
+        num_warps = TILE_8K_1K_ROWS_WARPS
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 
 

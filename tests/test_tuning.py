@@ -355,12 +355,11 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((8192, 4096, 2), _cfg(1, 8192, 8)),
     ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),     # fp32 x: 8 elements a thread anyway
     # 16-bit out in the 1024-row bucket past 16 KB a row, up to 24 KB: 4096-element chunks
-    # on 8 warps; 512 rows, 2048 rows, 4096 and 6145+ columns keep one tile.
+    # on 8 warps; 512 rows, 2048 rows, 4096 and 6145+ columns keep one tile (6145+ on 4 warps,
+    # below).
     ((5120, 1024, 2), _cfg(1, 4096, 8, looped=True)),
     ((6144, 1024, 2), _cfg(1, 4096, 8, looped=True)),
     ((4097, 1024, 2), _cfg(1, 4096, 8, looped=True)),
-    ((6145, 1024, 2), _cfg(1, 8192, 8)),
-    ((8192, 1024, 2), _cfg(1, 8192, 8)),
     ((5120, 512, 2), _cfg(1, 8192, 8)),
     ((5120, 2048, 2), _cfg(1, 8192, 8)),
     ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
@@ -440,6 +439,14 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((2048, 64, 4, True, 2), _cfg(1, 2048, 4)),
     ((16384, 1, 4), _cfg(1, 16384, 32)),
     ((4096, 512, 4), _cfg(1, 4096, 16)),
+    # 16-bit rows of 6145-8192 to 16 bits in the 1024-row bucket: the 8192 tile on 4 warps;
+    # 512 and 2048 rows, shorter rows (which loop) and fp32 outputs keep their configs.
+    ((7168, 1024, 2), _cfg(1, 8192, 4)),
+    ((6145, 1024, 2), _cfg(1, 8192, 4)),
+    ((8192, 1024, 2), _cfg(1, 8192, 4)),
+    ((8192, 512, 2), _cfg(1, 8192, 8)),
+    ((8192, 2048, 2), _cfg(1, 8192, 8)),
+    ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
 ])
 def test_heuristic_rules(monkeypatch, args, want):
     monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
@@ -547,11 +554,14 @@ _GPU_ONLY = pytest.mark.skipif(not ON_GPU, reason="hundreds of rows of 9K-18K ta
     ((5, 8000), torch.float16, FP32, torch.float16),
     ((4, 5120), BF16, BF16, FP32),              # a 4-byte residual at decode size: 16 warps
     ((2, 4000), FP32, BF16, None),              # ... an fp32 x: 8 warps
+    pytest.param((600, 7000), BF16, BF16, BF16, marks=_GPU_ONLY),      # 8K tile, 1K rows: 4 warps
+    pytest.param((1000, 8192), torch.float16, torch.float16, None, marks=_GPU_ONLY),
 ], ids=["loop-16k-fp32-out", "add-fp32-residual-32k", "loop-sparse-16k", "loop-sparse-32k-fp32",
         "add-loop-sparse-32k", "add-loop-sparse-32k-wide", "add-loop-sparse-32k-wide-fp32",
         "unpacked-896", "unpacked-896-fp32", "add-unpacked-1000-fp32", "add-unpacked-512",
         "decode-loop-6k-fp32", "add-decode-loop-8k-fp32",
-        "add-fp32-residual-decode", "fp32-x-decode"])
+        "add-fp32-residual-decode", "fp32-x-decode", "add-tile-8k-1k-rows-4-warps",
+        "tile-8k-1k-rows-4-warps"])
 def test_new_heuristic_paths_match_fp64(device, shape, x_dtype, out_dtype, res_dtype):
     x, w = rand_x(shape, x_dtype, device), rand_w(shape[1], x_dtype, device)
     out = torch.full(shape, float("nan"), dtype=out_dtype, device=device)
