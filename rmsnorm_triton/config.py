@@ -87,10 +87,11 @@ LOOP_CHUNK_BYTES = 16384
 WIDE_OUT_16_WARPS_4K_ROWS = 512
 # 16-bit x to a 16-bit output, one 8192-wide tile a row (6145-8192 columns: shorter rows of this
 # bucket loop, LOOP_1K_ROW_BYTES) in the 1024-row bucket: 4 warps instead of the 8 that the
-# elements-a-thread rule gives. On an H100, one process, 3 interleaved rounds, graph / eager:
+# elements-a-thread rule gives. On an H100, each A/B one process of 3 rounds, graph / eager:
 # 1024 x 7168 bf16 1.053x / 1.038x, 1024 x 8192 fp16 1.021x / 1.015x, the fused add of a bf16
-# residual at 1024 x 7168-8192 1.009-1.019x / 1.007x. The 512-row bucket lost (512 x 7168
-# 0.994x / 0.980x); at 4096 rows 1.003-1.018x, at 16384 level: those keep 8
+# residual at 1024 x 7168-8192 1.009-1.019x / 1.007x; 600 rows 1.07-1.09x in a graph. The
+# 512-row bucket was mixed (0.980-1.022x, 512 x 7168 0.994x / 0.980x); at 2048-4096 rows
+# 1.002-1.018x, at 16384 level: those keep 8
 # (bench/RESULTS.md, "8192-wide tiles of the 1024-row bucket on 4 warps").
 TILE_8K_1K_ROWS_WARPS = 4
 # 16-bit x to a 4-byte output, rows of DECODE_WIDE_OUT_MIN_N+1 to 8192 elements, in calls of up
