@@ -257,8 +257,12 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     # rows); packed rows too. Tiles of 32K keep 32 warps.
     tile = block_m * block_n
     wide = tile >= 8192 and n_rows > DECODE_MAX_ROWS
-    per_thread = (16 if x_itemsize <= 2 else DECODE_4BYTE_PER_THREAD
-                  if n_rows <= DECODE_MAX_ROWS else 8) * (2 if wide or block_m > 1 else 1)
+    if x_itemsize <= 2:
+        per_thread = 16
+    else:
+        per_thread = DECODE_4BYTE_PER_THREAD if n_rows <= DECODE_MAX_ROWS else 8
+    if wide or block_m > 1:
+        per_thread *= 2
     max_warps = 16 if wide and tile <= 16384 else 32
     num_warps = max(4, min(max_warps, tile // (32 * per_thread)))
     if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and tile == 4096 and \

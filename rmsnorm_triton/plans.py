@@ -221,7 +221,8 @@ class FanoutPlan:
     allocated on their devices' current streams; the launch runs on x's GPU's current stream,
     and ordering the two is the caller's job (parallel.py)."""
     __slots__ = ("out_shape", "out_dtype", "devices", "src", "grid", "scalars", "launcher",
-                 "constexprs", "num_warps", "runner", "pad", "has_weight", "has_bias")
+                 "constexprs", "num_warps", "runner", "pad", "absent", "has_weight",
+                 "has_bias")
 
     def __init__(self, x, devices, out_dtype, launcher: CachedLauncher, grid: int,
                  scalars: tuple, constexprs: tuple, num_warps: int, slots: int,
@@ -231,7 +232,8 @@ class FanoutPlan:
         self.src = x.device.index if x.device.type == "cuda" else -1
         self.grid, self.scalars, self.launcher = grid, scalars, launcher
         self.constexprs, self.num_warps = constexprs, num_warps
-        self.pad = slots - len(devices)          # unused kernel slots, passed as None
+        self.pad = (None,) * (slots - len(devices))     # unused kernel slots
+        self.absent = (None,) * len(devices)            # a weight or bias slot per copy
         self.has_weight, self.has_bias = has_weight, has_bias
         self.runner: Optional[Runner] = None
 
@@ -249,7 +251,7 @@ class FanoutPlan:
             return
         # Unused kernel slots and absent operands are None: Triton compiles them out.
         xp = x.data_ptr()
-        absent, pad = (None,) * len(outs), (None,) * self.pad
+        absent, pad = self.absent, self.pad
         yps = [o.data_ptr() for o in outs]
         wps = [w.data_ptr() for w in weights] if self.has_weight else []
         bps = [b.data_ptr() for b in biases] if self.has_bias else []
