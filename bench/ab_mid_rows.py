@@ -31,7 +31,8 @@ import torch
 from rmsnorm_triton import ops
 from rmsnorm_triton import providers as P
 from rmsnorm_triton.config import (
-    MAX_SINGLE_TILE_N, LaunchConfig, heuristic_config, next_pow2, preload_weight, row_bucket,
+    MAX_SINGLE_TILE_N, MAX_SPLITS, LaunchConfig, heuristic_config, next_pow2,
+    preload_weight, row_bucket,
 )
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from rmsnorm_triton.validate import check_inputs
@@ -110,6 +111,14 @@ def _candidates(M, N, out_dtype, norm_itemsize):
                 if 4 <= rows * next_pow2(N) // (32 * warps) <= 64 and rows <= M:
                     found[f"{rows} rows w{warps}"] = LaunchConfig(rows, next_pow2(N), warps,
                                                                   False)
+    if next_pow2(N) > MAX_SINGLE_TILE_N:
+        # Split rows: programs of one slice each (the split-row kernel)
+        for slice_n in (2048, 4096, 8192, 16384, 32768):
+            splits = -(-N // slice_n)
+            for warps in (4, 8, 16):
+                if splits <= MAX_SPLITS and 8 <= slice_n // (32 * warps) <= 64:
+                    found[f"split{slice_n} w{warps}"] = LaunchConfig(1, slice_n, warps, False,
+                                                                     splits)
     for chunk in (2048, 4096, 8192):
         if chunk <= next_pow2(N):
             for warps in (4, 8, 16, 32) if next_pow2(N) > 16384 else (8, 16, 32):
@@ -162,7 +171,8 @@ def main():
             want = P._fused_add_fp32(xs[0], r0, w, EPS, out_dtype).float()
             calls = {"torch.compile": [lambda x=x, r=r: compiled_add(x, r, w, EPS, out_dtype)
                                        for x, r in zip(xs, rs)]}
-            if liger_add is not None and res_dtype == x_dtype:    # Liger: one dtype
+            # Liger: one dtype, and rows of up to 65536 elements (it refuses longer ones)
+            if liger_add is not None and res_dtype == x_dtype and N <= 65536:
                 calls["liger"] = [lambda x=x, r=r: liger_add.apply(x, r, w, EPS)
                                   for x, r in zip(xs, rs)]
         else:

@@ -25,7 +25,8 @@ from .atomic import write_text_atomic
 MAX_SINGLE_TILE_N = 32768
 # Past it, on a GPU, the row is split over programs of one slice each (the split-row kernel):
 # 4096-element slices on 4 warps were fastest up to 131072 (90.7% at 2048 x 65536, against 68%
-# for one looped program per row), 8192 beyond (87.8% at 512 x 262144).
+# for one looped program per row), 8192 beyond (87.8% at 512 x 262144), among slices on 4 warps;
+# 16-bit rows to a 16-bit output now take SPLIT_SLICE_N_16BIT on 8 warps (below).
 SPLIT_SLICE_N = 4096
 SPLIT_SLICE_N_LONG = 8192
 # A row's programs wait for each other, so all of them must fit on the GPU at once, also beside
@@ -38,10 +39,17 @@ MAX_SPLIT_SLICE_N = 32768
 # slices of 2048: 1.10-1.29x against 16 of 4096; 1-2 x 262144 on 64 of 4096: 1.04-1.55x; past
 # 512K elements narrower slices lost: 4 x 262144 bf16 7.09 against 6.56 us). Those slices, and
 # any slice written to a 4-byte output, run on SPLIT_WARPS (8192-wide slices of 16, 128 and 256
-# x 262144 to fp32: 1.18-1.21x against 4 warps). Larger calls to a 16-bit output keep 4 warps:
-# 8 won at 8-16 x 131072 (1.08-1.15x), 4 at 64-256 x 262144; no one rule was measured.
+# x 262144 to fp32: 1.18-1.21x against 4 warps).
+# Larger calls of 16-bit x (or residual) to a 16-bit output hold SPLIT_SLICE_N_16BIT elements a
+# program on SPLIT_WARPS: the same 32 elements a thread as 4096 on 4 warps, half the programs
+# a row waiting on each other. Against the earlier 4096 (to 131072) and 8192 on 4 warps, eager
+# after an L2 flush on an H100, interleaved: 256-4096 x 65536 1.020-1.041x, 128-1024 x 131072
+# 1.034-1.058x, 64-2048 x 262144 1.007-1.046x; in a graph 16-64 x 65536 1.012-1.026x, 8-64 x
+# 262144 1.013-1.023x. The fused add of a 16-bit residual, which must follow: 0.990-1.002x
+# (bench/RESULTS.md, "Long rows: 8192-element slices on 8 warps"). 4-byte x keeps 4096 on 4.
 SPLIT_FEW_ELEMS = 1 << 19
 SPLIT_SLICE_N_FEW = 2048
+SPLIT_SLICE_N_16BIT = 8192
 SPLIT_WARPS = 8
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
@@ -199,12 +207,16 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     out_itemsize = out_itemsize or x_itemsize
     block_n = next_pow2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
-        few = n_rows * n_cols <= SPLIT_FEW_ELEMS
-        slice_n = (SPLIT_SLICE_N_FEW if few else SPLIT_SLICE_N if n_cols <= 131072
-                   else SPLIT_SLICE_N_LONG)
+        if n_rows * n_cols <= SPLIT_FEW_ELEMS:
+            slice_n, warps = SPLIT_SLICE_N_FEW, SPLIT_WARPS
+        elif x_itemsize <= 2 and out_itemsize <= 2:
+            slice_n, warps = SPLIT_SLICE_N_16BIT, SPLIT_WARPS
+        else:
+            slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
+            warps = SPLIT_WARPS if out_itemsize >= 4 else 4
         slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
         if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
-            return _split(n_cols, slice_n, SPLIT_WARPS if few or out_itemsize >= 4 else 4)
+            return _split(n_cols, slice_n, warps)
         return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
     if x_itemsize >= 4 and block_n >= WIDE_4BYTE_MIN_N:
         # The fused add's x, 4-byte residual and sum do not fit one 32K-element tile in

@@ -411,18 +411,22 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((32768, 4096, 4, True, 2), _cfg(1, 16384, 16, looped=True)),
     ((32768, 4096, 2), _cfg(1, 32768, 32)),
     # Long rows: up to 512K elements a call as many slices as allowed, none under 2048, on 8
-    # warps; more keep 4096-8192 slices, on 8 warps to a 4-byte output and 4 to a 16-bit one.
+    # warps; more: 16-bit to 16-bit 8192-element slices on 8 warps, else 4096-8192 slices on 8
+    # warps to a 4-byte output and 4 to a 16-bit one.
     ((65536, 1, 2), _cfg(1, 2048, 8, splits=32)),
     ((65536, 8, 2), _cfg(1, 2048, 8, splits=32)),
     ((262144, 2, 2, True, 4), _cfg(1, 4096, 8, splits=64)),
     ((262144, 8, 2, True, 4), _cfg(1, 8192, 8, splits=32)),
-    ((262144, 4, 2), _cfg(1, 8192, 4, splits=32)),
+    ((262144, 4, 2), _cfg(1, 8192, 8, splits=32)),
     ((262144, 256, 2, True, 4), _cfg(1, 8192, 8, splits=32)),
-    ((65536, 2048, 2), _cfg(1, 4096, 4, splits=16)),
+    ((65536, 2048, 2), _cfg(1, 8192, 8, splits=8)),
+    ((65536, 1024, 2, True, 4), _cfg(1, 4096, 8, splits=16)),
+    ((65536, 1024, 4, True, 2), _cfg(1, 4096, 4, splits=16)),
+    ((262144, 1024, 4, True, 2), _cfg(1, 8192, 4, splits=32)),
     ((1 << 20, 1, 2), _cfg(1, 16384, 8, splits=64)),
     ((131072, 4, 2), _cfg(1, 2048, 8, splits=64)),      # 512K elements: still a small call
-    ((131072, 8, 2), _cfg(1, 4096, 4, splits=32)),
-    ((65537, 8, 2), _cfg(1, 4096, 4, splits=17)),       # one element past 512K
+    ((131072, 8, 2), _cfg(1, 8192, 8, splits=16)),
+    ((65537, 8, 2), _cfg(1, 8192, 8, splits=9)),        # one element past 512K
     ((65536, 1, 4), _cfg(1, 2048, 8, splits=32)),       # a 4-byte x (or residual) alike
     # 16-bit x to a 4-byte output, 5121-8192 columns, up to 32 rows: 4096-element chunks on 32
     # warps; 5120 columns, 64 rows and a 16-bit output keep the 8192 tile.
