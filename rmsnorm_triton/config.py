@@ -46,11 +46,27 @@ MAX_SPLIT_SLICE_N = 32768
 # after an L2 flush on an H100, interleaved: 256-4096 x 65536 1.020-1.041x, 128-1024 x 131072
 # 1.034-1.058x, 64-2048 x 262144 1.007-1.046x; in a graph 16-64 x 65536 1.012-1.026x, 8-64 x
 # 262144 1.013-1.023x. The fused add of a 16-bit residual, which must follow: 0.990-1.002x
-# (bench/RESULTS.md, "Long rows: 8192-element slices on 8 warps"). 4-byte x keeps 4096 on 4.
+# (bench/RESULTS.md, "Long rows: a cluster barrier instead of polling, tried; 8192-element
+# slices on 8 warps"). 4-byte x keeps 4096 on 4.
+# 16-bit x to a 4-byte output in 8192-element slices (rows past 131072 elements, larger calls)
+# runs on SPLIT_WIDE_OUT_WARPS, 16 elements a thread: against 8 warps, 16-1024 x 262144 bf16 ->
+# fp32 1.069-1.169x eager after an L2 flush, 1.062-1.112x in a graph at 16-64 rows (4 warps:
+# 1.049-1.174x, but 0.77x at 512 x 131072 in 8192 slices). The fused add of a 16-bit residual to
+# fp32 follows, not timed (bench/RESULTS.md, "Long rows to fp32 on 16 warps").
+# In those small calls, 16-bit rows to a 16-bit output take at most SPLIT_FEW_MAX_SPLITS_16BIT
+# slices a row, in slices up to SPLIT_SLICE_N wide: 64 a row left too many programs waiting.
+# In a graph on an H100, 32 slices of 4096 against 64 of 2048: 1-4 x 131072 1.053-1.158x, the
+# fused add 1.135-1.138x at 4 x 131072; eager 2 x 131072 1.051x. At 262144, 8192-wide slices
+# gained on the norm (1 x 262144 1.006-1.011x, 2 x 262144 1.10x in a graph, level eager) but
+# lost on the fused add at 1 row (0.92-0.96x), so 262144 keeps 64 slices of 4096. 4-byte
+# outputs keep 64 (1 x 262144 to fp32: 4096 slices best) (bench/RESULTS.md, "Small calls of
+# long rows: at most 32 slices a row").
 SPLIT_FEW_ELEMS = 1 << 19
 SPLIT_SLICE_N_FEW = 2048
+SPLIT_FEW_MAX_SPLITS_16BIT = 32
 SPLIT_SLICE_N_16BIT = 8192
 SPLIT_WARPS = 8
+SPLIT_WIDE_OUT_WARPS = 16
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
@@ -209,11 +225,16 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     if block_n > MAX_SINGLE_TILE_N:
         if n_rows * n_cols <= SPLIT_FEW_ELEMS:
             slice_n, warps = SPLIT_SLICE_N_FEW, SPLIT_WARPS
+            if x_itemsize <= 2 and out_itemsize <= 2:
+                fewer = next_pow2(triton.cdiv(n_cols, SPLIT_FEW_MAX_SPLITS_16BIT))
+                slice_n = max(slice_n, min(fewer, SPLIT_SLICE_N))
         elif x_itemsize <= 2 and out_itemsize <= 2:
             slice_n, warps = SPLIT_SLICE_N_16BIT, SPLIT_WARPS
-        else:
+        else:       # 4-byte x or output
             slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
             warps = SPLIT_WARPS if out_itemsize >= 4 else 4
+            if x_itemsize <= 2 and slice_n == SPLIT_SLICE_N_LONG:   # 16-bit x to 4 bytes
+                warps = SPLIT_WIDE_OUT_WARPS
         slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
         if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
             return _split(n_cols, slice_n, warps)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
 BF16, FP32 = torch.bfloat16, torch.float32
 # (rows, N): row counts that grow, shrink and grow again, over three numbers of splits.
 SEQUENCE = [(3, 40000), (64, 65536), (5, 65536), (130, 65536), (64, 65536), (1, 262144),
-            (7, 40000), (300, 40000), (2, 262144)]
+            (7, 40000), (300, 40000), (2, 262144), (2, 131072), (3, 100000)]
 
 
 def _splits(M, N):
