@@ -26,7 +26,8 @@ MAX_SINGLE_TILE_N = 32768
 # Past it, on a GPU, the row is split over programs of one slice each (the split-row kernel):
 # 4096-element slices on 4 warps were fastest up to 131072 (90.7% at 2048 x 65536, against 68%
 # for one looped program per row), 8192 beyond (87.8% at 512 x 262144), among slices on 4 warps;
-# 16-bit rows to a 16-bit output now take SPLIT_SLICE_N_16BIT on 8 warps (below).
+# 16-bit rows to a 16-bit output, in calls past 512K elements, now take SPLIT_SLICE_N_16BIT on 8
+# warps (below).
 SPLIT_SLICE_N = 4096
 SPLIT_SLICE_N_LONG = 8192
 # A row's programs wait for each other, so all of them must fit on the GPU at once, also beside
@@ -38,29 +39,35 @@ MAX_SPLIT_SLICE_N = 32768
 # many slices as it may (MAX_SPLITS), none narrower than SPLIT_SLICE_N_FEW (1-8 x 65536 on 32
 # slices of 2048: 1.10-1.29x against 16 of 4096; 1-2 x 262144 on 64 of 4096: 1.04-1.55x; past
 # 512K elements narrower slices lost: 4 x 262144 bf16 7.09 against 6.56 us). Those slices, and
-# any slice written to a 4-byte output, run on SPLIT_WARPS (8192-wide slices of 16, 128 and 256
-# x 262144 to fp32: 1.18-1.21x against 4 warps).
+# any slice written to a 4-byte output, run on SPLIT_WARPS (in an earlier run, 8192-wide slices
+# of 16-256 x 262144 to fp32 1.18-1.21x against 4 warps; 16-bit x there now takes
+# SPLIT_WIDE_OUT_WARPS, below).
 # Larger calls of 16-bit x (or residual) to a 16-bit output hold SPLIT_SLICE_N_16BIT elements a
-# program on SPLIT_WARPS: the same 32 elements a thread as 4096 on 4 warps, half the programs
-# a row waiting on each other. Against the earlier 4096 (to 131072) and 8192 on 4 warps, eager
-# after an L2 flush on an H100, interleaved: 256-4096 x 65536 1.020-1.041x, 128-1024 x 131072
-# 1.034-1.058x, 64-2048 x 262144 1.007-1.046x; in a graph 16-64 x 65536 1.012-1.026x, 8-64 x
-# 262144 1.013-1.023x. The fused add of a 16-bit residual, which must follow: 0.990-1.002x
+# program on SPLIT_WARPS. That is the same 32 elements a thread as 4096 on 4 warps, with half the
+# programs of a row waiting on each other. Against the earlier 4096 (to 131072 columns) and
+# 8192 on 4 warps, on an H100, interleaved:
+# - eager after an L2 flush: 256-4096 x 65536 1.020-1.045x, 128-1024 x 131072 1.034-1.058x,
+#   64-2048 x 262144 1.007-1.046x;
+# - in a graph: 16-64 x 65536 1.012-1.026x, 8-64 x 262144 1.013-1.023x;
+# - the fused add of a 16-bit residual, which must follow: 0.990-1.002x.
 # (bench/RESULTS.md, "Long rows: a cluster barrier instead of polling, tried; 8192-element
-# slices on 8 warps"). 4-byte x keeps 4096 on 4.
-# 16-bit x to a 4-byte output in 8192-element slices (rows past 131072 elements, larger calls)
+# slices on 8 warps".) Other calls keep SPLIT_SLICE_N slices up to 131072 columns and
+# SPLIT_SLICE_N_LONG beyond, on 8 warps to a 4-byte output (16 for 16-bit x, next) and 4 to a
+# 16-bit one.
+# 16-bit x to a 4-byte output in 8192-element slices (rows past 131072 columns, larger calls)
 # runs on SPLIT_WIDE_OUT_WARPS, 16 elements a thread: against 8 warps, 16-1024 x 262144 bf16 ->
 # fp32 1.069-1.169x eager after an L2 flush, 1.062-1.112x in a graph at 16-64 rows (4 warps:
 # 1.049-1.174x, but 0.77x at 512 x 131072 in 8192 slices). The fused add of a 16-bit residual to
-# fp32 follows, not timed (bench/RESULTS.md, "Long rows to fp32 on 16 warps").
-# In those small calls, 16-bit rows to a 16-bit output take at most SPLIT_FEW_MAX_SPLITS_16BIT
-# slices a row, in slices up to SPLIT_SLICE_N wide: 64 a row left too many programs waiting.
-# In a graph on an H100, 32 slices of 4096 against 64 of 2048: 1-4 x 131072 1.053-1.158x, the
-# fused add 1.135-1.138x at 4 x 131072; eager 2 x 131072 1.051x. At 262144, 8192-wide slices
-# gained on the norm (1 x 262144 1.006-1.011x, 2 x 262144 1.10x in a graph, level eager) but
-# lost on the fused add at 1 row (0.92-0.96x), so 262144 keeps 64 slices of 4096. 4-byte
-# outputs keep 64 (1 x 262144 to fp32: 4096 slices best) (bench/RESULTS.md, "Small calls of
-# long rows: at most 32 slices a row").
+# fp32 follows: 1.008-1.011x (bench/RESULTS.md, "Long rows to fp32 on 16 warps; small calls of
+# long rows").
+# In small calls (up to SPLIT_FEW_ELEMS), 16-bit rows to a 16-bit output take at most
+# SPLIT_FEW_MAX_SPLITS_16BIT slices a row, in slices up to SPLIT_SLICE_N wide: 64 a row left too
+# many programs waiting. In a graph on an H100, 32 slices of 4096 against 64 of 2048: 1-4 x 131072
+# 1.053-1.158x, the fused add 1.135-1.138x at 4 x 131072; eager 2 x 131072 1.051x. At 262144,
+# 8192-wide slices gained on the norm (1 x 262144 1.006-1.011x, 2 x 262144 1.10x in a graph, level
+# eager) but lost on the fused add at 1 row (0.92-0.96x), so 262144 keeps 64 slices of 4096. 4-byte
+# outputs keep 64 (1 x 262144 to fp32: 4096 slices best) (bench/RESULTS.md, "Long rows to fp32 on
+# 16 warps; small calls of long rows").
 SPLIT_FEW_ELEMS = 1 << 19
 SPLIT_SLICE_N_FEW = 2048
 SPLIT_FEW_MAX_SPLITS_16BIT = 32
