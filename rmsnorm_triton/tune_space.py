@@ -35,7 +35,8 @@ WARPS = (4, 8, 16, 32)
 # 4-byte output from 4096 columns. 32 warps halve the rows in flight, so that L2 still holds a
 # row's first pass for its second (the heuristic's pick at 16385-18432 columns).
 LOOP_MIN_N, CHUNKS, CHUNK_WARPS = 4096, (2048, 4096, 8192, 16384), (8, 16, 32)
-SLICES, SLICE_WARPS = (2048, 4096, 8192, 16384), (4, 8)
+# Split-row slices: 16 warps too, the heuristic's pick for 16-bit x to fp32 in 8192 slices.
+SLICES, SLICE_WARPS = (2048, 4096, 8192, 16384), (4, 8, 16)
 # Below this many rows a row per program leaves SMs idle, so splitting rows is worth a try;
 # above it the split-row kernel only adds its exchange of partial sums.
 SPLIT_MAX_BUCKET = 512
