@@ -230,22 +230,7 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     out_itemsize = out_itemsize or x_itemsize
     block_n = next_pow2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
-        if n_rows * n_cols <= SPLIT_FEW_ELEMS:
-            slice_n, warps = SPLIT_SLICE_N_FEW, SPLIT_WARPS
-            if x_itemsize <= 2 and out_itemsize <= 2:
-                fewer = next_pow2(triton.cdiv(n_cols, SPLIT_FEW_MAX_SPLITS_16BIT))
-                slice_n = max(slice_n, min(fewer, SPLIT_SLICE_N))
-        elif x_itemsize <= 2 and out_itemsize <= 2:
-            slice_n, warps = SPLIT_SLICE_N_16BIT, SPLIT_WARPS
-        else:       # 4-byte x or output
-            slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
-            warps = SPLIT_WARPS if out_itemsize >= 4 else 4
-            if x_itemsize <= 2 and slice_n == SPLIT_SLICE_N_LONG:   # 16-bit x to 4 bytes
-                warps = SPLIT_WIDE_OUT_WARPS
-        slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
-        if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
-            return _split(n_cols, slice_n, warps)
-        return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
+        return _long_row_config(n_cols, n_rows, x_itemsize, out_itemsize, on_gpu)
     if x_itemsize >= 4 and block_n >= WIDE_4BYTE_MIN_N:
         # The fused add's x, 4-byte residual and sum do not fit one 32K-element tile in
         # registers (spills: 71% at 4096 x 32768): few rows split the row, more loop over it
@@ -312,6 +297,29 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
             n_rows == LOOP_MID_ROWS[1]:
         num_warps = TILE_8K_1K_ROWS_WARPS
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
+
+
+def _long_row_config(n_cols: int, n_rows: int, x_itemsize: int, out_itemsize: int,
+                     on_gpu: bool) -> LaunchConfig:
+    """Rows past MAX_SINGLE_TILE_N: split over programs of one slice each on a GPU, streamed
+    twice in chunks in the interpreter (or past MAX_SPLIT_SLICE_N-wide slices)."""
+    narrow = x_itemsize <= 2 and out_itemsize <= 2         # 16-bit x to a 16-bit output
+    if n_rows * n_cols <= SPLIT_FEW_ELEMS:
+        slice_n, warps = SPLIT_SLICE_N_FEW, SPLIT_WARPS
+        if narrow:
+            fewer = next_pow2(triton.cdiv(n_cols, SPLIT_FEW_MAX_SPLITS_16BIT))
+            slice_n = max(slice_n, min(fewer, SPLIT_SLICE_N))
+    elif narrow:
+        slice_n, warps = SPLIT_SLICE_N_16BIT, SPLIT_WARPS
+    else:
+        slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
+        warps = SPLIT_WARPS if out_itemsize >= 4 else 4
+        if x_itemsize <= 2 and slice_n == SPLIT_SLICE_N_LONG:   # 16-bit x to 4 bytes
+            warps = SPLIT_WIDE_OUT_WARPS
+    slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
+    if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
+        return _split(n_cols, slice_n, warps)
+    return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
 
 
 def _split(n_cols: int, slice_n: int, min_warps: int = 4) -> LaunchConfig:
