@@ -35,13 +35,14 @@ SPLIT_SLICE_N_LONG = 8192
 # slices, up to 32768 elements (2M-element rows); rows longer still take the looped path.
 MAX_SPLITS = 64
 MAX_SPLIT_SLICE_N = 32768
-# A call of long rows with up to this many elements is latency-bound: each row is cut into as
-# many slices as it may (MAX_SPLITS), none narrower than SPLIT_SLICE_N_FEW (1-8 x 65536 on 32
-# slices of 2048: 1.10-1.29x against 16 of 4096; 1-2 x 262144 on 64 of 4096: 1.04-1.55x; past
+# A call of long rows with up to SPLIT_FEW_ELEMS elements (its row bucket, M rounded up to a
+# power of two, times N) is latency-bound: each row is cut into as many slices as it may
+# (MAX_SPLITS), none narrower than SPLIT_SLICE_N_FEW (1-8 x 65536 on 32 slices of 2048:
+# 1.10-1.29x against 16 of 4096 on 4 warps; 1-2 x 262144 on 64 of 4096: 1.04-1.55x; past
 # 512K elements narrower slices lost: 4 x 262144 bf16 7.09 against 6.56 us). Those slices, and
-# any slice written to a 4-byte output, run on SPLIT_WARPS (in an earlier run, 8192-wide slices
-# of 16-256 x 262144 to fp32 1.18-1.21x against 4 warps; 16-bit x there now takes
-# SPLIT_WIDE_OUT_WARPS, below).
+# any slice written to a 4-byte output, run on SPLIT_WARPS. (An earlier run had 8192-wide slices
+# of 16-256 x 262144 to fp32 on 8 warps 1.18-1.21x ahead of 4; a later one found 4 ahead of 8
+# there by 1.05-1.17x, and 16 ahead of both: 16-bit x there takes SPLIT_WIDE_OUT_WARPS, below.)
 # Larger calls of 16-bit x (or residual) to a 16-bit output hold SPLIT_SLICE_N_16BIT elements a
 # program on SPLIT_WARPS. That is the same 32 elements a thread as 4096 on 4 warps, with half the
 # programs of a row waiting on each other. Against the earlier 4096 (to 131072 columns) and
@@ -52,22 +53,23 @@ MAX_SPLIT_SLICE_N = 32768
 # - the fused add of a 16-bit residual, which must follow: 0.990-1.002x.
 # (bench/RESULTS.md, "Long rows: a cluster barrier instead of polling, tried; 8192-element
 # slices on 8 warps".) Other calls keep SPLIT_SLICE_N slices up to 131072 columns and
-# SPLIT_SLICE_N_LONG beyond, on 8 warps to a 4-byte output (16 for 16-bit x, next) and 4 to a
-# 16-bit one.
+# SPLIT_SLICE_N_LONG beyond, on 8 warps to a 4-byte output (16 for 16-bit x in 8192 slices,
+# next) and 4 to a 16-bit one.
 # 16-bit x to a 4-byte output in 8192-element slices (rows past 131072 columns, larger calls)
 # runs on SPLIT_WIDE_OUT_WARPS, 16 elements a thread: against 8 warps, 16-1024 x 262144 bf16 ->
 # fp32 1.069-1.169x eager after an L2 flush, 1.062-1.112x in a graph at 16-64 rows (4 warps:
 # 1.049-1.174x, but 0.77x at 512 x 131072 in 8192 slices). The fused add of a 16-bit residual to
 # fp32 follows: 1.008-1.011x (bench/RESULTS.md, "Long rows to fp32 on 16 warps; small calls of
 # long rows").
-# In small calls (up to SPLIT_FEW_ELEMS), 16-bit rows to a 16-bit output take at most
-# SPLIT_FEW_MAX_SPLITS_16BIT slices a row, in slices up to SPLIT_SLICE_N wide: 64 a row left too
-# many programs waiting. In a graph on an H100, 32 slices of 4096 against 64 of 2048: 1-4 x 131072
-# 1.053-1.158x, the fused add 1.135-1.138x at 4 x 131072; eager 2 x 131072 1.051x. At 262144,
-# 8192-wide slices gained on the norm (1 x 262144 1.006-1.011x, 2 x 262144 1.10x in a graph, level
-# eager) but lost on the fused add at 1 row (0.92-0.96x), so 262144 keeps 64 slices of 4096. 4-byte
-# outputs keep 64 (1 x 262144 to fp32: 4096 slices best) (bench/RESULTS.md, "Long rows to fp32 on
-# 16 warps; small calls of long rows").
+# In small calls (up to SPLIT_FEW_ELEMS), 16-bit rows to a 16-bit output take slices sized for
+# SPLIT_FEW_MAX_SPLITS_16BIT a row, kept between 2048 and SPLIT_SLICE_N wide: 64 a row left too
+# many programs waiting. In a graph on an H100, 32 slices of 4096 against 64 of 2048: 1-4 x
+# 131072 1.053-1.158x, the fused add 1.135-1.138x at 4 x 131072; eager 2 x 131072 1.051x.
+# At 262144, 8192-wide slices gained on the norm (1 x 262144 1.006-1.011x, 2 x 262144
+# 1.10-1.13x in a graph, level eager). They lost on the fused add at 1 row (0.92-0.96x), so
+# 262144 keeps 64 slices of 4096. Other small calls keep up to 64 slices, none under 2048
+# (1 x 262144 to fp32: 64 of 4096 best) (bench/RESULTS.md, "Long rows to fp32 on 16 warps;
+# small calls of long rows").
 SPLIT_FEW_ELEMS = 1 << 19
 SPLIT_SLICE_N_FEW = 2048
 SPLIT_FEW_MAX_SPLITS_16BIT = 32
