@@ -366,8 +366,9 @@ def _is_pow2(n) -> bool:
 def check_config(n_cols: int, cfg: LaunchConfig) -> None:
     """Raise ValueError unless cfg covers every column of an n_cols row, within what the kernels
     compile: a table entry is data from disk, and a wrong one would leave output unwritten."""
-    if not (_is_pow2(cfg.block_m) and _is_pow2(cfg.block_n) and cfg.num_warps in (1, 2, 4, 8,
-            16, 32) and isinstance(cfg.splits, int) and 1 <= cfg.splits <= MAX_SPLITS
+    if not (_is_pow2(cfg.block_m) and _is_pow2(cfg.block_n) and type(cfg.num_warps) is int
+            and cfg.num_warps in (1, 2, 4, 8, 16, 32) and type(cfg.splits) is int
+            and 1 <= cfg.splits <= MAX_SPLITS
             and isinstance(cfg.looped, bool) and cfg.block_m * cfg.block_n <= MAX_TILE_ELEMS):
         raise ValueError(f"not a launch config the kernels compile: {cfg}")
     covered = cfg.looped or cfg.block_n * cfg.splits >= n_cols
@@ -377,7 +378,10 @@ def check_config(n_cols: int, cfg: LaunchConfig) -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RMSNORM_TRITON_CACHE", Path.home() / ".cache" / "rmsnorm_triton"))
+    """$RMSNORM_TRITON_CACHE, else ~/.cache/rmsnorm_triton (RuntimeError where no home is
+    known and the variable is unset)."""
+    return Path(os.environ.get("RMSNORM_TRITON_CACHE") or
+                Path.home() / ".cache" / "rmsnorm_triton")
 
 
 def cache_path(gpu_name: str) -> Path:
@@ -402,7 +406,7 @@ def load_table(path: Path, gpu_name: str) -> dict[str, LaunchConfig]:
         for key, cfg in table.items():
             check_config(int(key.split("|")[0]), cfg)
         return table
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, OSError, RecursionError) as e:
         warnings.warn(f"rmsnorm_triton: ignoring tuned-config cache {path}: {e}", stacklevel=2)
         return {}
 
@@ -444,7 +448,30 @@ def device_name(device_index: int) -> str:
 
 @functools.lru_cache(maxsize=None)
 def tuned_table(gpu_name: str) -> dict[str, LaunchConfig]:
-    return load_table(cache_path(gpu_name), gpu_name)
+    try:
+        path = cache_path(gpu_name)
+    except RuntimeError as e:       # no home directory, and no RMSNORM_TRITON_CACHE
+        warnings.warn(f"rmsnorm_triton: no tuned-config cache ({e}); set "
+                      "RMSNORM_TRITON_CACHE to use one", stacklevel=2)
+        return {}
+    return load_table(path, gpu_name)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int) -> int:
+    """Streaming multiprocessors of a GPU; queried once per device, never on the hot path after
+    the first call."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def runnable_here(cfg: LaunchConfig, device_index: int) -> bool:
+    """Whether this device can run cfg. The programs of a split row wait for each other, so
+    they must all be resident at once: the interpreter (one program at a time) and the CPU
+    cannot, and a GPU must hold one program of the row per SM (MIG slices and small GPUs may
+    not; the heuristic's split configs assume a full H100-class GPU)."""
+    if cfg.splits == 1:
+        return True
+    return device_index >= 0 and not INTERPRET and cfg.splits <= sm_count(device_index)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -452,11 +479,17 @@ def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch
                 has_residual: bool, device_index: int,
                 residual_dtype: Optional[torch.dtype] = None) -> LaunchConfig:
     """The launch config for rows of `n_cols` elements, `bucket` = row_bucket(n_rows).
-    residual_dtype: the fused add's residual, where known (default: x's)."""
-    residual_dtype = (residual_dtype or x_dtype) if has_residual else None
-    tuned = None
-    if residual_dtype in (None, x_dtype):       # what the tuner measures
-        tuned = tuned_table(device_name(device_index)).get(
-            table_key(n_cols, bucket, x_dtype, out_dtype, has_residual))
-    return tuned or heuristic_config(n_cols, bucket, (residual_dtype or x_dtype).itemsize,
-                                     device_index >= 0, out_dtype.itemsize)
+    residual_dtype: the fused add's residual, where known (default: x's).
+
+    The fused add takes the config of the plain norm of its updated residual (tuned entry or
+    heuristic), so that it equals the unfused two steps bit for bit. A split-row config this
+    device cannot run (`runnable_here`) gives way to the looped path."""
+    normalized = (residual_dtype or x_dtype) if has_residual else x_dtype
+    cfg = tuned_table(device_name(device_index)).get(
+        table_key(n_cols, bucket, normalized, out_dtype, False))
+    if cfg is None:
+        cfg = heuristic_config(n_cols, bucket, normalized.itemsize, device_index >= 0,
+                               out_dtype.itemsize)
+    if not runnable_here(cfg, device_index):
+        cfg = heuristic_config(n_cols, bucket, normalized.itemsize, False, out_dtype.itemsize)
+    return cfg

@@ -31,7 +31,8 @@ from .config import (
 )
 from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
-from .validate import Prepared, as_rows, check_args, check_inputs, on_device
+from .validate import (Prepared, as_rows, check_args, check_inputs, check_traced_flags,
+                       on_device)
 
 MAX_FANOUT = 8      # outputs rmsnorm_fwd_fanout_kernel can write (its y0..y7)
 
@@ -270,6 +271,7 @@ def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtyp
     """
     if torch.compiler.is_compiling():
         if not _needs_grad(x, weight, bias):
+            check_traced_flags(eps, weight_offset, out, out_dtype, accumulate)
             eps, weight_offset = float(eps), float(weight_offset)
             if out is None:
                 return _rms_norm_op(x, weight, bias, eps, weight_offset, out_dtype,
@@ -294,6 +296,7 @@ def fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, bias=None, weight_
     """
     if torch.compiler.is_compiling():
         if not _needs_grad(x, residual, weight, bias):
+            check_traced_flags(eps, weight_offset, out, out_dtype)
             eps, weight_offset = float(eps), float(weight_offset)
             if out is None:
                 return (_fused_add_op(x, residual, weight, bias, eps, weight_offset, out_dtype),

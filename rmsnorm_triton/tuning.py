@@ -2,10 +2,12 @@
 
 For every hidden size x dtype pair x row bucket x fused add on/off, the candidates of
 tune_space.py that compute the right answer are timed on this GPU; the fastest replaces the
-heuristic's choice when it beats it by more than the noise. Results are merged into the table
-`pick_config` reads (config.cache_path), saved atomically after every hidden size, so an
-interrupted run keeps what it measured. Kernels compile in worker processes, ahead of the
-timing that needs them.
+heuristic's choice when it beats it by more than the noise. The fused add and the plain norm
+share one entry (the fused add must equal the unfused steps bit for bit): where both forms of a
+workload are tuned, the plain norm's result is written and the fused add's is reported only.
+Results are merged into the table `pick_config` reads (config.cache_path), saved atomically
+after every hidden size, so an interrupted run keeps what it measured. Kernels compile in
+worker processes, ahead of the timing that needs them.
 """
 from __future__ import annotations
 
@@ -204,14 +206,18 @@ def _us(v) -> str:
     return f"{v:8.2f}" if v is not None else f"{'-':>8}"
 
 
-def print_summary(results: list[Result]) -> None:
+def print_summary(results: list[Result], plain: frozenset = frozenset()) -> None:
+    """plain: the entries a plain-norm case of this run wrote (a fused case there is reported
+    only)."""
     name = {v: k for k, v in DTYPES.items()}
     print(f"\n{'N':>7} {'rows':>5} {'dtypes':<11} {'add':>3}  {'heuristic':<20} {'us':>8}  "
           f"{'best':<20} {'us':>8}  {'speedup':>7}  note")
     for r in results:
         c = r.case
         sp = f"{r.speedup:6.2f}x" if r.speedup is not None else f"{'-':>7}"
-        note = "tuned" if r.chosen else "heuristic kept"
+        shared = c.fused and c.key in plain
+        note = "reported; the norm's entry applies" if shared else \
+            "tuned" if r.chosen else "heuristic kept"
         if r.heuristic in r.dropped:
             note = f"HEURISTIC FAILED: {r.dropped[r.heuristic]}"
         elif r.dropped:
@@ -222,8 +228,10 @@ def print_summary(results: list[Result]) -> None:
     sps = [r.speedup for r in results if r.speedup]
     if sps:
         g = math.exp(sum(map(math.log, sps)) / len(sps))
+        written = sum(r.chosen is not None and not (r.case.fused and r.case.key in plain)
+                      for r in results)
         print(f"geometric mean speedup over the heuristic: {g:.3f}x over {len(sps)} cases; "
-              f"{sum(r.chosen is not None for r in results)} table entries")
+              f"{written} table entries")
 
 
 def run_tune(args) -> int:
@@ -248,6 +256,7 @@ def run_tune(args) -> int:
         compiler.submit(n, group)
     results, progress, t0 = [], _Progress(len(cases)), time.time()
     todo = list(cases)
+    plain = {c.key for c in cases if not c.fused}
     try:
         for n, group in groups.items():
             if time.time() - t0 > args.max_seconds:
@@ -263,7 +272,9 @@ def run_tune(args) -> int:
                     print(f"# {case.label}: skipped ({short_error(e)})", file=sys.stderr)
                     continue
                 results.append(r)
-                if r.chosen is not None:
+                if case.fused and case.key in plain:
+                    pass        # reported only: the plain norm's result takes the shared entry
+                elif r.chosen is not None:
                     table[case.key] = r.chosen
                 else:
                     table.pop(case.key, None)
@@ -274,7 +285,7 @@ def run_tune(args) -> int:
         compiler.close()
         if results:     # interrupted (Ctrl-C) mid-size: keep what was measured
             save_table(path, gpu, table)
-    print_summary(results)
+    print_summary(results, frozenset(plain))
     print(f"wrote {len(table)} entries to {path}")
     if todo:
         sizes = list(dict.fromkeys(c.n_cols for c in todo))
@@ -316,7 +327,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="row buckets, powers of two (default: "
                         + " ".join(map(str, DEFAULT_ROWS)) + ")")
     p.add_argument("--fused", choices=("both", "on", "off"), default="both",
-                   help="tune the fused residual add, plain norm, or both (default)")
+                   help="tune the fused residual add, plain norm, or both (default). The two "
+                        "share one entry; with both, the plain norm's result is written")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--max-seconds", type=float, default=500.0,
                    help="stop starting cases after this long; what is done is saved "

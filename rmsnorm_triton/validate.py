@@ -145,6 +145,23 @@ def on_device(e: Exception, i: int, device) -> Exception:
                    f"out[{i}]: {e}")
 
 
+def _check_out_flags(out, out_dtype, accumulate) -> None:
+    if out is not None and out_dtype is not None and out.dtype != out_dtype:
+        raise ValueError(f"out has dtype {out.dtype} but out_dtype={out_dtype}; pass one of them")
+    if accumulate and out is None:
+        raise ValueError("accumulate=True adds into out: pass out=")
+
+
+def check_traced_flags(eps, weight_offset, out=None, out_dtype=None, accumulate=False) -> None:
+    """What check_args checks without reading a tensor, for a call that torch.compile traces
+    into the custom ops (which take eps as a float and no accumulate flag). eps and
+    weight_offset may be symbolic there, so only bool and None are refused by type."""
+    for name, v in (("eps", eps), ("weight_offset", weight_offset)):
+        if v is None or isinstance(v, bool):
+            raise TypeError(f"{name} must be a float, got {type(v).__name__} ({v!r})")
+    _check_out_flags(out, out_dtype, accumulate)
+
+
 def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
                eps=1e-6, weight_offset=0.0, accumulate=False, device=None,
                fused=False) -> None:
@@ -179,10 +196,7 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
     for name, t in (("residual", residual), ("out", out)):
         if t is not None and t.shape != x.shape:
             raise ValueError(f"{name} must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
-    if out is not None and out_dtype is not None and out.dtype != out_dtype:
-        raise ValueError(f"out has dtype {out.dtype} but out_dtype={out_dtype}; pass one of them")
-    if accumulate and out is None:
-        raise ValueError("accumulate=True adds into out: pass out=")
+    _check_out_flags(out, out_dtype, accumulate)
     if x.numel() == 0:
         return
     for name, t in (("out", out), ("residual", residual)):

@@ -91,3 +91,25 @@ def test_compiled_module_with_gradients_takes_the_differentiable_path(device):
     y.square().sum().backward()
     assert x.grad is not None and m.weight.grad is not None
     assert_close(y.detach(), rmsnorm_ref(x.detach(), m.weight.detach()), torch.float32)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda x, o: rt.rms_norm(x, accumulate=True), ValueError, "accumulate=True adds into out"),
+    (lambda x, o: rt.rms_norm(x, out=o, out_dtype=torch.float16), ValueError, "out has dtype"),
+    (lambda x, o: rt.rms_norm(x, eps=True), TypeError, "eps must be a float"),
+    (lambda x, o: rt.fused_add_rms_norm(x, o, eps=None), TypeError, "eps must be a float"),
+], ids=["accumulate-without-out", "out-dtype-mismatch", "bool-eps", "none-eps"])
+def test_compiled_calls_refuse_what_eager_calls_refuse(call, error, message):
+    """A traced call skips the eager path's validation; the flags it can check without data
+    still raise, with the eager call's message (as the error itself once dynamo falls back to
+    eager, inside its Unsupported error under fullgraph)."""
+    x, o = rand_x((4, 64), torch.float32, "cpu"), rand_x((4, 64), torch.float32, "cpu")
+    with pytest.raises(error, match=message):
+        call(x, o.clone())
+    for fullgraph in (False, True):
+        torch._dynamo.reset()
+        compiled = torch.compile(call, backend="eager", fullgraph=fullgraph)
+        with pytest.raises(Exception, match=message) as info:
+            compiled(x, o.clone())
+        if not fullgraph:
+            assert info.type is error

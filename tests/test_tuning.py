@@ -1,4 +1,5 @@
 """The tuned-config cache, `tune` and `bench` without a GPU, and the tuner's own launches."""
+import dataclasses
 import json
 import multiprocessing
 import sys
@@ -9,8 +10,8 @@ import torch
 
 from rmsnorm_triton import config, ops, tune_space, tuning
 from rmsnorm_triton.cli import main
-from rmsnorm_triton.config import (LaunchConfig, cache_path, heuristic_config, load_table,
-                                   pick_config, row_bucket, save_table, table_key)
+from rmsnorm_triton.config import (LaunchConfig, cache_path, check_config, heuristic_config,
+                                   load_table, pick_config, row_bucket, save_table, table_key)
 from helpers import assert_close, assert_guard_intact, poisoned, rand_w, rand_x, rmsnorm_ref
 
 ON_GPU = torch.cuda.is_available()
@@ -111,8 +112,12 @@ def test_pick_config_uses_tuned_entry_else_heuristic(cache):
     tuned = LaunchConfig(2, 64, 4, True)
     save_table(cache_path("cpu"), "cpu", {table_key(300, row_bucket(5), FP32, FP32, False): tuned})
     assert pick_config(300, row_bucket(5), FP32, FP32, False, -1) == tuned
-    assert pick_config(300, row_bucket(5), FP32, FP32, True, -1) == heuristic_config(300, 8, 4,
-                                                                                     False)
+    # The fused add takes the plain norm's entry of its residual's dtype, so that it equals the
+    # unfused two steps bit for bit; an fp32 residual under bf16 x is normalized as fp32.
+    assert pick_config(300, row_bucket(5), FP32, FP32, True, -1) == tuned
+    assert pick_config(300, row_bucket(5), BF16, FP32, True, -1, FP32) == tuned
+    assert pick_config(300, row_bucket(5), BF16, FP32, True, -1) == heuristic_config(300, 8, 2,
+                                                                                     False, 4)
     assert pick_config(300, row_bucket(100), FP32, FP32, False, -1) == heuristic_config(
         300, 128, 4, False)
 
@@ -135,7 +140,8 @@ class _Spy:
 def test_rms_norm_launches_the_tuned_config(cache, monkeypatch, fused):
     M, N = 5, 300
     tuned = LaunchConfig(2, 64, 4, True)          # 2 rows a program, 5 chunks of 64: not a default
-    save_table(cache_path("cpu"), "cpu", {table_key(N, row_bucket(M), FP32, FP32, fused): tuned})
+    # One entry, the plain norm's: the fused add takes it too.
+    save_table(cache_path("cpu"), "cpu", {table_key(N, row_bucket(M), FP32, FP32, False): tuned})
     spy = _Spy(ops._launch_rows.fn)
     monkeypatch.setattr(ops._launch_rows, "fn", spy)
     x, w = rand_x((M, N), FP32, "cpu"), rand_w(N, FP32, "cpu")
@@ -498,14 +504,14 @@ def test_heuristic_configs_are_legal(monkeypatch):
 
 def test_pick_config_uses_the_residual_dtype(cache):
     """The fused add takes the config of the norm of its residual (an fp32 residual at 32K
-    loops); a tuned entry (measured with the residual in x's dtype) is not applied to another
-    residual dtype, and a residual of unknown dtype is taken to be x's."""
+    loops), tuned entry included: the plain norm's entry of the residual's dtype, so a bf16
+    entry is not applied to an fp32 residual; a residual of unknown dtype is taken to be x's."""
     args = (32768, 4096, BF16, BF16, True, -1)
     assert pick_config(*args, FP32) == pick_config(32768, 4096, FP32, BF16, False, -1)
     assert pick_config(*args, FP32).looped
     assert not pick_config(*args, BF16).looped and pick_config(*args) == pick_config(*args, BF16)
     tuned = LaunchConfig(1, 32768, 16, False)
-    save_table(cache_path("cpu"), "cpu", {table_key(32768, 4096, BF16, BF16, True): tuned})
+    save_table(cache_path("cpu"), "cpu", {table_key(32768, 4096, BF16, BF16, False): tuned})
     assert pick_config(*args, BF16) == tuned and pick_config(*args) == tuned
     assert pick_config(*args, FP32) == heuristic_config(32768, 4096, 4, False, 2)
 
@@ -598,3 +604,67 @@ def test_looped_chunks_with_another_output_dtype(device, cfg):
     p.out.fill_(float("nan"))
     tune_space.launch(p, w, cfg)
     assert_close(p.out, rmsnorm_ref(p.x, w))
+
+
+def test_a_fused_table_entry_does_not_part_the_fused_add_from_the_norm(cache):
+    """An entry under the fused key (older tables have them) is not used: the fused add and the
+    norm of its residual must take one config."""
+    save_table(cache_path("cpu"), "cpu",
+               {table_key(300, row_bucket(5), FP32, FP32, True): LaunchConfig(2, 64, 4, True)})
+    assert pick_config(300, row_bucket(5), FP32, FP32, True, -1) == \
+        pick_config(300, row_bucket(5), FP32, FP32, False, -1) == heuristic_config(300, 8, 4, False)
+
+
+def test_split_configs_give_way_where_they_cannot_run(cache, monkeypatch):
+    """A split row's programs wait for each other: never on the CPU or in the interpreter (a
+    tuned entry included), and on a GPU only if every program of a row can be resident."""
+    split = LaunchConfig(1, 4096, 4, False, splits=16)
+    looped = heuristic_config(65536, 64, 2, False)
+    assert looped.looped and looped.splits == 1
+    save_table(cache_path("cpu"), "cpu", {table_key(65536, 64, BF16, BF16, False): split})
+    assert pick_config(65536, 64, BF16, BF16, False, -1) == looped
+    assert not config.runnable_here(split, -1)
+    monkeypatch.setattr(config, "INTERPRET", False)
+    monkeypatch.setattr(config, "device_name", lambda i: "cpu")
+    for sms, want in ((132, True), (16, True), (15, False)):
+        monkeypatch.setattr(config, "sm_count", lambda i, sms=sms: sms)
+        assert config.runnable_here(split, 0) is want
+    monkeypatch.setattr(config, "sm_count", lambda i: 14)        # an A100 MIG 1g slice
+    config.pick_config.cache_clear()
+    assert pick_config(65536, 64, BF16, BF16, False, 0) == looped
+    heur = heuristic_config(1 << 20, 64, 2, True)
+    assert heur.splits == 64
+    assert pick_config(1 << 20, 64, BF16, BF16, False, 0) == heuristic_config(1 << 20, 64, 2,
+                                                                               False)
+
+
+def test_the_cache_dir_needs_no_home_when_the_variable_is_set(monkeypatch, tmp_path):
+    monkeypatch.setenv("RMSNORM_TRITON_CACHE", str(tmp_path))
+    monkeypatch.setattr(config.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(
+        RuntimeError("Could not determine home directory."))))
+    assert config.cache_dir() == tmp_path
+    monkeypatch.delenv("RMSNORM_TRITON_CACHE")
+    config.clear_caches()
+    with pytest.warns(UserWarning, match="no tuned-config cache"):
+        assert config.tuned_table("cpu") == {}
+    config.clear_caches()
+
+
+def test_an_unreadable_cache_file_is_ignored_with_a_warning(cache):
+    cache_path("cpu").mkdir()           # a directory where the JSON file should be
+    with pytest.warns(UserWarning, match="ignoring tuned-config cache"):
+        assert load_table(cache_path("cpu"), "cpu") == {}
+
+
+@pytest.mark.parametrize("field,value", [("num_warps", True), ("num_warps", 4.0),
+                                         ("splits", True)])
+def test_check_config_takes_ints_only(field, value):
+    cfg = LaunchConfig(1, 1024, 4, False)
+    with pytest.raises(ValueError, match="not a launch config"):
+        check_config(1000, dataclasses.replace(cfg, **{field: value}))
+
+
+def test_the_tuner_writes_one_entry_for_the_norm_and_the_fused_add():
+    plain = tune_space.Case(4096, 64, BF16, BF16, False)
+    fused = tune_space.Case(4096, 64, BF16, BF16, True)
+    assert fused.key == plain.key == table_key(4096, 64, BF16, BF16, False)
