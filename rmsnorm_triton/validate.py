@@ -113,11 +113,36 @@ def _byte_range(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b may share a byte: their byte ranges meet, unless both are rows of one
+    row stride whose columns fall in each other's gaps (_disjoint_rows)."""
     if a.device != b.device or a.numel() == 0 or b.numel() == 0 or a.device.type == "meta":
         return False
     a0, a1 = _byte_range(a)
     b0, b1 = _byte_range(b)
-    return a0 < b1 and b0 < a1
+    return a0 < b1 and b0 < a1 and not _disjoint_rows(a, b)
+
+
+def _row_bytes(t: torch.Tensor) -> Optional[tuple[int, int]]:
+    """(row stride, row width) in bytes where t is two or more rows of contiguous columns with
+    one row stride no shorter than a row; else None."""
+    n_cols = t.shape[-1] if t.dim() else 0
+    rows = as_rows(t, n_cols, writable=False) if n_cols else None
+    if rows is None or rows.shape[0] < 2:
+        return None
+    width, period = n_cols * t.element_size(), rows.stride(0) * t.element_size()
+    return (period, width) if period >= width else None
+
+
+def _disjoint_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two row views of one row stride share no byte although their byte ranges meet:
+    each row of b lies in the gap after a row of a (x = big[:, :N] and out = big[:, N:], or the
+    halves of buf.split(N, -1)). False wherever that is not certain."""
+    la, lb = _row_bytes(a), _row_bytes(b)
+    if la is None or lb is None or la[0] != lb[0]:
+        return False
+    period = la[0]
+    offset = (b.data_ptr() - a.data_ptr()) % period     # b's columns within a's row period
+    return la[1] <= offset and offset + lb[1] <= period
 
 
 def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:

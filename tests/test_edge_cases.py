@@ -448,3 +448,28 @@ def test_negative_view_residual(device):
     want_residual = x.float() + base
     torch.testing.assert_close(residual.resolve_neg(), want_residual, rtol=0, atol=0)
     assert_close(y, rmsnorm_ref(want_residual, w), dtype=BF16)
+
+
+@pytest.mark.parametrize("dtype", [BF16, FP32], ids=_name)
+def test_column_views_of_one_buffer_that_share_no_element(device, dtype):
+    """x, out and the residual may be column slices of one buffer (a concatenation buffer, or
+    the halves of buf.split(N, -1)) where no element is shared: accepted, and each result is
+    the oracle's, the rest of the buffer untouched."""
+    M, N = 6, 48
+    w = rand_w(N, dtype, device)
+    buf = rand_x((M, 3 * N + 5), dtype, device)
+    keep = buf.clone()
+    x, out = buf[:, :N], buf[:, N + 5:2 * N + 5]
+    want = rmsnorm_ref(x, w)
+    assert rt.rms_norm(x, w, out=out) is out
+    assert_close(out, want)
+    assert torch.equal(buf[:, :N], keep[:, :N]) and torch.equal(buf[:, 2 * N + 5:],
+                                                                keep[:, 2 * N + 5:])
+    pair = rand_x((M, 2 * N), dtype, device)
+    x, residual = pair.split(N, -1)
+    want_res = (x.double() + residual.double()).to(dtype)
+    x_before = x.clone()
+    y, r = rt.fused_add_rms_norm(x, residual, w)
+    assert r is residual and torch.equal(x, x_before)
+    assert_close(residual, want_res.double(), tol=1e-2 if dtype == BF16 else None)
+    assert_close(y, rmsnorm_ref(residual, w))

@@ -60,6 +60,17 @@ def _overlap_out_x(d):
     return {"x": buf[:-1], "out": buf[1:]}
 
 
+def _out_shares_a_column_with_x(d):
+    # Column views of one buffer: out's first column is x's last in every row.
+    buf = torch.randn(ROWS, 2 * N - 1, device=d)
+    return {"x": buf[:, :N], "out": buf[:, N - 1:]}
+
+
+def _residual_shares_a_column_with_x(d):
+    buf = torch.randn(ROWS, 2 * N - 1, device=d)
+    return {"x": buf[:, :N], "residual": buf[:, N - 1:]}
+
+
 def _out_aliases_x_as_bf16(d):
     x = torch.randn(ROWS, N, device=d).half()
     return {"x": x, "out": x.view(torch.bfloat16)}
@@ -162,6 +173,10 @@ CASES = [
                                ("out", ALL, (ROWS, N)), ("residual", (FUSED,), (ROWS, N)))],
     # -- aliasing --------------------------------------------------------------------------------
     Case("out-overlaps-x", ALL, _overlap_out_x, ValueError, ("out overlaps x",)),
+    Case("out-shares-a-column-with-x", ALL, _out_shares_a_column_with_x, ValueError,
+         ("out overlaps x",)),
+    Case("residual-shares-a-column-with-x", (FUSED,), _residual_shares_a_column_with_x,
+         ValueError, ("residual overlaps x",)),
     Case("out-aliases-x-as-other-dtype", ALL, _out_aliases_x_as_bf16, ValueError,
          ("out overlaps x",)),
     Case("out-overlaps-residual", (FUSED,), _out_is_residual, ValueError,
