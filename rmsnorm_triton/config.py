@@ -316,9 +316,10 @@ def _long_row_config(n_cols: int, n_rows: int, x_itemsize: int, out_itemsize: in
     else:
         slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
         warps = SPLIT_WARPS if out_itemsize >= 4 else 4
-        if x_itemsize <= 2 and slice_n == SPLIT_SLICE_N_LONG:   # 16-bit x to 4 bytes
-            warps = SPLIT_WIDE_OUT_WARPS
     slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
+    if x_itemsize <= 2 < out_itemsize and n_rows * n_cols > SPLIT_FEW_ELEMS and \
+            slice_n == SPLIT_SLICE_N_LONG:      # measured on 8192 slices only
+        warps = SPLIT_WIDE_OUT_WARPS
     if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:
         return _split(n_cols, slice_n, warps)
     return LaunchConfig(block_m=1, block_n=LOOP_CHUNK_N, num_warps=16, looped=True)
@@ -395,9 +396,9 @@ def table_key(n_cols: int, bucket: int, x_dtype, out_dtype, has_residual: bool) 
 
 def load_table(path: Path, gpu_name: str) -> dict[str, LaunchConfig]:
     """The tuned table at `path`, or {} (with one warning) if it is unreadable or foreign."""
-    if not path.exists():
-        return {}
     try:
+        if not path.exists():
+            return {}
         data = json.loads(path.read_text())
         if data.get("version") != CACHE_VERSION or data.get("gpu") != gpu_name \
                 or data.get("triton") != triton.__version__:
@@ -483,7 +484,8 @@ def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch
 
     The fused add takes the config of the plain norm of its updated residual (tuned entry or
     heuristic), so that it equals the unfused two steps bit for bit. A split-row config this
-    device cannot run (`runnable_here`) gives way to the looped path."""
+    device cannot run (`runnable_here`) gives way to the heuristic's config without split rows
+    (the looped path for rows past 32K elements)."""
     normalized = (residual_dtype or x_dtype) if has_residual else x_dtype
     cfg = tuned_table(device_name(device_index)).get(
         table_key(n_cols, bucket, normalized, out_dtype, False))

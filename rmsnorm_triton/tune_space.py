@@ -19,6 +19,7 @@ from .config import (
     INTERPRET,
     MAX_BLOCK_M,
     MAX_SINGLE_TILE_N,
+    MAX_SPLITS,
     MAX_TILE_ELEMS,
     LaunchConfig,
     heuristic_config,
@@ -128,7 +129,7 @@ def candidates(n_cols: int, bucket: int, x_itemsize: int, on_gpu: bool = not INT
                     add(LaunchConfig(1, chunk, w, looped=True))
     if on_gpu and (full > MAX_SINGLE_TILE_N or bucket <= SPLIT_MAX_BUCKET):
         for sl in SLICES:
-            if sl < full:
+            if sl < full and triton.cdiv(n_cols, sl) <= MAX_SPLITS:
                 for w in SLICE_WARPS:
                     if fits(sl, w):
                         add(LaunchConfig(1, sl, w, looped=False,

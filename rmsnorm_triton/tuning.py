@@ -225,7 +225,8 @@ def print_summary(results: list[Result], plain: frozenset = frozenset()) -> None
         print(f"{c.n_cols:>7} {c.bucket:>5} {name[c.x_dtype] + '->' + name[c.out_dtype]:<11} "
               f"{int(c.fused):>3}  {cfg_str(r.heuristic):<20} {_us(r.heuristic_us)}  "
               f"{cfg_str(r.best):<20} {_us(r.best_us)}  {sp}  {note}")
-    sps = [r.speedup for r in results if r.speedup]
+    sps = [r.speedup for r in results
+           if r.speedup and not (r.case.fused and r.case.key in plain)]
     if sps:
         g = math.exp(sum(map(math.log, sps)) / len(sps))
         written = sum(r.chosen is not None and not (r.case.fused and r.case.key in plain)

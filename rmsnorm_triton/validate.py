@@ -180,9 +180,10 @@ def _check_out_flags(out, out_dtype, accumulate) -> None:
 def check_traced_flags(eps, weight_offset, out=None, out_dtype=None, accumulate=False) -> None:
     """What check_args checks without reading a tensor, for a call that torch.compile traces
     into the custom ops (which take eps as a float and no accumulate flag). eps and
-    weight_offset may be symbolic there, so only bool and None are refused by type."""
+    weight_offset may be symbolic there (SymInt, SymFloat)."""
     for name, v in (("eps", eps), ("weight_offset", weight_offset)):
-        if v is None or isinstance(v, bool):
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, torch.SymInt,
+                                                     torch.SymFloat)):
             raise TypeError(f"{name} must be a float, got {type(v).__name__} ({v!r})")
     _check_out_flags(out, out_dtype, accumulate)
 
@@ -231,7 +232,7 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
             raise ValueError(f"{name} has overlapping elements (shape {tuple(t.shape)}, stride "
                              f"{t.stride()}): every element is written, so each needs its own "
                              "memory")
-        if _overlaps(t, x) and not _same_view(t, x):
+        if not _same_view(t, x) and _overlaps(t, x):
             raise ValueError(f"{name} overlaps x without being the same view of it; pass "
                              f"{name}=x for in place, or a separate buffer")
         for src_name, src in (("weight", weight), ("bias", bias)):

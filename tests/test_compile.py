@@ -98,7 +98,8 @@ def test_compiled_module_with_gradients_takes_the_differentiable_path(device):
     (lambda x, o: rt.rms_norm(x, out=o, out_dtype=torch.float16), ValueError, "out has dtype"),
     (lambda x, o: rt.rms_norm(x, eps=True), TypeError, "eps must be a float"),
     (lambda x, o: rt.fused_add_rms_norm(x, o, eps=None), TypeError, "eps must be a float"),
-], ids=["accumulate-without-out", "out-dtype-mismatch", "bool-eps", "none-eps"])
+    (lambda x, o: rt.rms_norm(x, eps="1e-6"), TypeError, "eps must be a float"),
+], ids=["accumulate-without-out", "out-dtype-mismatch", "bool-eps", "none-eps", "str-eps"])
 def test_compiled_calls_refuse_what_eager_calls_refuse(call, error, message):
     """A traced call skips the eager path's validation; the flags it can check without data
     still raise, with the eager call's message (as the error itself once dynamo falls back to

@@ -473,3 +473,13 @@ def test_column_views_of_one_buffer_that_share_no_element(device, dtype):
     assert r is residual and torch.equal(x, x_before)
     assert_close(residual, want_res.double(), tol=1e-2 if dtype == BF16 else None)
     assert_close(y, rmsnorm_ref(residual, w))
+
+
+def test_row_views_of_another_row_period_still_overlap(device):
+    """Only views with one row period can be told apart by columns: here out's row 1 is x's
+    row 2, in a buffer both read with different row strides."""
+    buf = torch.zeros(512, device=device)
+    x = buf.as_strided((4, 8), (16, 1))
+    out = buf.as_strided((4, 8), (24, 1), 8)
+    with pytest.raises(ValueError, match="out overlaps x"):
+        rt.rms_norm(x, out=out)

@@ -668,3 +668,11 @@ def test_the_tuner_writes_one_entry_for_the_norm_and_the_fused_add():
     plain = tune_space.Case(4096, 64, BF16, BF16, False)
     fused = tune_space.Case(4096, 64, BF16, BF16, True)
     assert fused.key == plain.key == table_key(4096, 64, BF16, BF16, False)
+
+
+def test_tuner_candidates_keep_within_the_split_limit():
+    for n in (65536, 262144, 1 << 20):
+        cands = tune_space.candidates(n, 1, 2, True, 2)
+        assert any(c.splits > 1 for c in cands)
+        for c in cands:
+            check_config(n, c)
