@@ -676,3 +676,32 @@ def test_tuner_candidates_keep_within_the_split_limit():
         assert any(c.splits > 1 for c in cands)
         for c in cands:
             check_config(n, c)
+
+
+@pytest.mark.parametrize("fused_first", [False, True], ids=["norm-first", "fused-first"])
+def test_run_tune_writes_the_plain_norms_pick_for_both_forms(cache, monkeypatch, capsys,
+                                                            fused_first):
+    """The norm and the fused add share an entry: where both are tuned, the norm's pick is
+    written, whichever form comes first; the fused add's is reported only."""
+    norm_pick, fused_pick = LaunchConfig(1, 4096, 8, False), LaunchConfig(1, 4096, 16, False)
+
+    def fake_tune_case(case, device, min_gain):
+        chosen = fused_pick if case.fused else norm_pick
+        return tune_space.Result(case, heuristic_config(4096, 64, 2), 10.0, chosen, 8.0,
+                                 chosen, 3, {})
+
+    def plan(args):
+        cases = real_plan(args)
+        return sorted(cases, key=lambda c: c.fused != fused_first)
+
+    real_plan = tuning.plan_cases
+    monkeypatch.setattr(tuning, "plan_cases", plan)
+    monkeypatch.setattr(tuning, "tune_case", fake_tune_case)
+    monkeypatch.setattr(tuning.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tuning.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(tuning, "device_name", lambda i: "cpu")
+    assert main(["tune", "--sizes", "4096", "--rows", "64", "--pairs", "bf16:bf16",
+                 "--fused", "both", "--workers", "1"]) == 0
+    assert load_table(cache_path("cpu"), "cpu") == {table_key(4096, 64, BF16, BF16, False):
+                                                    norm_pick}
+    assert "reported; the norm's entry applies" in capsys.readouterr().out
