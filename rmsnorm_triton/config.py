@@ -306,7 +306,8 @@ def _long_row_config(n_cols: int, n_rows: int, x_itemsize: int, out_itemsize: in
     """Rows past MAX_SINGLE_TILE_N: split over programs of one slice each on a GPU, streamed
     twice in chunks in the interpreter (or past MAX_SPLIT_SLICE_N-wide slices)."""
     narrow = x_itemsize <= 2 and out_itemsize <= 2         # 16-bit x to a 16-bit output
-    if n_rows * n_cols <= SPLIT_FEW_ELEMS:
+    few = n_rows * n_cols <= SPLIT_FEW_ELEMS
+    if few:
         slice_n, warps = SPLIT_SLICE_N_FEW, SPLIT_WARPS
         if narrow:
             fewer = next_pow2(triton.cdiv(n_cols, SPLIT_FEW_MAX_SPLITS_16BIT))
@@ -317,7 +318,7 @@ def _long_row_config(n_cols: int, n_rows: int, x_itemsize: int, out_itemsize: in
         slice_n = SPLIT_SLICE_N if n_cols <= 131072 else SPLIT_SLICE_N_LONG
         warps = SPLIT_WARPS if out_itemsize >= 4 else 4
     slice_n = max(slice_n, next_pow2(triton.cdiv(n_cols, MAX_SPLITS)))
-    if x_itemsize <= 2 < out_itemsize and n_rows * n_cols > SPLIT_FEW_ELEMS and \
+    if x_itemsize <= 2 < out_itemsize and not few and \
             slice_n == SPLIT_SLICE_N_LONG:      # measured on 8192 slices only
         warps = SPLIT_WIDE_OUT_WARPS
     if on_gpu and not INTERPRET and slice_n <= MAX_SPLIT_SLICE_N:

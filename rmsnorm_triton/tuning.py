@@ -206,6 +206,12 @@ def _us(v) -> str:
     return f"{v:8.2f}" if v is not None else f"{'-':>8}"
 
 
+def _reported_only(case: Case, plain: frozenset) -> bool:
+    """A fused-add case whose shared entry a plain-norm case of the run writes (`plain`: their
+    keys): its result is reported, not written."""
+    return case.fused and case.key in plain
+
+
 def print_summary(results: list[Result], plain: frozenset = frozenset()) -> None:
     """plain: the entries a plain-norm case of this run wrote (a fused case there is reported
     only)."""
@@ -215,7 +221,7 @@ def print_summary(results: list[Result], plain: frozenset = frozenset()) -> None
     for r in results:
         c = r.case
         sp = f"{r.speedup:6.2f}x" if r.speedup is not None else f"{'-':>7}"
-        shared = c.fused and c.key in plain
+        shared = _reported_only(c, plain)
         note = "reported; the norm's entry applies" if shared else \
             "tuned" if r.chosen else "heuristic kept"
         if r.heuristic in r.dropped:
@@ -226,10 +232,10 @@ def print_summary(results: list[Result], plain: frozenset = frozenset()) -> None
               f"{int(c.fused):>3}  {cfg_str(r.heuristic):<20} {_us(r.heuristic_us)}  "
               f"{cfg_str(r.best):<20} {_us(r.best_us)}  {sp}  {note}")
     sps = [r.speedup for r in results
-           if r.speedup and not (r.case.fused and r.case.key in plain)]
+           if r.speedup and not _reported_only(r.case, plain)]
     if sps:
         g = math.exp(sum(map(math.log, sps)) / len(sps))
-        written = sum(r.chosen is not None and not (r.case.fused and r.case.key in plain)
+        written = sum(r.chosen is not None and not _reported_only(r.case, plain)
                       for r in results)
         print(f"geometric mean speedup over the heuristic: {g:.3f}x over {len(sps)} cases; "
               f"{written} table entries")
@@ -257,7 +263,7 @@ def run_tune(args) -> int:
         compiler.submit(n, group)
     results, progress, t0 = [], _Progress(len(cases)), time.time()
     todo = list(cases)
-    plain = {c.key for c in cases if not c.fused}
+    plain = frozenset(c.key for c in cases if not c.fused)
     try:
         for n, group in groups.items():
             if time.time() - t0 > args.max_seconds:
@@ -273,7 +279,7 @@ def run_tune(args) -> int:
                     print(f"# {case.label}: skipped ({short_error(e)})", file=sys.stderr)
                     continue
                 results.append(r)
-                if case.fused and case.key in plain:
+                if _reported_only(case, plain):
                     pass        # reported only: the plain norm's result takes the shared entry
                 elif r.chosen is not None:
                     table[case.key] = r.chosen
@@ -286,7 +292,7 @@ def run_tune(args) -> int:
         compiler.close()
         if results:     # interrupted (Ctrl-C) mid-size: keep what was measured
             save_table(path, gpu, table)
-    print_summary(results, frozenset(plain))
+    print_summary(results, plain)
     print(f"wrote {len(table)} entries to {path}")
     if todo:
         sizes = list(dict.fromkeys(c.n_cols for c in todo))
