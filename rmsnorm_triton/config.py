@@ -118,6 +118,15 @@ LOOP_CHUNK_BYTES = 16384
 # at 512 x 3072 (one process, before the L2 scrub; the 4096-column rows it was taken for now
 # loop). The fused add of a 16-bit residual to fp32 follows (not timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
+# 16-bit x to a 4-byte output, one row of 1025-2048 elements (a 2048 tile) a program, in the
+# 512- and 1024-row buckets: 8 warps instead of 4. On an H100, medians of 5 interleaved rounds,
+# eager / graph: 1024 x 2048 bf16 1.011x / 1.047x, fp16 1.043x / 1.065x; 513-768 x 2048
+# 1.000-1.035x / 1.010-1.046x; 1024 x 1536 1.008x / 1.033x; 512 x 2048 fp16 1.051x / 1.043x.
+# The fused add of a bf16 residual to fp32 follows: 0.999x / 0.995x. At 2048 rows 8 warps
+# lost (0.92x eager), so larger calls keep 4; decode-sized calls were not timed and keep 4
+# (bench/RESULTS.md, "2048-wide rows to fp32 on 8 warps").
+WIDE_OUT_2K_WARPS = 8
+WIDE_OUT_2K_ROWS = (512, 1024)
 # 16-bit x to a 16-bit output, one 8192-wide tile a row (6145-8192 columns: shorter rows of this
 # bucket loop, LOOP_1K_ROW_BYTES) in the 1024-row bucket: 4 warps instead of the 8 that the
 # elements-a-thread rule gives. On an H100, each A/B one process of 3 rounds, graph / eager:
@@ -295,6 +304,9 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
     if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and tile == 4096 and \
             n_rows == WIDE_OUT_16_WARPS_4K_ROWS:
         num_warps = 16
+    if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and tile == 2048 and \
+            WIDE_OUT_2K_ROWS[0] <= n_rows <= WIDE_OUT_2K_ROWS[1]:
+        num_warps = WIDE_OUT_2K_WARPS
     if x_itemsize == 2 and out_itemsize == 2 and block_m == 1 and tile == 8192 and \
             n_rows == LOOP_MID_ROWS[1]:
         num_warps = TILE_8K_1K_ROWS_WARPS

@@ -464,6 +464,13 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((8192, 512, 2), _cfg(1, 8192, 8)),
     ((8192, 2048, 2), _cfg(1, 8192, 8)),
     ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
+    # 16-bit rows of 1025-2048 to a 4-byte output in the 512- and 1024-row buckets: 8 warps;
+    # 2048 rows, decode-sized calls and 16-bit outputs keep 4.
+    ((2048, 1024, 2, True, 4), _cfg(1, 2048, 8)),
+    ((1025, 512, 2, True, 4), _cfg(1, 2048, 8)),
+    ((2048, 2048, 2, True, 4), _cfg(1, 2048, 4)),
+    ((2048, 256, 2, True, 4), _cfg(1, 2048, 4)),
+    ((2048, 1024, 2), _cfg(1, 2048, 4)),
 ])
 def test_heuristic_rules(monkeypatch, args, want):
     monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
