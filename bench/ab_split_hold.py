@@ -24,7 +24,7 @@ import triton.language as tl
 
 from rmsnorm_triton import ops
 from rmsnorm_triton.config import pick_config, row_bucket
-from rmsnorm_triton.kernels.rmsnorm import (_load_cols, _normalize_store,
+from rmsnorm_triton.kernels.rmsnorm import (_load_cols, _normalize_store, _row_rstd,
                                             rmsnorm_fwd_split_kernel)
 from rmsnorm_triton.launcher import CachedLauncher
 from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us, n_sets, rmsnorm_bytes
@@ -80,21 +80,7 @@ def split_hold_kernel(
         tl.store(r_rows + cols, held, mask=col_mask)
     h = held.to(tl.float32)
     partial = tl.sum(tl.sum(h * h, axis=1), axis=0)
-    low_bits = partial.to(tl.uint32, bitcast=True).to(tl.int64)
-    tl.atomic_xchg(slot_row + part, (this_round << 32) | low_bits, sem="release")
-    slots = tl.arange(0, SPLITS_P2)
-    slot_ptrs = slot_row + slots
-    slot_mask = slots < SPLITS
-    parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
-    behind = ((parts >> 32) - this_round).to(tl.int32) < 0
-    waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)
-    while waiting > 0:
-        parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
-        behind = ((parts >> 32) - this_round).to(tl.int32) < 0
-        waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)
-    sums = parts.to(tl.int32).to(tl.float32, bitcast=True)
-    total = tl.sum(tl.where(slot_mask, sums, 0.0), axis=0)
-    rstd = tl.rsqrt(total * (1.0 / n_cols) + eps)
+    rstd = _row_rstd(slot_row, part, this_round, partial, n_cols, eps, SPLITS, SPLITS_P2)
     w = _load_cols(w_ptr, start + cols, col_mask, HAS_WEIGHT)
     b = _load_cols(b_ptr, start + cols, col_mask, HAS_BIAS)
     _normalize_store(y_rows, w, b, cols, col_mask, _widen(held), rstd,

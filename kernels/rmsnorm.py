@@ -225,6 +225,35 @@ def rmsnorm_fwd_kernel(
 
 
 @triton.jit
+def _row_rstd(slot_row, part, this_round, partial, n_cols, eps,
+              SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
+    """The split-row kernel's exchange: publish this program's partial sum of squares in slot
+    `part` of its row with `this_round`, wait until every slot of the row holds this round, and
+    return the row's 1 / rms."""
+    low_bits = partial.to(tl.uint32, bitcast=True).to(tl.int64)      # zero-extended
+    # One release atomic publishes the partial and its round together.
+    tl.atomic_xchg(slot_row + part, (this_round << 32) | low_bits, sem="release")
+    slots = tl.arange(0, SPLITS_P2)
+    slot_ptrs = slot_row + slots
+    slot_mask = slots < SPLITS
+    # Polled with atomics. Measured against it on an H100 (bench/RESULTS.md): volatile-load
+    # polls were 2-3% slower, and a nanosleep back-off between polls changed nothing. A slot
+    # counts as behind while its round precedes this one (mod 2^32). Two launches sharing slots
+    # at once (a misuse) could give wrong sums or wait forever.
+    parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
+    behind = ((parts >> 32) - this_round).to(tl.int32) < 0
+    waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)
+    while waiting > 0:
+        parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
+        behind = ((parts >> 32) - this_round).to(tl.int32) < 0
+        waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)
+    sums = parts.to(tl.int32).to(tl.float32, bitcast=True)      # the low 32 bits
+    # Every program of the row adds the same partials in the same order: one rstd, bit for bit.
+    total = tl.sum(tl.where(slot_mask, sums, 0.0), axis=0)
+    return tl.rsqrt(total * (1.0 / n_cols) + eps)
+
+
+@triton.jit
 def rmsnorm_fwd_split_kernel(
     x_ptr, r_ptr, w_ptr, b_ptr, y_ptr,   # as in rmsnorm_fwd_kernel
     part_ptr,                     # [>= rows, SPLITS] int64 slots: (round << 32) | fp32 bits
@@ -272,27 +301,7 @@ def rmsnorm_fwd_split_kernel(
     col_mask = start + cols < n_cols
     h = _load_h(x_rows, r_rows, cols, col_mask, HAS_RESIDUAL, True, CLAMP_FP16, "")
     partial = tl.sum(tl.sum(h * h, axis=1), axis=0)
-    low_bits = partial.to(tl.uint32, bitcast=True).to(tl.int64)      # zero-extended
-    # One release atomic publishes the partial and its round together.
-    tl.atomic_xchg(slot_row + part, (this_round << 32) | low_bits, sem="release")
-    slots = tl.arange(0, SPLITS_P2)
-    slot_ptrs = slot_row + slots
-    slot_mask = slots < SPLITS
-    # Polled with atomics. Measured against it on an H100 (bench/RESULTS.md): volatile-load
-    # polls were 2-3% slower, and a nanosleep back-off between polls changed nothing. A slot
-    # counts as behind while its round precedes this one (mod 2^32). Two launches sharing slots
-    # at once (a misuse) could give wrong sums or wait forever.
-    parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
-    behind = ((parts >> 32) - this_round).to(tl.int32) < 0
-    waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)
-    while waiting > 0:
-        parts = tl.atomic_add(slot_ptrs, 0, mask=slot_mask, sem="acquire")
-        behind = ((parts >> 32) - this_round).to(tl.int32) < 0
-        waiting = tl.sum((slot_mask & behind).to(tl.int32), axis=0)
-    sums = parts.to(tl.int32).to(tl.float32, bitcast=True)      # the low 32 bits
-    # Every program of the row adds the same partials in the same order: one rstd, bit for bit.
-    total = tl.sum(tl.where(slot_mask, sums, 0.0), axis=0)
-    rstd = tl.rsqrt(total * (1.0 / n_cols) + eps)
+    rstd = _row_rstd(slot_row, part, this_round, partial, n_cols, eps, SPLITS, SPLITS_P2)
     # Fetched after the wait: fetched before it, the extra registers lowered occupancy and
     # cost 4-7% at N = 65536-262144 (bench/ab_preload.py).
     w = _load_cols(w_ptr, start + cols, col_mask, HAS_WEIGHT)
