@@ -119,14 +119,14 @@ LOOP_CHUNK_BYTES = 16384
 # loop). The fused add of a 16-bit residual to fp32 follows (not timed).
 WIDE_OUT_16_WARPS_4K_ROWS = 512
 # 16-bit x to a 4-byte output, one row of 1025-2048 elements (a 2048 tile) a program, in the
-# 512- and 1024-row buckets (257-1024 rows; timed from 512): 8 warps instead of 4. On an H100,
-# medians of 5 interleaved rounds,
-# eager / graph: 1024 x 2048 bf16 1.011x / 1.047x, fp16 1.043x / 1.065x; 513-768 x 2048
-# 1.000-1.035x / 1.010-1.046x; 1024 x 1536 1.008x / 1.033x; 512 x 2048 fp16 1.051x / 1.043x.
-# The fused add of a bf16 residual to fp32 follows: 0.999x / 0.995x. At 2048 rows 8 warps
-# lost (0.92x eager, an earlier A/B of 3 rounds), so larger calls keep 4; decode-sized calls
-# (up to 256 rows) were not timed and keep 4 (bench/RESULTS.md, "2048-wide rows to fp32 on 8
-# warps").
+# 512- and 1024-row buckets (257-1024 rows): 8 warps instead of 4. On an H100, medians of 5
+# interleaved rounds, eager / graph: 1024 x 2048 bf16 1.011x / 1.047x, fp16 1.043x / 1.065x;
+# 513-768 x 2048 1.000-1.035x / 1.010-1.046x; 1024 x 1536 1.008x / 1.033x; 512 x 2048 fp16
+# 1.051x / 1.043x; 300-384 x 2048, 300 and 1024 x 1152, 600 x 1536: 1.004-1.055x /
+# 1.009-1.045x. The fused add of a bf16 residual to fp32 follows: 0.999-1.000x /
+# 0.995-1.002x. At 2048 rows 8 warps lost (0.92x eager, an earlier A/B of 3 rounds), so larger
+# calls keep 4; decode-sized calls (up to 256 rows) were not timed and keep 4
+# (bench/RESULTS.md, "2048-wide rows to fp32 on 8 warps").
 WIDE_OUT_2K_WARPS = 8
 WIDE_OUT_2K_ROWS = (512, 1024)
 # 16-bit x to a 16-bit output, one 8192-wide tile a row (6145-8192 columns: shorter rows of this
