@@ -25,7 +25,7 @@ import triton.language as tl
 from rmsnorm_triton import ops
 from rmsnorm_triton.config import pick_config, row_bucket
 from rmsnorm_triton.kernels.rmsnorm import (_load_cols, _normalize_store, _row_rstd,
-                                            rmsnorm_fwd_split_kernel)
+                                            _split_program, rmsnorm_fwd_split_kernel)
 from rmsnorm_triton.launcher import CachedLauncher
 from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us, n_sets, rmsnorm_bytes
 from rmsnorm_triton.validate import check_inputs
@@ -62,12 +62,7 @@ def split_hold_kernel(
 ):
     # The shipped kernel line for line (no clamp), except what is held across the wait.
     tl.static_assert(not CLAMP_FP16)
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // SPLITS
-    part = pid % SPLITS
-    start = part * BLOCK_N
-    slot_row = part_ptr + row * SPLITS
-    this_round = (tl.load(slot_row + part) >> 32) + 1
+    row, part, start, slot_row, this_round = _split_program(part_ptr, BLOCK_N, SPLITS)
     x_rows = x_ptr + row * stride_x_row + start
     y_rows = y_ptr + row * stride_y_row + start
     cols = tl.arange(0, BLOCK_N)[None, :]

@@ -225,6 +225,21 @@ def rmsnorm_fwd_kernel(
 
 
 @triton.jit
+def _split_program(part_ptr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
+    """This split-row program's row, slice index, first column, its row's slots, and the round
+    it publishes (its slot's round + 1; _row_rstd waits for every slot to reach it)."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // SPLITS
+    part = pid % SPLITS
+    start = part * BLOCK_N
+    slot_row = part_ptr + row * SPLITS
+    # Every thread reads the round; one thread publishes in _row_rstd. The block-wide reduction
+    # of the partial in between (a barrier) keeps every read before the publish: keep them apart.
+    this_round = (tl.load(slot_row + part) >> 32) + 1
+    return row, part, start, slot_row, this_round
+
+
+@triton.jit
 def _row_rstd(slot_row, part, this_round, partial, n_cols, eps,
               SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
     """The split-row kernel's exchange: publish this program's partial sum of squares in slot
@@ -283,14 +298,7 @@ def rmsnorm_fwd_split_kernel(
     # needs launches on one set of slots to run one after another (rmsnorm_triton/split_slots.py
     # keeps a set per stream; programmatic dependent launch, which would let the next launch
     # start early, is never used here).
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // SPLITS
-    part = pid % SPLITS
-    start = part * BLOCK_N
-    slot_row = part_ptr + row * SPLITS
-    # Every thread reads the round; one thread publishes below. The block-wide reduction in
-    # between (a barrier) keeps every read before the publish: keep the two apart.
-    this_round = (tl.load(slot_row + part) >> 32) + 1
+    row, part, start, slot_row, this_round = _split_program(part_ptr, BLOCK_N, SPLITS)
     x_rows = x_ptr + row * stride_x_row + start
     if HAS_RESIDUAL:
         r_rows = r_ptr + row * stride_r_row + start

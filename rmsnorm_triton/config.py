@@ -117,7 +117,6 @@ LOOP_CHUNK_BYTES = 16384
 # bucket: one row a program on 16 warps, 2.2-2.6% faster than the elements-a-thread rule below
 # at 512 x 3072 (one process, before the L2 scrub; the 4096-column rows it was taken for now
 # loop). The fused add of a 16-bit residual to fp32 follows (not timed).
-WIDE_OUT_16_WARPS_4K_ROWS = 512
 # 16-bit x to a 4-byte output, one row of 1025-2048 elements (a 2048 tile) a program, in the
 # 512- and 1024-row buckets (257-1024 rows): 8 warps instead of 4. On an H100, medians of 5
 # interleaved rounds, eager / graph: 1024 x 2048 bf16 1.011x / 1.047x, fp16 1.043x / 1.065x;
@@ -127,8 +126,6 @@ WIDE_OUT_16_WARPS_4K_ROWS = 512
 # 0.995-1.002x. At 2048 rows 8 warps lost (0.92x eager, an earlier A/B of 3 rounds), so larger
 # calls keep 4; decode-sized calls (up to 256 rows) were not timed and keep 4
 # (bench/RESULTS.md, "2048-wide rows to fp32 on 8 warps").
-WIDE_OUT_2K_WARPS = 8
-WIDE_OUT_2K_ROWS = (512, 1024)
 # 16-bit x to a 16-bit output, one 8192-wide tile a row (6145-8192 columns: shorter rows of this
 # bucket loop, LOOP_1K_ROW_BYTES) in the 1024-row bucket: 4 warps instead of the 8 that the
 # elements-a-thread rule gives. On an H100, each A/B one process of 3 rounds, graph / eager:
@@ -137,7 +134,13 @@ WIDE_OUT_2K_ROWS = (512, 1024)
 # 512-row bucket was mixed (0.980-1.022x, 512 x 7168 0.994x / 0.980x); at 2048-4096 rows
 # 1.002-1.018x, at 16384 level: those keep 8
 # (bench/RESULTS.md, "8192-wide tiles of the 1024-row bucket on 4 warps").
-TILE_8K_1K_ROWS_WARPS = 4
+# Those three rules: one 16-bit row a program, (4-byte output, tile, smallest and largest row
+# bucket) -> warps, in place of the elements-a-thread rule (heuristic_config).
+TILE_WARPS = {
+    (True, 4096, 512, 512): 16,
+    (True, 2048, 512, 1024): 8,
+    (False, 8192, 1024, 1024): 4,
+}
 # 16-bit x to a 4-byte output, rows of DECODE_WIDE_OUT_MIN_N+1 to 8192 elements, in calls of up
 # to DECODE_WIDE_OUT_MAX_ROWS rows: looped in 4096-element chunks on 32 warps, against the
 # 8192-wide tile on 16 warps, in a CUDA graph on an H100 (bench/ab_mid_rows.py):
@@ -303,15 +306,10 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
         per_thread *= 2
     max_warps = 16 if wide and tile <= 16384 else 32
     num_warps = max(4, min(max_warps, tile // (32 * per_thread)))
-    if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and tile == 4096 and \
-            n_rows == WIDE_OUT_16_WARPS_4K_ROWS:
-        num_warps = 16
-    if x_itemsize == 2 and out_itemsize >= 4 and block_m == 1 and tile == 2048 and \
-            WIDE_OUT_2K_ROWS[0] <= n_rows <= WIDE_OUT_2K_ROWS[1]:
-        num_warps = WIDE_OUT_2K_WARPS
-    if x_itemsize == 2 and out_itemsize == 2 and block_m == 1 and tile == 8192 and \
-            n_rows == LOOP_MID_ROWS[1]:
-        num_warps = TILE_8K_1K_ROWS_WARPS
+    if x_itemsize == 2 and block_m == 1:
+        for (wide_out, t, lo, hi), warps in TILE_WARPS.items():
+            if wide_out == (out_itemsize >= 4) and t == tile and lo <= n_rows <= hi:
+                num_warps = warps
     return LaunchConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, looped=False)
 
 
