@@ -105,6 +105,9 @@ def _candidates(M, N, out_dtype, norm_itemsize):
         if next_pow2(N) <= 4096:
             for warps in (4, 8, 16):    # two rows a program, as config.PACK_MIN_ROWS packs them
                 found[f"2 rows w{warps}"] = LaunchConfig(2, next_pow2(N), warps, False)
+                # the same streamed twice, one chunk a row: torch.compile's form at 2048 columns
+                # to fp32 (bench/results/inductor_choice_2048_fp32_h100.txt)
+                found[f"2 rows loop w{warps}"] = LaunchConfig(2, next_pow2(N), warps, True)
     if next_pow2(N) <= 1024:        # short rows, packed several a program
         for rows in (1, 2, 4, 8, 16):
             for warps in (1, 2, 4, 8):
@@ -171,8 +174,9 @@ def main():
             want = P._fused_add_fp32(xs[0], r0, w, EPS, out_dtype).float()
             calls = {"torch.compile": [lambda x=x, r=r: compiled_add(x, r, w, EPS, out_dtype)
                                        for x, r in zip(xs, rs)]}
-            # Liger: one dtype, and rows of up to 65536 elements (it refuses longer ones)
-            if liger_add is not None and res_dtype == x_dtype and N <= 65536:
+            # Liger: one dtype for all (no output dtype option: to fp32 it would move fewer
+            # bytes), and rows of up to 65536 elements (it refuses longer ones)
+            if liger_add is not None and res_dtype == x_dtype == out_dtype and N <= 65536:
                 calls["liger"] = [lambda x=x, r=r: liger_add.apply(x, r, w, EPS)
                                   for x, r in zip(xs, rs)]
         else:

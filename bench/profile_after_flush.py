@@ -1,13 +1,24 @@
-"""Kernel times after an L2 flush (as do_bench's eager timer leaves the cache), ours against
-torch.compile, from torch.profiler: which kernels a call runs and how long each takes.
+"""Where an eager row's time goes, ours against torch.compile, under the bench's own eager timer
+(`timing.eager_us`: L2 flush, a sleep kernel holding the GPU, start event, call, end event):
+torch.profiler gives each kernel's start and end on the GPU, so the time between the events
+splits into the provider's kernels and what lies around them.
 
-    python bench/profile_after_flush.py [MxN,...]
+    python bench/profile_after_flush.py [MxN[:x:out],...] [rounds] [memset|read]
 
-bf16 in, fp32 out, four rotating inputs; prints the median device time of every kernel name
-(the flush itself included) and the median of events recorded around the call. It does not
-scrub L2 between the two providers: what one loads `evict_last` survives the flush and moves
-the other's time (bench/RESULTS.md, "Eviction hints, and timing after an L2 flush").
+Default rows: the eager rows the 18:10 grid had behind torch.compile. For each row and provider
+(interleaved over `rounds`, L2 scrubbed before each, inputs and outputs rotating as in the
+bench), medians over the calls of:
+- events: the start-to-end event time, what `eager_us` reports;
+- kernels: the provider's kernels' summed durations, and their names;
+- lead: from the sleep kernel's end to the provider's first kernel's start (the GPU's front end
+  and the start event; the host's launch is hidden behind the hold);
+- tail: from the provider's last kernel's end to the next flush's start, which includes the end
+  event and the next iteration's flush launch (informational: not part of `events`).
+The flush is the timer's memset of 256 MB (default), which leaves L2 full of dirty lines that the
+timed kernel's own traffic must write back; `read` flushes with a read of 256 MB instead (a sum),
+which leaves L2 holding clean lines: the difference between the two is the write-back's share.
 """
+import statistics
 import sys
 
 import torch
@@ -15,52 +26,125 @@ from torch.profiler import ProfilerActivity, profile
 
 import rmsnorm_triton as rt
 from rmsnorm_triton import providers as P
+from rmsnorm_triton.timing import n_sets, rmsnorm_bytes, scrub_l2
 
-CALLS = 40
+EPS = 1e-6
+CALLS = 60
+HOLD_CYCLES = 200_000          # ~100 us at H100 clocks: longer than either provider's host path
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEFAULT_ROWS = ("1024x2048:bf16:fp32,1024x2048:fp16:fp32,4096x2048:bf16:fp32,"
+                "4096x2048:fp16:fp32,512x7168:fp16:fp16,512x8192:bf16:bf16,512x8192:fp16:fp16")
+
+
+def parse_rows(text):
+    rows = []
+    for spec in text.split(","):
+        shape, *names = spec.split(":")
+        if len(names) not in (0, 2) or not set(names) <= set(DTYPES):
+            raise SystemExit(f"not a row: {spec!r} (MxN or MxN:x:out, dtypes {sorted(DTYPES)})")
+        x_dtype, out_dtype = (DTYPES[n] for n in (names or ["bf16", "bf16"]))
+        rows.append((*map(int, shape.split("x")), x_dtype, out_dtype))
+    return rows
+
+
+def device_events(prof):
+    """(name, start us, end us) of every GPU activity, in start order."""
+    evs = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+           if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sorted(evs, key=lambda e: e[1])
+
+
+def split_calls(evs, flush_names):
+    """The activities between each sleep kernel and the next flush: one call's kernels."""
+    calls, current, after_sleep = [], None, None
+    for name, start, end in evs:
+        if "spin" in name.lower():                 # torch.cuda._sleep's kernel
+            current, after_sleep = [], end
+        elif name in flush_names:
+            if current:
+                calls.append((after_sleep, current, start))
+            current = None
+        elif current is not None:
+            current.append((name, start, end))
+    return calls
+
+
+def profile_provider(fns, flush, flush_names):
+    held = [None] * len(fns)
+    for i, fn in enumerate(fns):
+        held[i] = fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(True), torch.cuda.Event(True)) for _ in range(CALLS)]
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i, (s, e) in enumerate(events):
+            k = i % len(fns)
+            flush.zero_()
+            torch.cuda._sleep(HOLD_CYCLES)
+            s.record()
+            held[k] = None
+            held[k] = fns[k]()
+            e.record()
+        flush.zero_()                              # closes the last call in split_calls
+        torch.cuda.synchronize()
+    around = [s.elapsed_time(e) * 1e3 for s, e in events]
+    calls = split_calls(device_events(prof), flush_names)
+    kernels = [sum(end - start for _, start, end in ks) for _, ks, _ in calls]
+    lead = [ks[0][1] - sleep_end for sleep_end, ks, _ in calls]
+    tail = [nxt - ks[-1][2] for _, ks, nxt in calls]
+    names = sorted({n[:50] for _, ks, _ in calls for n, _, _ in ks})
+    med = statistics.median
+    return dict(events=med(around), kernels=med(kernels), lead=med(lead), tail=med(tail),
+                n=len(calls), names=names)
+
+
+class Flush:
+    """What runs before each call: `zero_()` memsets 256 MB (as the timer does), or reads them."""
+
+    def __init__(self, how):
+        if how not in ("memset", "read"):
+            raise SystemExit(f"flush: memset or read, not {how!r}")
+        self.how = how
+        self.buf = torch.ones(256 << 18, dtype=torch.float32, device="cuda")
+        self.sum = torch.empty((), dtype=torch.float32, device="cuda")
+
+    def zero_(self):
+        if self.how == "memset":
+            self.buf.zero_()
+        else:
+            torch.sum(self.buf, dim=0, out=self.sum)
 
 
 def main():
-    shapes = [tuple(map(int, s.split("x"))) for s in (sys.argv[1] if len(sys.argv) > 1
-                                                     else "4096x5120,4096x8192").split(",")]
+    rows = parse_rows(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else DEFAULT_ROWS)
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     P.prepare_compile()
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
-    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
-    for M, N in shapes:
-        xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(torch.bfloat16) for _ in range(4)]
-        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(torch.bfloat16)
-        fns = {"ours": lambda x: rt.rms_norm(x, w, 1e-6, out_dtype=torch.float32),
-               "torch.compile": lambda x: compiled(x, w, 1e-6, torch.float32)}
-        for name, fn in fns.items():
-            for x in xs:
-                fn(x)
-            torch.cuda.synchronize()
-            held = [None] * len(xs)
-
-            def call(i):
-                held[i % len(xs)] = None
-                held[i % len(xs)] = fn(xs[i % len(xs)])
-
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for i in range(CALLS):
-                    flush.zero_()
-                    call(i)
-                torch.cuda.synchronize()
-            times = {}
-            for e in prof.events():
-                if e.device_type == torch.autograd.DeviceType.CUDA:
-                    times.setdefault(e.name[:60], []).append(e.device_time)
-            kernels = {k: round(sorted(v)[len(v) // 2], 2) for k, v in times.items()}
-            start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-            around = []
-            for i in range(CALLS):
-                flush.zero_()
-                start.record()
-                call(i)
-                end.record()
-                torch.cuda.synchronize()
-                around.append(start.elapsed_time(end) * 1e3)
-            print(f"{M}x{N} {name}: kernels (median us) {kernels}; "
-                  f"events around the call {sorted(around)[CALLS // 2]:.2f} us", flush=True)
+    flush = Flush(sys.argv[3] if len(sys.argv) > 3 else "memset")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        flush.zero_()
+        torch.cuda.synchronize()
+    flush_names = {name for name, _, _ in device_events(prof)}
+    print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}; flush ({flush.how}): "
+          f"{flush_names}")
+    for M, N, x_dtype, out_dtype in rows:
+        sets = n_sets(rmsnorm_bytes(M, N, x_dtype, x_dtype, out_dtype))
+        xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype) for _ in range(sets)]
+        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)
+        providers = {
+            "ours": [lambda x=x: rt.rms_norm(x, w, EPS, out_dtype=out_dtype) for x in xs],
+            "torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs]}
+        samples = {name: [] for name in providers}
+        for r in range(rounds):
+            for name in list(providers)[r % 2:] + list(providers)[:r % 2]:
+                scrub_l2()
+                samples[name].append(profile_provider(providers[name], flush, flush_names))
+        label = f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}"
+        for name, runs in samples.items():
+            cols = {k: statistics.median(run[k] for run in runs)
+                    for k in ("events", "kernels", "lead", "tail")}
+            print(f"{label:28s} {name:14s} events {cols['events']:7.2f}  kernels "
+                  f"{cols['kernels']:7.2f}  lead {cols['lead']:5.2f}  tail {cols['tail']:5.2f}"
+                  f"  us (calls {runs[0]['n']}; {', '.join(runs[0]['names'])})", flush=True)
 
 
 if __name__ == "__main__":
