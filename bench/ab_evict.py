@@ -4,20 +4,19 @@
     python bench/ab_evict.py ncu|ncu-compile-last MxN:x:out[,...]     # for ncu, see below
 
 torch.compile's reductions load x with `evict_first` (its last read) and the weight with
-`evict_last`; ours loads x with the default policy and, since "The weight kept in L2"
-(bench/RESULTS.md), the weight `evict_last` too (`w default` takes that hint out; the results
-of earlier runs name the hint's variant `w last`, against a kernel without it). The question
-behind it: why
-torch.compile's kernel measured faster than ours right after do_bench's L2 flush (a 256 MB
-memset) but slower in graphs. Nsight Compute's DRAM byte counts answered part of it
-(bench/RESULTS.md, "Eviction hints, and timing after an L2 flush"). Each variant is the
-shipped kernel with its hints rewritten in the source, compiled from its own file and launched
-through the forward's own launcher (`ops._launch`) with the heuristic's config; "shipped copy"
-is the shipped source again, an A/A control for the spread between two compilations of one
-kernel. Every variant is checked against fp32 math first; each round starts at the next
-provider, so that no provider always runs in one place of the round. The `ncu` form warms
-everything up, then runs flush + call once per provider (torch.compile first, or last with
-`ncu-compile-last`) between cudaProfilerStart/Stop:
+`evict_last`; ours loads x with the default policy and, since "The eager rows behind, located;
+the weight kept in L2" (bench/RESULTS.md), the weight `evict_last` too (`w default` takes that
+hint out; the results of earlier runs name the hint's variant `w last`, against a kernel
+without it). The question behind it: why torch.compile's kernel measured faster than ours right
+after do_bench's L2 flush (a 256 MB memset) but slower in graphs. Nsight Compute's DRAM byte
+counts answered part of it (bench/RESULTS.md, "Eviction hints, and timing after an L2 flush").
+Each variant is the shipped kernel with its hints rewritten in the source, compiled from its
+own file and launched through the forward's own launcher (`ops._launch`) with the heuristic's
+config; "shipped copy" is the shipped source again, an A/A control for the spread between two
+compilations of one kernel. Every variant is checked against fp32 math first; each round
+starts at the next provider, so that no provider always runs in one place of the round. The
+`ncu` form warms everything up, then runs flush + call once per provider (torch.compile first,
+or last with `ncu-compile-last`) between cudaProfilerStart/Stop:
 
     ncu --profile-from-start off --cache-control none --clock-control none \\
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \\

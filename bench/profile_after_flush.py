@@ -1,22 +1,24 @@
-"""Where an eager row's time goes, ours against torch.compile, under the bench's own eager timer
-(`timing.eager_us`: L2 flush, a sleep kernel holding the GPU, start event, call, end event):
-torch.profiler gives each kernel's start and end on the GPU, so the time between the events
-splits into the provider's kernels and what lies around them.
+"""Where an eager row's time goes, ours against torch.compile, under the bench's own eager timer's
+sequence (`timing.eager_us`: L2 flush, a sleep kernel holding the GPU, start event, call, end
+event): torch.profiler gives each kernel's start and end on the GPU, to set beside the time
+between the events.
 
     python bench/profile_after_flush.py [MxN[:x:out],...] [rounds] [memset|read]
 
 Default rows: the eager rows the 18:10 grid had behind torch.compile. For each row and provider
 (interleaved over `rounds`, L2 scrubbed before each, inputs and outputs rotating as in the
-bench), medians over the calls of:
+bench), the median over a round's calls, then the median over rounds, of each of (taken
+separately, so they need not add up):
 - events: the start-to-end event time, what `eager_us` reports;
 - kernels: the provider's kernels' summed durations, and their names;
 - lead: from the sleep kernel's end to the provider's first kernel's start (the GPU's front end
-  and the start event; the host's launch is hidden behind the hold);
+  and the start event; the host's launch is hidden behind the hold, as long as the hold
+  outlasts it: an `events` far above lead + kernels says it did not);
 - tail: from the provider's last kernel's end to the next flush's start, which includes the end
   event and the next iteration's flush launch (informational: not part of `events`).
-The flush is the timer's memset of 256 MB (default), which leaves L2 full of dirty lines that the
-timed kernel's own traffic must write back; `read` flushes with a read of 256 MB instead (a sum),
-which leaves L2 holding clean lines: the difference between the two is the write-back's share.
+The flush is the timer's memset of 256 MB (default), or a read of 256 MB (`read`, a sum), to
+see how much of a difference the memset's L2 state makes. Calls are told apart by kernel names
+(the sleep kernel's, the flush's): a call whose kernels could not be found is reported.
 """
 import statistics
 import sys
@@ -30,7 +32,9 @@ from rmsnorm_triton.timing import n_sets, rmsnorm_bytes, scrub_l2
 
 EPS = 1e-6
 CALLS = 60
-HOLD_CYCLES = 200_000          # ~100 us at H100 clocks: longer than either provider's host path
+# ~0.5 ms at H100 clocks: longer than either provider's host path under the profiler (a hold of
+# ~0.1 ms let torch.compile's host path show in some rows' events).
+HOLD_CYCLES = 1_000_000
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_ROWS = ("1024x2048:bf16:fp32,1024x2048:fp16:fp32,4096x2048:bf16:fp32,"
                 "4096x2048:fp16:fp32,512x7168:fp16:fp16,512x8192:bf16:bf16,512x8192:fp16:fp16")
@@ -88,6 +92,8 @@ def profile_provider(fns, flush, flush_names):
         torch.cuda.synchronize()
     around = [s.elapsed_time(e) * 1e3 for s, e in events]
     calls = split_calls(device_events(prof), flush_names)
+    if len(calls) != CALLS:
+        print(f"  note: {len(calls)} of {CALLS} calls found in the profile", flush=True)
     kernels = [sum(end - start for _, start, end in ks) for _, ks, _ in calls]
     lead = [ks[0][1] - sleep_end for sleep_end, ks, _ in calls]
     tail = [nxt - ks[-1][2] for _, ks, nxt in calls]
@@ -98,13 +104,15 @@ def profile_provider(fns, flush, flush_names):
 
 
 class Flush:
-    """What runs before each call: `zero_()` memsets 256 MB (as the timer does), or reads them."""
+    """What runs before each call: `zero_()` memsets 256 MB of int32 (as the timer does), or
+    sums 256 MB of fp32."""
 
     def __init__(self, how):
         if how not in ("memset", "read"):
             raise SystemExit(f"flush: memset or read, not {how!r}")
         self.how = how
-        self.buf = torch.ones(256 << 18, dtype=torch.float32, device="cuda")
+        dtype = torch.int32 if how == "memset" else torch.float32
+        self.buf = torch.ones(256 << 18, dtype=dtype, device="cuda")
         self.sum = torch.empty((), dtype=torch.float32, device="cuda")
 
     def zero_(self):

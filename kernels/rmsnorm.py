@@ -59,12 +59,13 @@ def _load_cols(ptr, cols, col_mask, PRESENT: tl.constexpr):
     """A weight or bias slice in its own dtype (converted where used), or 0 when absent (ptr
     is then None: callers pass offsets in cols, never an offset pointer).
 
-    Loaded once per tile and broadcast over its rows, and kept in L2 (`evict_last`): every
-    program of the launch reads the same slice, and the next launch with this weight finds it
-    there after traffic that evicts normal lines. On an H100 after do_bench's L2 flush (a
-    memset, which such lines outlive) 1.017-1.064x at the rows where torch.compile, which loads
-    its weights so, had led (1024-4096 x 2048 to fp32, 512 x 7168-8192), 0.993-1.043x elsewhere;
-    in a CUDA graph 0.988-1.020x (bench/RESULTS.md, "The weight kept in L2")."""
+    Loaded once per tile and broadcast over its rows, and kept in L2 (`evict_last`): every row
+    of the launch reads the same weight, and such lines outlive traffic that evicts normal ones
+    (do_bench's L2 flush among it), so a later launch may find the weight there. On an H100
+    after that flush: 1.017-1.064x at the rows where torch.compile, which loads its weights so,
+    had led (1024-4096 x 2048 to fp32, 512 x 7168-8192), 0.993-1.043x on 21 other rows, mostly
+    bf16; in a CUDA graph 0.988-1.020x (bench/RESULTS.md, "The eager rows behind, located; the
+    weight kept in L2")."""
     if PRESENT:
         return tl.load(ptr + cols, mask=col_mask, other=0.0, eviction_policy="evict_last")
     else:
