@@ -35,9 +35,8 @@ from rmsnorm_triton import providers as P
 from rmsnorm_triton.launcher import CachedLauncher
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets, scrub_l2
 from rmsnorm_triton.validate import check_inputs
-from bench_utils import interleaved_medians
+from bench_utils import interleaved_medians, parse_rows
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 EPS = 1e-6
 SHAPES = ("4096x5120:bf16:fp32,4096x8192:bf16:fp32,2048x8192:bf16:fp32,16384x8192:bf16:fp32,"
           "4096x4096:bf16:bf16,16384x8192:bf16:bf16,1024x8192:bf16:bf16,64x8192:bf16:bf16,"
@@ -80,12 +79,6 @@ def _norm(x, w, out_dtype, launcher):
     return call
 
 
-def _parse(spec):
-    shape, x, out = spec.split(":")
-    M, N = map(int, shape.split("x"))
-    return M, N, DTYPES[x], DTYPES[out]
-
-
 def _calls(M, N, x_dtype, out_dtype, launchers, compiled):
     xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
           for _ in range(n_sets(M * N * (x_dtype.itemsize + out_dtype.itemsize)))]
@@ -105,7 +98,7 @@ def ncu_run(specs, compile_last):
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
     flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
     for spec in specs.split(","):
-        calls = _calls(*_parse(spec), launchers, compiled)
+        calls = _calls(*parse_rows(spec)[0], launchers, compiled)
         for fns in calls.values():
             fns[0]()
         torch.cuda.synchronize()
@@ -132,7 +125,7 @@ def main():
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton "
           f"{triton.__version__}; medians of {rounds} interleaved rounds, us")
     for spec in specs:
-        calls = _calls(*_parse(spec), launchers, compiled)
+        calls = _calls(*parse_rows(spec)[0], launchers, compiled)
         for timer in (eager_us, graph_us):
             med = interleaved_medians(calls, timer, rounds)
             line = "  ".join(f"{name} {us:.2f} ({med['shipped'] / us:.3f}x)"

@@ -42,11 +42,10 @@ from rmsnorm_triton import ops, providers as P
 from rmsnorm_triton.config import LaunchConfig, row_mask
 from rmsnorm_triton.validate import check_inputs
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets
-from bench_utils import interleaved_medians
+from bench_utils import interleaved_medians, parse_rows
 
 SHAPES = "512x8192,512x7168,4096x8192,4096x5120,64x8192"
 EPS = 1e-6
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 VARIANTS = {"base": dict(MASK=1, IDX64=True, EARLY_W=True),
             "const-mask": dict(MASK=2, IDX64=True, EARLY_W=True),
             "no-mask": dict(MASK=0, IDX64=True, EARLY_W=True),
@@ -163,12 +162,8 @@ def main():
     P.prepare_compile()
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    for spec in (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(","):
-        shape, *names = spec.split(":")
-        if len(names) not in (0, 2) or not set(names) <= set(DTYPES):
-            raise SystemExit(f"not a row: {spec!r} (MxN or MxN:x:out, dtypes {sorted(DTYPES)})")
-        x_dtype, out_dtype = (DTYPES[n] for n in (names or ["bf16", "bf16"]))
-        M, N = map(int, shape.split("x"))
+    specs = (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(",")
+    for spec, (M, N, x_dtype, out_dtype) in zip(specs, parse_rows(",".join(specs))):
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
               for _ in range(n_sets((x_dtype.itemsize + out_dtype.itemsize) * M * N))]
         w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)

@@ -4,12 +4,29 @@ They live in the package (rmsnorm_triton/timing.py) because `rmsnorm-triton tune
 `rmsnorm-triton bench` need them in an installed copy too; this module is the scripts' name
 for them.
 """
+import torch
+
 from rmsnorm_triton.timing import (copy_ceiling_gbps, eager_us, empty_launch_us, graph_us,
                                    header_lines, host_us, l2_bytes, n_sets, rmsnorm_bytes,
                                    scrub_l2)
 
 __all__ = ["rmsnorm_bytes", "copy_ceiling_gbps", "eager_us", "graph_us", "host_us",
-           "empty_launch_us", "header_lines", "l2_bytes", "n_sets", "interleaved_medians"]
+           "empty_launch_us", "header_lines", "l2_bytes", "n_sets", "interleaved_medians",
+           "DTYPES", "parse_rows"]
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def parse_rows(text: str) -> list[tuple]:
+    """"MxN[:x:out],..." -> [(M, N, x dtype, out dtype)]; a bare MxN is bf16 -> bf16."""
+    rows = []
+    for spec in text.split(","):
+        shape, *names = spec.split(":")
+        if len(names) not in (0, 2) or not set(names) <= set(DTYPES):
+            raise SystemExit(f"not a row: {spec!r} (MxN or MxN:x:out, dtypes {sorted(DTYPES)})")
+        x_dtype, out_dtype = (DTYPES[n] for n in (names or ["bf16", "bf16"]))
+        rows.append((*map(int, shape.split("x")), x_dtype, out_dtype))
+    return rows
 
 
 def interleaved_medians(calls: dict, timer, rounds: int) -> dict:

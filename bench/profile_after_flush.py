@@ -29,26 +29,15 @@ from torch.profiler import ProfilerActivity, profile
 import rmsnorm_triton as rt
 from rmsnorm_triton import providers as P
 from rmsnorm_triton.timing import n_sets, rmsnorm_bytes, scrub_l2
+from bench_utils import parse_rows
 
 EPS = 1e-6
 CALLS = 60
 # ~0.5 ms at H100 clocks: longer than either provider's host path under the profiler (a hold of
 # ~0.1 ms let torch.compile's host path show in some rows' events).
 HOLD_CYCLES = 1_000_000
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEFAULT_ROWS = ("1024x2048:bf16:fp32,1024x2048:fp16:fp32,4096x2048:bf16:fp32,"
                 "4096x2048:fp16:fp32,512x7168:fp16:fp16,512x8192:bf16:bf16,512x8192:fp16:fp16")
-
-
-def parse_rows(text):
-    rows = []
-    for spec in text.split(","):
-        shape, *names = spec.split(":")
-        if len(names) not in (0, 2) or not set(names) <= set(DTYPES):
-            raise SystemExit(f"not a row: {spec!r} (MxN or MxN:x:out, dtypes {sorted(DTYPES)})")
-        x_dtype, out_dtype = (DTYPES[n] for n in (names or ["bf16", "bf16"]))
-        rows.append((*map(int, shape.split("x")), x_dtype, out_dtype))
-    return rows
 
 
 def device_events(prof):
