@@ -7,8 +7,9 @@ the Performance targets are checked and printed as PASS/MISS with their numbers.
 Modes: `eager` = median device time per call (timing.eager_us: do_bench's method, L2 flushed,
 the GPU held until the call is queued); `graph` = per-call time
 inside one CUDA graph (M <= 1024); `host` = wall time per call of a back-to-back eager loop,
-host overhead included (M <= 64). A provider that is missing, refuses a case or fails is
-reported in the row's note and never stops the run.
+host overhead included (M <= 64), every provider's loops and an empty Triton kernel's taking
+turns in the same rounds (timing.host_rounds_us), after the case's other timings. A provider
+that is missing, refuses a case or fails is reported in the row's note and never stops the run.
 """
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ from .report import markdown, plot, targets
 from .timing import (
     copy_ceiling_gbps,
     eager_us,
+    empty_launch_calls,
     empty_launch_us,
     graph_us,
     header_lines,
-    host_us,
+    host_rounds_us,
     n_sets,
     rmsnorm_bytes,
     scrub_l2,
@@ -73,6 +75,7 @@ FULL_M = (1, 8, 64, 512, 1024, 4096, 16384)
 FULL_N = (2048, 4096, 5120, 7168, 8192, 16384, 65536, 262144)
 MAX_TRAFFIC = 2e9           # bytes per call; larger shapes only measure the same bandwidth again
 GRAPH_MAX_M, HOST_MAX_M = 1024, 64
+EMPTY_LAUNCH = " empty"         # time_host's name for the empty kernel (no provider's name)
 EPS = 1e-6
 # Loose on purpose (a few ulps of the output): it catches a wrong peer call, not rounding.
 CHECK_TOL = {BF16: 1.6e-2, FP16: 2e-3, FP32: 1e-4}
@@ -91,6 +94,7 @@ class Row:
     pct: Optional[float] = None
     ratio: Optional[float] = None       # ours only: best peer time / our time (>1: ours faster)
     note: str = ""
+    floor_us: Optional[float] = None    # host rows: an empty Triton launch in the same rounds
 
 
 def plan(args) -> list[tuple[str, tuple[int, int]]]:
@@ -125,6 +129,7 @@ class Case:
         self.xs = [rand((M, N), v.x) for _ in range(k)]
         self.rs0 = [rand((M, N), v.res) for _ in range(k)] if v.res else []
         self.rs = [r.clone() for r in self.rs0]
+        self.host_calls = {}        # provider -> its calls, timed together by time_host
         if v.res is None:
             self.ref = (torch.nn.functional.rms_norm(self.xs[0].float(), (N,), self.w.float(),
                                                      EPS), None)
@@ -159,7 +164,7 @@ class Case:
         return None
 
     def free(self):
-        self.xs = self.rs = self.rs0 = self.ref = None
+        self.xs = self.rs = self.rs0 = self.ref = self.host_calls = None
 
 
 def _short(e: BaseException) -> str:
@@ -184,16 +189,48 @@ def measure(case: Case, prov: str, build, ceiling: float, args) -> list[Row]:
             r.note = bad
         return rows
     timers = {"eager": lambda: eager_us(calls, args.warmup, args.rep),
-              "graph": lambda: graph_us(calls), "host": lambda: host_us(calls)}
+              "graph": lambda: graph_us(calls)}
     for r in rows:
+        if r.mode == "host":            # timed with the other providers' loops: time_host
+            case.host_calls[prov] = calls
+            continue
         try:
             scrub_l2()      # no provider reads inputs that the one before left protected in L2
-            r.us = timers[r.mode]()
-            r.gbps = case.nbytes / (r.us * 1e-6) / 1e9
-            r.pct = 100 * r.gbps / ceiling
+            _set_time(r, timers[r.mode](), case, ceiling)
         except Exception as e:
             r.note = _short(e)
     return rows
+
+
+def _set_time(r: Row, us: float, case: Case, ceiling: float) -> None:
+    r.us = us
+    r.gbps = case.nbytes / (us * 1e-6) / 1e9
+    r.pct = 100 * r.gbps / ceiling
+
+
+def time_host(case: Case, rows: list[Row], ceiling: float) -> None:
+    """The host rows of one case: every measured provider's loop and an empty Triton kernel's
+    take turns in the same rounds, so that a drift of the host's speed between providers'
+    timings does not decide their ratio."""
+    host = {r.provider: r for r in rows if r.mode == "host" and r.provider in case.host_calls}
+    if not host:
+        return
+    try:
+        us = host_rounds_us({**{p: case.host_calls[p] for p in host},
+                             EMPTY_LAUNCH: empty_launch_calls()})
+    except Exception as e:          # one provider's loop failed: time each on its own
+        us = {}
+        for p in host:
+            try:
+                us[p] = host_rounds_us({p: case.host_calls[p]})[p]
+            except Exception as e1:
+                host[p].note = _short(e1)
+        print(f"# {case.M}x{case.N} {case.v.dtypes}: host loops timed apart ({_short(e)})",
+              flush=True)
+    for p, r in host.items():
+        if p in us:
+            _set_time(r, us[p], case, ceiling)
+            r.floor_us = us.get(EMPTY_LAUNCH)
 
 
 def fill_ratios(rows: list[Row]) -> None:
@@ -277,6 +314,7 @@ def run_bench(args) -> int:
                     block.append(Row(n, M, N, v.dtypes, v.op, "eager", note=_short(e)))
                     continue
                 block += measure(case, n, build, ceiling, args)
+            time_host(case, block, ceiling)
             case.free()
             try:
                 torch.cuda.empty_cache()

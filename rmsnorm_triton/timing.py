@@ -142,22 +142,34 @@ def _sleep_cycles_per_us(dev: int) -> float:
     return cycles / max(start.elapsed_time(end) * 1e3, 1.0)
 
 
-def host_us(calls: Sequence[Call], n: int = 300, repeats: int = 7) -> float:
-    """Wall time per call of n back-to-back eager calls: what an eager decode loop pays, host
-    overhead included (max of host and device time per call). The median of `repeats` such
-    loops: a shared host's hiccups move single loops by 50% or more."""
-    fn = _cycle(calls)
-    for _ in range(min(n, 10)):
-        fn()
-    torch.cuda.synchronize()
-    per_call = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n):
+def host_rounds_us(call_sets: dict, n: int = 300, repeats: int = 7) -> dict:
+    """Wall time per call of n back-to-back eager calls, for each entry of `call_sets`: what an
+    eager decode loop pays, host overhead included (max of host and device time per call). The
+    median of `repeats` loops an entry. The entries' loops take turns, each round starting at
+    the next entry: a host's launch speed drifts within seconds (one grid's F.rms_norm loop
+    took 12 us a call at one row and 18-19 us at the next), so loops compared with each other
+    run in the same rounds; single loops move by 50% or more in a shared host's hiccups."""
+    fns = {name: _cycle(calls) for name, calls in call_sets.items()}
+    for fn in fns.values():
+        for _ in range(min(n, 10)):
             fn()
-        torch.cuda.synchronize()
-        per_call.append((time.perf_counter() - t0) / n * 1e6)
-    return sorted(per_call)[repeats // 2]
+    torch.cuda.synchronize()
+    names = list(fns)
+    per_call = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize()
+            per_call[name].append((time.perf_counter() - t0) / n * 1e6)
+    return {name: sorted(v)[repeats // 2] for name, v in per_call.items()}
+
+
+def host_us(calls: Sequence[Call], n: int = 300, repeats: int = 7) -> float:
+    """host_rounds_us of one entry."""
+    return host_rounds_us({"": calls}, n, repeats)[""]
 
 
 def graph_us(calls: Sequence[Call], target_ms: float = 4.0, max_calls: int = 1000,
@@ -248,10 +260,15 @@ def _empty_kernel(x_ptr):
     pass
 
 
-def empty_launch_us() -> dict[str, float]:
-    """The floor any Triton kernel pays: an empty kernel's eager, host-loop and graph times."""
+def empty_launch_calls() -> list[Call]:
+    """A call of an empty Triton kernel on the current GPU: the floor any Triton kernel pays."""
     buf = torch.empty(1, device="cuda")
-    calls = [lambda: _empty_kernel[(1,)](buf)]
+    return [lambda: _empty_kernel[(1,)](buf)]
+
+
+def empty_launch_us() -> dict[str, float]:
+    """The empty kernel's eager, host-loop and graph times."""
+    calls = empty_launch_calls()
     return {"eager": eager_us(calls), "host": host_us(calls),
             "graph": graph_us(calls)}
 

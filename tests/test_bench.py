@@ -41,7 +41,10 @@ def test_bytes_model():
 def stub_timers(monkeypatch):
     monkeypatch.setattr(B, "eager_us", lambda calls, w, r: 10.0)
     monkeypatch.setattr(B, "graph_us", lambda calls: 4.0)
-    monkeypatch.setattr(B, "host_us", lambda calls: 20.0)
+    # The host loops of a case run together: ours 20 us, torch 25, the empty launch 16.
+    monkeypatch.setattr(B, "host_rounds_us",
+                        lambda sets: {k: {"ours": 20.0, "torch": 25.0}.get(k, 16.0) for k in sets})
+    monkeypatch.setattr(B, "empty_launch_calls", lambda: [lambda: None])
     monkeypatch.setattr(B, "scrub_l2", lambda: None)        # a GPU kernel; the timers are stubs
 
 
@@ -57,11 +60,29 @@ def test_measure_checks_and_ratios(stub_timers, vname):
     def wrong(x, w, r):             # a provider that forgets the weight
         return lambda: (torch.nn.functional.rms_norm(x.float(), x.shape[-1:]), r)
     bad = B.measure(case, "wrong", wrong, 3000.0, _args())
+    assert all(r.us is None for r in rows if r.mode == "host")     # not yet: time_host
+    B.time_host(case, rows + bad, 3000.0)
     B.fill_ratios(rows + bad)
     assert [r.mode for r in rows[:3]] == ["eager", "graph", "host"]
     assert all(r.us is not None and not r.note for r in rows), [B.fmt(r) for r in rows]
     assert all(r.us is None and r.note.startswith("wrong") for r in bad)
-    assert [r.ratio for r in rows if r.provider == "ours"] == [1.0, 1.0, 1.0]
+    assert [r.ratio for r in rows if r.provider == "ours"] == [1.0, 1.0, 1.25]
+    assert [r.floor_us for r in rows if r.mode == "host"] == [16.0, 16.0]
+
+
+def test_host_loops_take_turns(monkeypatch):
+    """Providers compared in the host loop are timed in the same rounds, each round starting
+    at the next one: a drift of the host's speed reaches all of them alike."""
+    from rmsnorm_triton import timing
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    order = []
+    sets = {name: [lambda name=name: order.append(name)] for name in "abc"}
+    got = timing.host_rounds_us(sets, n=2, repeats=3)
+    assert sorted(got) == ["a", "b", "c"] and all(us > 0 for us in got.values())
+    warm, timed = order[:6], order[6:]
+    assert warm == list("aabbcc")
+    assert timed == list("aabbcc" "bbccaa" "ccaabb")
 
 
 def _row(provider, M, N, mode, us, pct=None, ratio=None):
@@ -82,6 +103,17 @@ def test_targets_verdicts():
     assert "PASS  decode (M <= 64) eager <= 1.25 x" in text
     assert "MISS  at least as fast as the fastest peer" in text and "within 2%" in text
     assert "MISS  geometric mean >= 1.25x torch.compile: 1.22x over 2 rows" in text
+
+
+def test_host_target_uses_the_floor_of_its_own_rounds():
+    slow_round = _row("ours", 8, 4096, "host", 12.0)
+    slow_round.floor_us = 10.0          # 1.2x the empty launch timed beside it
+    fast_round = _row("ours", 1, 4096, "host", 12.0)    # no floor of its own: the header's 4.0
+    text = "\n".join(targets([slow_round], EMPTY))
+    assert "PASS  decode (M <= 64) host loop" in text and "1.20x of 10.0" in text
+    text = "\n".join(targets([slow_round, fast_round], EMPTY))
+    assert "MISS  decode (M <= 64) host loop" in text
+    assert "1x4096" in text and "3.00x of 4.0" in text
 
 
 def test_markdown_table():
