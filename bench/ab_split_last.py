@@ -26,8 +26,8 @@ import triton.language as tl
 import rmsnorm_triton as rt
 from rmsnorm_triton.config import next_pow2, pick_config, row_bucket
 from rmsnorm_triton.kernels.rmsnorm import _load_cols, _load_h, _normalize_store
-from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us, n_sets, rmsnorm_bytes
-from bench_utils import interleaved_medians, parse_rows
+from rmsnorm_triton.timing import copy_ceiling_gbps, n_sets, rmsnorm_bytes
+from bench_utils import parse_rows, print_graph_eager
 
 SHAPES = "2048x65536,4096x65536,512x65536,256x65536,1024x131072,512x262144,64x262144"
 
@@ -123,11 +123,7 @@ def main():
                  for name, fn in variants.items()}
         print(f"{M} x {N} {dtype} (shipped: slices {cfg.block_n} x {cfg.splits}, "
               f"{cfg.num_warps} warps)")
-        for timer_name, timer in (("graph", graph_us), ("eager", eager_us)):
-            med = interleaved_medians(calls, timer, rounds)
-            print(f"  {timer_name}: " + "  ".join(
-                f"{name} {us:.2f} us {nbytes / us / 1e3 / ceiling * 100:.1f}%"
-                for name, us in med.items()), flush=True)
+        print_graph_eager(calls, rounds, nbytes, ceiling)
 
 
 if __name__ == "__main__":

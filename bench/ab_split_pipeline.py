@@ -27,8 +27,8 @@ import triton.language as tl
 import rmsnorm_triton as rt
 from rmsnorm_triton.config import next_pow2, pick_config, row_bucket
 from rmsnorm_triton.kernels.rmsnorm import _load_cols, _normalize_store
-from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us, n_sets, rmsnorm_bytes
-from bench_utils import interleaved_medians
+from rmsnorm_triton.timing import copy_ceiling_gbps, n_sets, rmsnorm_bytes
+from bench_utils import print_graph_eager
 
 SHAPES = [(256, 65536), (128, 131072), (64, 262144), (512, 65536), (2048, 65536),
           (512, 262144), (1024, 131072), (8, 131072)]
@@ -180,11 +180,7 @@ def main():
         calls = {name: [lambda fn=fn, x=x, w=w: fn(x, w) for x, w in sets]
                  for name, fn in variants.items()}
         print(f"{M} x {N} bf16 (slices {cfg.block_n} x {cfg.splits}, {cfg.num_warps} warps)")
-        for timer_name, timer in (("graph", graph_us), ("eager", eager_us)):
-            med = interleaved_medians(calls, timer, rounds)
-            print(f"  {timer_name}: " + "  ".join(
-                f"{name} {us:.2f} us {nbytes / us / 1e3 / ceiling * 100:.1f}%"
-                for name, us in med.items()), flush=True)
+        print_graph_eager(calls, rounds, nbytes, ceiling)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from rmsnorm_triton.timing import (copy_ceiling_gbps, eager_us, empty_launch_us,
 
 __all__ = ["rmsnorm_bytes", "copy_ceiling_gbps", "eager_us", "graph_us", "host_us",
            "empty_launch_us", "header_lines", "l2_bytes", "n_sets", "interleaved_medians",
-           "DTYPES", "parse_rows"]
+           "DTYPES", "parse_rows", "print_graph_eager"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -41,3 +41,13 @@ def interleaved_medians(calls: dict, timer, rounds: int) -> dict:
             scrub_l2()
             samples[name].append(timer(calls[name]))
     return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+
+
+def print_graph_eager(calls: dict, rounds: int, nbytes: int, ceiling: float) -> None:
+    """One line per timer (a CUDA graph, then the eager timer): each entry's median time over
+    interleaved rounds and its bytes as % of the copy ceiling (GB/s)."""
+    for timer_name, timer in (("graph", graph_us), ("eager", eager_us)):
+        med = interleaved_medians(calls, timer, rounds)
+        print(f"  {timer_name}: " + "  ".join(
+            f"{name} {us:.2f} us {nbytes / us / 1e3 / ceiling * 100:.1f}%"
+            for name, us in med.items()), flush=True)
