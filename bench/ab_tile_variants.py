@@ -162,8 +162,8 @@ def main():
     P.prepare_compile()
     compiled = torch.compile(P._rms_norm_fp32, dynamic=False)
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    specs = (sys.argv[1] if len(sys.argv) > 1 else SHAPES).split(",")
-    for spec, (M, N, x_dtype, out_dtype) in zip(specs, parse_rows(",".join(specs))):
+    text = sys.argv[1] if len(sys.argv) > 1 else SHAPES
+    for spec, (M, N, x_dtype, out_dtype) in zip(text.split(","), parse_rows(text)):
         xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(x_dtype)
               for _ in range(n_sets((x_dtype.itemsize + out_dtype.itemsize) * M * N))]
         w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)

@@ -147,7 +147,7 @@ def host_rounds_us(call_sets: dict, n: int = 300, repeats: int = 7) -> dict:
     eager decode loop pays, host overhead included (max of host and device time per call). The
     median of `repeats` loops an entry. The entries' loops take turns, each round starting at
     the next entry: a host's launch speed drifts within seconds (one grid's F.rms_norm loop
-    took 12 us a call at one row and 18-19 us at the next), so loops compared with each other
+    took 12.4 us a call at one row and 18.6 us at the next), so loops compared with each other
     run in the same rounds; single loops move by 50% or more in a shared host's hiccups."""
     fns = {name: _cycle(calls) for name, calls in call_sets.items()}
     for fn in fns.values():
