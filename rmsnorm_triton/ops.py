@@ -280,9 +280,8 @@ def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtyp
                              clamp_fp16_input)
             return out
     elif out is None and not accumulate:
-        plan = plans.lookup(plans.norm_key(x, weight, bias, eps, weight_offset, out_dtype,
-                                           clamp_fp16_input))
-        if plan is not None and plan.usable() and plans.grad_free(x, weight, bias):
+        plan = plans.norm_plan(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
+        if plan is not None:
             return plan.norm(x, weight, bias)
     return _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
                           clamp_fp16_input)
@@ -304,10 +303,8 @@ def fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, bias=None, weight_
             _fused_add_out_op(x, residual, weight, bias, out, eps, weight_offset)
             return out, residual
     elif out is None:
-        plan = plans.lookup(plans.fused_key(x, residual, weight, bias, eps, weight_offset,
-                                            out_dtype))
-        if plan is not None and plan.usable() and plans.grad_free(x, weight, bias) \
-                and not residual.requires_grad:
+        plan = plans.fused_plan(x, residual, weight, bias, eps, weight_offset, out_dtype)
+        if plan is not None:
             y = plan.fused_add(x, residual, weight, bias)
             if y is not None:
                 return y, residual

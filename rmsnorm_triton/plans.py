@@ -42,14 +42,27 @@ def norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
         # Subclasses (and FX proxies) take the full path, whose output is a plain tensor.
         return None
     try:
-        # Classes too: eps=True must not share the plan of eps=1 (bool is refused).
-        # x.stride() only where x is not contiguous: it costs more than the test.
-        return (x.shape, x.is_contiguous() or x.stride(), x.is_neg(), x.dtype, x.device,
-                _operand_key(weight), _operand_key(bias), eps, eps.__class__,
-                weight_offset, weight_offset.__class__, out_dtype, clamp_fp16_input)
+        # Classes too: eps=True must not share the plan of eps=1 (bool is refused). The strides
+        # tell the plan whether x's own layout is the standard one (Plan._new_out).
+        return (x.shape, x.stride(), x.is_neg(), x.dtype, x.device,
+                _operand_key(weight), bias if bias is None else _operand_key(bias), eps,
+                eps.__class__, weight_offset, weight_offset.__class__, out_dtype,
+                clamp_fp16_input)
     except (AttributeError, RuntimeError):
         # Not a tensor, or a sparse or nested one (no strides): the full path names it.
         return None
+
+
+def norm_plan(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input):
+    """The plan of rms_norm(x, weight, eps, ...) with out=None, where one exists and may run
+    this call (_runnable), else None. Key and lookup in one function: on a slow host each
+    Python call layer of a decode-sized call costs a few tenths of a microsecond."""
+    try:
+        plan = _plans.get(norm_key(x, weight, bias, eps, weight_offset, out_dtype,
+                                   clamp_fp16_input))
+    except TypeError:               # an unhashable argument: the full path reports it
+        return None
+    return _runnable(plan, x, weight, bias, None)
 
 
 def fused_key(x, residual, weight, bias, eps, weight_offset, out_dtype):
@@ -65,11 +78,26 @@ def fused_key(x, residual, weight, bias, eps, weight_offset, out_dtype):
         return None
 
 
-def grad_free(x, weight, bias) -> bool:
-    """No autograd to record (the kernels are forward-only); cheap for tensors already keyed."""
-    return not torch.is_grad_enabled() or not (
-        x.requires_grad or (weight is not None and weight.requires_grad)
-        or (bias is not None and bias.requires_grad))
+def fused_plan(x, residual, weight, bias, eps, weight_offset, out_dtype):
+    """norm_plan for fused_add_rms_norm(x, residual, weight, eps, ...) with out=None."""
+    try:
+        plan = _plans.get(fused_key(x, residual, weight, bias, eps, weight_offset, out_dtype))
+    except TypeError:
+        return None
+    return _runnable(plan, x, weight, bias, residual)
+
+
+def _runnable(plan, x, weight, bias, residual):
+    """`plan`, if it may run this call: Triton launches on the current GPU (a plan made for
+    another steps aside), and the kernels are forward-only (nothing for autograd to record)."""
+    if plan is None or plan.dev_index >= 0 and _current_device() != plan.dev_index:
+        return None
+    if torch.is_grad_enabled() and (
+            x.requires_grad or weight is not None and weight.requires_grad
+            or bias is not None and bias.requires_grad
+            or residual is not None and residual.requires_grad):
+        return None
+    return plan
 
 
 def lookup(key) -> Optional["Plan"]:
@@ -89,6 +117,15 @@ def _refuse_lazy(*named) -> None:
             check_dense(name, t)
 
 
+def _standard_strides(shape) -> tuple:
+    """The strides of a contiguous tensor of this shape, as torch.empty gives them."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
 def _extent(t: Optional[torch.Tensor]) -> int:
     """Bytes from t's first element to one past its last."""
     if t is None or t.numel() == 0:
@@ -100,14 +137,22 @@ def _extent(t: Optional[torch.Tensor]) -> int:
 class Plan:
     """One signature's launch: output allocation, grid, and the arguments that never change."""
     __slots__ = ("out_shape", "out_dtype", "device", "dev_index", "grid", "scalars", "launcher",
-                 "constexprs", "num_warps", "runner", "extents", "like_x", "parts_shape")
+                 "constexprs", "num_warps", "runner", "extents", "like_x", "standard_x",
+                 "same_as_x", "parts_shape")
 
     def __init__(self, p: Prepared, launcher: CachedLauncher, grid: int, scalars: tuple,
-                 constexprs: tuple, num_warps: int, splits: int = 1):
+                 constexprs: tuple, num_warps: int, splits: int = 1,
+                 x_strides: Optional[tuple] = None):
         self.out_shape, self.out_dtype, self.device = p.shape, p.out.dtype, p.out.device
         # empty_like costs ~2 us less than torch.empty on a slow host; a peer's output (tensor
         # parallelism) lives on another GPU than x, so it takes torch.empty.
         self.like_x = p.x.device == p.out.device
+        # x's own strides (the caller's tensor, which the key pins) are the standard ones:
+        # empty_like(x) keeps them without being told, and with x's dtype it needs no keyword
+        # at all. Each keyword spared saves ~0.1 us of argument parsing on the CPU machine,
+        # more on a slow host.
+        self.standard_x = self.like_x and x_strides == _standard_strides(p.shape)
+        self.same_as_x = self.standard_x and p.out.dtype == p.x.dtype
         self.dev_index = self.device.index if self.device.type == "cuda" else -1
         self.grid, self.scalars, self.launcher = grid, scalars, launcher
         self.constexprs, self.num_warps = constexprs, num_warps
@@ -118,49 +163,75 @@ class Plan:
         # The split-row kernel's slots: rows and programs a row (ops._run_kernel).
         self.parts_shape = (p.x.shape[0], splits) if splits > 1 else None
 
-    def launch(self, x, residual, weight, bias, out) -> None:
+    def launch(self, x, residual, weight, bias, out) -> bool:
+        """Write out; False, launching nothing, where the residual that the fused add writes
+        overlaps a tensor it reads (the full path says how)."""
         if self.grid == 0:
-            return
+            return True
         # An absent operand is passed as None, which Triton compiles out (kernels/rmsnorm.py).
         xp, op = x.data_ptr(), out.data_ptr()
         bits = xp | op
         rp = wp = bp = None
-        if residual is not None:
-            rp = residual.data_ptr()
-            bits |= rp
         if weight is not None:
             wp = weight.data_ptr()
             bits |= wp
         if bias is not None:
             bp = bias.data_ptr()
             bits |= bp
+        if residual is not None:
+            rp = residual.data_ptr()
+            bits |= rp
+            if self._overlaps(rp, xp, wp, bp):
+                return False
         if not xp or rp == 0 or wp == 0 or bp == 0:
             _refuse_lazy(("x", x), ("residual", residual), ("weight", weight), ("bias", bias))
-        # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel.
-        aligned = not bits & 15
-        runner, launcher = self.runner, self.launcher
-        parts = () if self.parts_shape is None else \
-            (split_slots.split_workspace(*self.parts_shape, self.device),)
-        if runner is not None and runner.int_pointers and aligned and launcher.enabled:
+        # Triton specializes pointers on 16-byte alignment; the runner is the aligned kernel,
+        # kept only where it takes pointers as ints (launcher.make_runner).
+        runner = self.runner
+        if runner is not None and not bits & 15 and self.launcher.enabled:
             try:
                 # ints: the key put every tensor on this plan's GPU (or a readable peer's)
-                runner(self.grid, _current_stream(self.dev_index),
-                       (xp, rp, wp, bp, op, *[t.data_ptr() for t in parts], *self.scalars))
-                return
+                if self.parts_shape is None:
+                    runner(self.grid, _current_stream(self.dev_index),
+                           (xp, rp, wp, bp, op, *self.scalars))
+                else:
+                    parts = split_slots.split_workspace(*self.parts_shape, self.device)
+                    runner(self.grid, _current_stream(self.dev_index),
+                           (xp, rp, wp, bp, op, parts.data_ptr(), *self.scalars))
+                return True
             except (AttributeError, TypeError):
                 # An incompatible Triton: this call and every later one take its own path.
-                launcher.enabled = False
+                self.launcher.enabled = False
+        self._launch_by_tensors(x, residual, weight, bias, out, aligned=not bits & 15)
+        return True
+
+    def _overlaps(self, rp, xp, wp, bp) -> bool:
+        """The residual's bytes (from rp) meet those of x, weight or bias (data pointers are
+        not part of the signature; a lazy tensor's 0 meets nothing and is refused later)."""
+        r_size, x_size, w_size, b_size = self.extents
+        r_end = rp + r_size
+        return bool(xp and xp < r_end and rp < xp + x_size
+                    or wp and wp < r_end and rp < wp + w_size
+                    or bp and bp < r_end and rp < bp + b_size)
+
+    def _launch_by_tensors(self, x, residual, weight, bias, out, aligned: bool) -> None:
+        """The launcher's own path (first call of a plan, unaligned pointers, another Triton);
+        an aligned call leaves the runner for the next."""
+        launcher = self.launcher
+        parts = () if self.parts_shape is None else \
+            (split_slots.split_workspace(*self.parts_shape, self.device),)
         args = (x, residual, weight, bias, out, *parts, *self.scalars)
         launcher(self.grid, self.dev_index, args, self.constexprs, self.num_warps)
-        if runner is None and aligned:
-            self.runner = launcher.runner(self.dev_index, args, self.constexprs,
-                                          self.num_warps)
-
-    def usable(self) -> bool:
-        """Triton launches on the current device: a plan made for another one steps aside."""
-        return self.dev_index < 0 or _current_device() == self.dev_index
+        if self.runner is None and aligned:
+            runner = launcher.runner(self.dev_index, args, self.constexprs, self.num_warps)
+            if runner is not None and runner.int_pointers:
+                self.runner = runner
 
     def _new_out(self, x):
+        if self.same_as_x:
+            return torch.empty_like(x)
+        if self.standard_x:
+            return torch.empty_like(x, dtype=self.out_dtype)
         if self.like_x:
             # contiguous_format: standard strides also where x's size-1 dims have odd ones.
             return torch.empty_like(x, dtype=self.out_dtype,
@@ -168,7 +239,7 @@ class Plan:
         return torch.empty(self.out_shape, dtype=self.out_dtype, device=self.device)
 
     def norm(self, x, weight, bias):
-        out = self._new_out(x)
+        out = torch.empty_like(x) if self.same_as_x else self._new_out(x)
         self.launch(x, None, weight, bias, out)
         return out
 
@@ -185,16 +256,8 @@ class Plan:
 
     def fused_add(self, x, residual, weight, bias):
         """None when residual overlaps what the kernel reads (the full path says how)."""
-        r0 = residual.data_ptr()
-        r1 = r0 + self.extents[0]
-        for t, size in zip((x, weight, bias), self.extents[1:]):
-            if t is not None and size:
-                t0 = t.data_ptr()
-                if t0 < r1 and r0 < t0 + size:
-                    return None
-        out = self._new_out(x)
-        self.launch(x, residual, weight, bias, out)
-        return out
+        out = torch.empty_like(x) if self.same_as_x else self._new_out(x)
+        return out if self.launch(x, residual, weight, bias, out) else None
 
 
 def fanout_key(x, devices, weights, biases, eps, weight_offset, out_dtype, clamp_fp16_input):
@@ -313,7 +376,8 @@ def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: 
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
     try:
-        _plans[key] = Plan(p, launcher, grid, scalars, constexprs, num_warps, splits)
+        _plans[key] = Plan(p, launcher, grid, scalars, constexprs, num_warps, splits,
+                           x.stride())
     except TypeError:
         pass
 

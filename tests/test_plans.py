@@ -28,7 +28,7 @@ def test_repeat_calls_take_one_plan_and_match_the_oracle(device):
               rand_x((2, 3, N), BF16, device)):
         poison_allocator((2, 3, N), BF16, device)
         y = rt.rms_norm(x, w, 1e-5)
-        assert y.shape == x.shape and y.dtype == BF16
+        assert y.shape == x.shape and y.dtype == BF16 and y.stride() == (3 * N, N, 1)
         assert_close(y, rmsnorm_ref(x, w, 1e-5))
     assert len(plans._plans) == 1
 
@@ -91,6 +91,24 @@ def test_gradients_leave_the_plan(device):
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
 
 
+def test_gradients_of_any_fused_add_operand_leave_the_plan(device):
+    M, N = 2, 64
+    w, b = rand_w(N, FP32, device), rand_w(N, FP32, device)
+    rt.fused_add_rms_norm(rand_x((M, N), FP32, device), rand_x((M, N), FP32, device), w, bias=b)
+    assert len(plans._plans) == 1
+    for grad_of in ("x", "residual", "weight", "bias"):
+        args = {"x": rand_x((M, N), FP32, device), "residual": rand_x((M, N), FP32, device),
+                "weight": w.clone(), "bias": b.clone()}
+        args[grad_of].requires_grad_()
+        res_in = args["residual"].detach().clone()
+        y, _ = rt.fused_add_rms_norm(args["x"], args["residual"].clone(), args["weight"],
+                                     bias=args["bias"])
+        assert y.grad_fn is not None, grad_of
+        want = rmsnorm_ref(args["x"].detach() + res_in, args["weight"].detach(),
+                           bias=args["bias"].detach())
+        assert_close(y.detach(), want)
+
+
 def test_fused_add_plan_matches_the_oracle_and_updates_the_residual(device):
     M, N = 5, 384
     w = rand_w(N, BF16, device)
@@ -116,6 +134,12 @@ def test_fused_add_plan_checks_overlap_on_every_call(device):
     with pytest.raises(ValueError, match="residual overlaps weight"):
         rt.fused_add_rms_norm(buf[:M * N].view(M, N), buf[M * N:].view(M, N),
                               buf[M * N:M * N + N])
+    b = rand_w(N, BF16, device)
+    rt.fused_add_rms_norm(buf[:M * N].view(M, N), buf[M * N:].view(M, N), w, bias=b)
+    assert len(plans._plans) == 2
+    with pytest.raises(ValueError, match="residual overlaps bias"):
+        rt.fused_add_rms_norm(buf[:M * N].view(M, N), buf[M * N:].view(M, N), w,
+                              bias=buf[2 * M * N - N:])
     # The same view as x is allowed (residual = 2x): the plan steps aside for the full path.
     x = rand_x((M, N), BF16, device)
     want = (x.float() * 2).to(BF16)
@@ -140,17 +164,23 @@ def test_accumulate_without_out_is_refused_with_a_plan_present(device):
         rt.rms_norm(x, w, accumulate=True)
 
 
-def test_plan_outputs_have_standard_strides(device):
-    """A decode slice with odd strides on size-1 dims: the same output layout on every call."""
+@pytest.mark.parametrize("out_dtype", [None, FP32])
+def test_plan_outputs_have_standard_strides(device, out_dtype):
+    """A decode slice with odd strides on size-1 dims, and a plain tensor of the same shape
+    (which allocates its output without being told the layout): the same output layout on
+    every call."""
     w = rand_w(64, BF16, device)
     strides = set()
-    for _ in range(3):
-        x = rand_x((1, 7, 64), BF16, device)[:, -1:, :]
-        assert x.is_contiguous() and x.stride() != (64, 64, 1)
-        y = rt.rms_norm(x, w)
+    for i in range(6):
+        x = rand_x((1, 7, 64), BF16, device)[:, -1:, :] if i % 2 else \
+            rand_x((1, 1, 64), BF16, device)
+        assert x.is_contiguous() and (x.stride() != (64, 64, 1)) == bool(i % 2)
+        y = rt.rms_norm(x, w, out_dtype=out_dtype)
         strides.add(y.stride())
+        assert y.dtype == (out_dtype or BF16)
         assert_close(y, rmsnorm_ref(x, w))
     assert strides == {(64, 64, 1)}
+    assert len(plans._plans) == 2
 
 
 def test_tensor_subclasses_take_the_full_path(device):
