@@ -3,12 +3,13 @@ rounds as F.rms_norm (or torch's add then F.rms_norm) and an empty Triton launch
 
     python bench/ab_host_path.py BASE_DIR [M1xN1,...] [n]
 
-BASE_DIR holds an earlier `rmsnorm_triton/` (e.g. `git archive <commit> rmsnorm_triton | tar -x
--C BASE_DIR`); it is imported as `rmsnorm_triton_base`, sharing this checkout's kernels (its
-own imports of `rmsnorm_triton.kernels` resolve here), so only the Python around the launch
-differs. Each row: wall time per call of back-to-back calls (timing.host_rounds_us: every
-entry's loop takes turns in 7 rounds, medians), and base - ours in microseconds a call. Eager
-decode loops pay this, host overhead included; device time is the same kernel on both sides.
+Rows are MxN (the variants give the dtypes). BASE_DIR holds an earlier `rmsnorm_triton/`
+(e.g. `git archive <commit> rmsnorm_triton | tar -x -C BASE_DIR`); it is imported as
+`rmsnorm_triton_base`, sharing this checkout's kernels (its own imports of
+`rmsnorm_triton.kernels` resolve here), so only the Python around the launch differs. Each row:
+wall time per call of back-to-back calls (timing.host_rounds_us: every entry's loop takes turns
+in 7 rounds, medians), and base - ours in microseconds a call. Eager decode loops pay this,
+host overhead included; device time is the same kernel on both sides.
 Outputs are checked equal bit for bit between the two packages.
 """
 import importlib.util
@@ -67,7 +68,7 @@ def main():
           f"{n} calls a loop, 7 rounds; us a call")
     print(f"{'M':>4} {'N':>6} {'variant':<13} {'empty':>7} {'torch':>7} {'base':>7} "
           f"{'ours':>7} {'base-ours':>9} {'ours/torch':>10}")
-    for M, N in shapes:
+    for M, N, *_ in shapes:      # the variants below set the dtypes
         for label, dt, out_dtype, res_dt in VARIANTS:
             k = n_sets(M * N * dt.itemsize * 3)
             xs = [(0.5 + 2 * torch.randn(M, N, device="cuda")).to(dt) for _ in range(k)]

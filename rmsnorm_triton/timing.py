@@ -142,13 +142,16 @@ def _sleep_cycles_per_us(dev: int) -> float:
     return cycles / max(start.elapsed_time(end) * 1e3, 1.0)
 
 
-def host_rounds_us(call_sets: dict, n: int = 300, repeats: int = 7) -> dict:
+def host_rounds_us(call_sets: dict, n: int = 1000, repeats: int = 7) -> dict:
     """Wall time per call of n back-to-back eager calls, for each entry of `call_sets`: what an
     eager decode loop pays, host overhead included (max of host and device time per call). The
     median of `repeats` loops an entry. The entries' loops take turns, each round starting at
     the next entry: a host's launch speed drifts within seconds (one grid's F.rms_norm loop
     took 12.4 us a call at one row and 18.6 us at the next), so loops compared with each other
-    run in the same rounds; single loops move by 50% or more in a shared host's hiccups."""
+    run in the same rounds; single loops move by 50% or more in a shared host's hiccups.
+    n = 1000: loops of 300 calls (3-4 ms on the H100's host) spread a 0.5 us difference between
+    two packages' calls over -2.7 to +3.1 us from row to row, of 2000 calls over -0.8 to +3.5
+    (`bench/results/ab_host_path_h100_n300.txt`, `_n2000.txt`)."""
     fns = {name: _cycle(calls) for name, calls in call_sets.items()}
     for fn in fns.values():
         for _ in range(min(n, 10)):
@@ -167,7 +170,7 @@ def host_rounds_us(call_sets: dict, n: int = 300, repeats: int = 7) -> dict:
     return {name: sorted(v)[repeats // 2] for name, v in per_call.items()}
 
 
-def host_us(calls: Sequence[Call], n: int = 300, repeats: int = 7) -> float:
+def host_us(calls: Sequence[Call], n: int = 1000, repeats: int = 7) -> float:
     """host_rounds_us of one entry."""
     return host_rounds_us({"": calls}, n, repeats)[""]
 
