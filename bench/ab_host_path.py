@@ -67,7 +67,7 @@ def main():
     print(f"# torch {torch.__version__}, {torch.cuda.get_device_name()}; base {sys.argv[1]}; "
           f"{n} calls a loop, 7 rounds; us a call")
     print(f"{'M':>4} {'N':>6} {'variant':<13} {'empty':>7} {'torch':>7} {'base':>7} "
-          f"{'ours':>7} {'base-ours':>9} {'ours/torch':>10}")
+          f"{'ours':>7} {'base-ours':>9} {'torch/ours':>10}")
     for M, N, *_ in shapes:      # the variants below set the dtypes
         for label, dt, out_dtype, res_dt in VARIANTS:
             k = n_sets(M * N * dt.itemsize * 3)

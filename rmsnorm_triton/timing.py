@@ -149,9 +149,9 @@ def host_rounds_us(call_sets: dict, n: int = 1000, repeats: int = 7) -> dict:
     the next entry: a host's launch speed drifts within seconds (one grid's F.rms_norm loop
     took 12.4 us a call at one row and 18.6 us at the next), so loops compared with each other
     run in the same rounds; single loops move by 50% or more in a shared host's hiccups.
-    n = 1000: loops of 300 calls (3-4 ms on the H100's host) spread a 0.5 us difference between
-    two packages' calls over -2.7 to +3.1 us from row to row, of 2000 calls over -0.8 to +3.5
-    (`bench/results/ab_host_path_h100_n300.txt`, `_n2000.txt`)."""
+    n = 1000: on the H100's host, loops of 300 calls (3.3-6.6 ms) spread the difference between
+    two packages' norms (median 0.2-0.4 us a call) over -2.7 to +2.6 us from row to row, loops
+    of 2000 calls over -0.8 to +1.2 (`bench/results/ab_host_path_h100_n300.txt`, `_n2000.txt`)."""
     fns = {name: _cycle(calls) for name, calls in call_sets.items()}
     for fn in fns.values():
         for _ in range(min(n, 10)):

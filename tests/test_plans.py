@@ -302,3 +302,123 @@ def test_split_row_plan_launches_with_the_full_paths_arguments(device, monkeypat
     for ws in (first[6], planned[6]):   # int64 slots, every row's in one round (none ran)
         assert ws.dtype == torch.int64 and ws.shape[0] >= M and ws.shape[1] == 4
         assert bool((ws[:M] >> 32 == (ws[:M, :1] >> 32)).all())
+
+
+def _planned(device, M=4, N=128, fused=False):
+    """x, weight, residual (fp32: its sum is exact in the interpreter too) and the one plan
+    a first call of that form leaves."""
+    x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
+    res = rand_x((M, N), FP32, device) if fused else None
+    if fused:
+        rt.fused_add_rms_norm(x, res.clone(), w)
+    else:
+        rt.rms_norm(x, w)
+    (plan,) = plans._plans.values()
+    return x, w, res, plan
+
+
+class _Runner:
+    """A stand-in for launcher.make_runner's direct runner: records what a planned call hands
+    it (int pointers and the plan's scalars), or raises what an incompatible Triton would."""
+    int_pointers = True
+
+    def __init__(self, error=None):
+        self.calls, self.error = [], error
+
+    def __call__(self, grid, stream, args):
+        if self.error is not None:
+            raise self.error
+        self.calls.append((grid, args))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_planned_call_hands_the_runner_int_pointers_and_the_plans_scalars(device, fused,
+                                                                            monkeypatch):
+    x, w, res, plan = _planned(device, fused=fused)
+    runner = _Runner()
+    monkeypatch.setattr(plan, "runner", runner)
+    monkeypatch.setattr(plan.launcher, "enabled", True)
+    monkeypatch.setattr(plans, "_current_stream", lambda index: 0)
+    y = rt.fused_add_rms_norm(x, res, w)[0] if fused else rt.rms_norm(x, w)
+    ((grid, args),) = runner.calls
+    want = (x.data_ptr(), res.data_ptr() if fused else None, w.data_ptr(), None, y.data_ptr())
+    assert grid == plan.grid and args == (*want, *plan.scalars)
+    assert all(a.__class__ is int for a in want if a is not None)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_runner_that_fails_turns_the_fast_path_off_and_the_call_still_writes(device, fused,
+                                                                               monkeypatch):
+    x, w, res, plan = _planned(device, fused=fused)
+    monkeypatch.setattr(plan, "runner", _Runner(TypeError("an unknown launcher layout")))
+    monkeypatch.setattr(plan.launcher, "enabled", True)
+    monkeypatch.setattr(plans, "_current_stream", lambda index: 0)
+    poison_allocator(x.shape, BF16, device)
+    if fused:
+        want_res = x.float() + res
+        y, _ = rt.fused_add_rms_norm(x, res, w)
+        torch.testing.assert_close(res, want_res, rtol=0, atol=0)
+        assert_close(y, rmsnorm_ref(want_res, w))
+    else:
+        assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+    assert plan.launcher.enabled is False
+
+
+class _LauncherWithoutIntPointers:
+    """A launcher whose cached runners take tensors only (a Triton with another launcher
+    layout): plans must ask for one once, not on every call."""
+    enabled = True
+
+    def __init__(self):
+        self.asked = 0
+
+    def __call__(self, grid, dev_index, args, constexprs, num_warps):
+        x, w, out = args[0], args[2], args[4]
+        out.copy_(rmsnorm_ref(x, w).to(out.dtype))
+
+    def runner(self, *args):
+        self.asked += 1
+
+        def by_tensors(grid, stream, args):
+            raise AssertionError("a runner without int pointers must not be handed ints")
+        by_tensors.int_pointers = False
+        return by_tensors
+
+
+def test_a_runner_without_int_pointers_is_looked_for_once(device, monkeypatch):
+    from rmsnorm_triton import ops
+    fake = _LauncherWithoutIntPointers()
+    monkeypatch.setattr(ops, "_launch_rows", fake)
+    w = rand_w(128, BF16, device)
+    for _ in range(5):
+        x = rand_x((4, 128), BF16, device)
+        poison_allocator((4, 128), BF16, device)
+        assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+    assert len(plans._plans) == 1 and fake.asked == 1
+
+
+def test_an_overlapping_residual_launches_nothing_on_the_plan_path(device):
+    M, N = 4, 128
+    w = rand_w(N, BF16, device)
+    buf = rand_x((2 * M * N,), BF16, device)
+    rt.fused_add_rms_norm(rand_x((M, N), BF16, device), rand_x((M, N), BF16, device), w)
+    assert len(plans._plans) == 1
+    before = buf.clone()
+    with pytest.raises(ValueError, match="residual overlaps x"):
+        rt.fused_add_rms_norm(buf[:M * N].view(M, N), buf[N:N + M * N].view(M, N), w)
+    torch.testing.assert_close(buf, before, rtol=0, atol=0)
+
+
+def test_no_grad_calls_with_operands_that_require_grad_take_the_plan(device):
+    M, N = 3, 64
+    w = rand_w(N, FP32, device).requires_grad_()
+    x = rand_x((M, N), FP32, device).requires_grad_()
+    with torch.no_grad():
+        for _ in range(3):
+            res = rand_x((M, N), FP32, device).requires_grad_()
+            want_res = x + res
+            assert_close(rt.rms_norm(x, w), rmsnorm_ref(x, w))
+            y, r = rt.fused_add_rms_norm(x, res, w)
+            torch.testing.assert_close(r, want_res, rtol=0, atol=0)
+            assert_close(y, rmsnorm_ref(want_res, w))
+    assert len(plans._plans) == 2
