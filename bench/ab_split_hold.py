@@ -82,19 +82,21 @@ def split_hold_kernel(
                      HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
 
 
-SHIPPED = ops._launch_split
+SHIPPED, SHIPPED_CAPPED = ops._launch_split, ops._launch_split_capped
 HOLD = CachedLauncher(split_hold_kernel)
 
 
 def call_with(launcher, x, w, out_dtype, res):
+    """A call through the package's launch path with `launcher` for its split rows, capped
+    (config.split_registers_capped) or not."""
     def call():
-        ops._launch_split = launcher
+        ops._launch_split = ops._launch_split_capped = launcher
         try:
             p = check_inputs(x, w, residual=res, out_dtype=out_dtype, eps=EPS,
                              fused=res is not None)
             return ops._launch(p, EPS, 0.0, False, False)
         finally:
-            ops._launch_split = SHIPPED
+            ops._launch_split, ops._launch_split_capped = SHIPPED, SHIPPED_CAPPED
     return call
 
 

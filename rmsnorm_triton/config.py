@@ -76,6 +76,19 @@ SPLIT_FEW_MAX_SPLITS_16BIT = 32
 SPLIT_SLICE_N_16BIT = 8192
 SPLIT_WARPS = 8
 SPLIT_WIDE_OUT_WARPS = 16
+# 16-bit rows to a 16-bit output in SPLIT_SLICE_N_16BIT slices on SPLIT_WARPS, in calls of
+# SPLIT_CAP_MIN_ROWS rows and more, compile with at most SPLIT_MAX_REGISTERS registers a thread
+# (`split_registers_capped`). Uncapped the kernel takes 58-61, allocated as 64: four programs
+# an SM, 50% occupancy (Nsight Compute at 2048 x 65536 and 512 x 262144 bf16: DRAM at 78-81% of
+# its peak, warps stalled on loads 42% and at barriers 34% of their cycles). At 48 five fit,
+# with no spills. On an H100, against uncapped, in a graph and eager: bf16 and fp16 at
+# 1024-4096 x 65536, 512-2048 x 131072 and 512-1024 x 262144 1.009-1.018x, 512 x 65536
+# 0.998-1.011x; the fused add of a bf16 residual 0.999-1.018x; 256-300 x 65536 and 64 x 262144
+# 0.982-0.996x, so smaller calls stay uncapped. A cap of 40 spills (0.60-0.95x); every cap lost
+# on 16-bit x to fp32 (other slices and warps; 0.78-0.97x), which stays uncapped
+# (bench/RESULTS.md, "Split rows capped at 48 registers").
+SPLIT_MAX_REGISTERS = 48
+SPLIT_CAP_MIN_ROWS = 512
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
@@ -341,6 +354,14 @@ def _long_row_config(n_cols: int, n_rows: int, x_itemsize: int, out_itemsize: in
 def _split(n_cols: int, slice_n: int, min_warps: int = 4) -> LaunchConfig:
     return LaunchConfig(block_m=1, block_n=slice_n, num_warps=max(min_warps, slice_n // 2048),
                         looped=False, splits=triton.cdiv(n_cols, slice_n))
+
+
+def split_registers_capped(cfg: LaunchConfig, n_rows: int, *itemsizes: int) -> bool:
+    """Whether a split-row launch compiles with at most SPLIT_MAX_REGISTERS registers a thread;
+    `itemsizes`: of x, the residual (if any) and the output."""
+    return (cfg.splits > 1 and cfg.block_n == SPLIT_SLICE_N_16BIT
+            and cfg.num_warps == SPLIT_WARPS and max(itemsizes) <= 2
+            and n_rows >= SPLIT_CAP_MIN_ROWS)
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:

@@ -101,9 +101,13 @@ def make_runner(kernel, constexpr_values: tuple) -> Runner:
 
 
 class CachedLauncher:
-    def __init__(self, jit_fn, enabled: bool = True):
+    """One Triton kernel's launches; `options` are compile options (e.g. maxnreg) that every
+    launch of this launcher compiles with, a kernel apart from another launcher's."""
+
+    def __init__(self, jit_fn, enabled: bool = True, options: Optional[dict] = None):
         self.fn = jit_fn
         self.enabled = enabled and driver is not None
+        self.options = dict(options or {})
         self.kernels = {}
 
     def __call__(self, grid: int, device_index: int, args: tuple, constexprs: tuple,
@@ -114,12 +118,13 @@ class CachedLauncher:
         (name, value) pairs of the constexpr parameters, which follow them in the signature.
         """
         if not self.enabled:
-            self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps)
+            self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps, **self.options)
             return
         key = (device_index, num_warps, constexprs, _spec_key(args))
         runner = self.kernels.get(key)
         if runner is None:
-            kernel = self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps)
+            kernel = self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps,
+                                      **self.options)
             if hasattr(kernel, "run") and hasattr(kernel, "function"):
                 self.kernels[key] = make_runner(kernel, tuple(v for _, v in constexprs))
             return
@@ -139,4 +144,4 @@ class CachedLauncher:
         except (AttributeError, TypeError):
             # An incompatible Triton: launch this call (and all later ones) its own way.
             self.enabled = False
-            self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps)
+            self.fn[(grid,)](*args, **dict(constexprs), num_warps=num_warps, **self.options)

@@ -20,6 +20,7 @@ from . import plans, split_slots
 from .config import (
     DECODE_MAX_ROWS,
     INTERPRET,
+    SPLIT_MAX_REGISTERS,
     LaunchConfig,
     config_generation,
     device_name,
@@ -28,6 +29,7 @@ from .config import (
     preload_weight,
     row_bucket,
     row_mask,
+    split_registers_capped,
 )
 from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
@@ -83,7 +85,10 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
              # cached kernels, and must then mean the same thing.
              ("WEIGHT_OFFSET", float(weight_offset) + 0.0), ("BLOCK_N", cfg.block_n))
     if cfg.splits > 1:
-        launcher, grid = _launch_split, n_rows * cfg.splits
+        capped = split_registers_capped(cfg, n_rows, x.element_size(), out.element_size(),
+                                        (x if res is None else res).element_size())
+        launcher = _launch_split_capped if capped else _launch_split
+        grid = n_rows * cfg.splits
         flags += (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits)))
     else:
         launcher, grid = _launch_rows, -(-n_rows // cfg.block_m)
@@ -111,6 +116,8 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
 # The interpreter runs Python, not compiled kernels: it always takes Triton's own path.
 _launch_rows = CachedLauncher(rmsnorm_fwd_kernel, enabled=not INTERPRET)
 _launch_split = CachedLauncher(rmsnorm_fwd_split_kernel, enabled=not INTERPRET)
+_launch_split_capped = CachedLauncher(rmsnorm_fwd_split_kernel, enabled=not INTERPRET,
+                                      options={"maxnreg": SPLIT_MAX_REGISTERS})
 _launch_fanout = CachedLauncher(rmsnorm_fwd_fanout_kernel, enabled=not INTERPRET)
 
 

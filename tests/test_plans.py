@@ -304,6 +304,64 @@ def test_split_row_plan_launches_with_the_full_paths_arguments(device, monkeypat
         assert bool((ws[:M] >> 32 == (ws[:M, :1] >> 32)).all())
 
 
+@pytest.mark.parametrize("M,out_dtype,res_dtype,capped", [
+    (512, BF16, None, True),            # 16-bit rows in 8192 slices on 8 warps, 512 rows
+    (600, BF16, BF16, True),            # the fused add of a 16-bit residual
+    (511, BF16, None, False),           # smaller calls stay uncapped
+    (512, FP32, None, False),           # a 4-byte output
+    (512, BF16, FP32, False),           # a 4-byte residual
+])
+def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatch, M,
+                                                              out_dtype, res_dtype, capped):
+    from rmsnorm_triton import ops
+    launchers = {"_launch_split": _RecordingLauncher(), "_launch_split_capped":
+                 _RecordingLauncher()}
+    for name, fake in launchers.items():
+        monkeypatch.setattr(ops, name, fake)
+    cfg = config.LaunchConfig(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, False,
+                              splits=2)
+    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    N = 2 * config.SPLIT_SLICE_N_16BIT
+    x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
+    if res_dtype is None:
+        assert_close(ops.rms_norm(x, w, out_dtype=out_dtype), rmsnorm_ref(x, w))
+    else:
+        ops.fused_add_rms_norm(x, rand_x((M, N), res_dtype, device), w, out_dtype=out_dtype)
+    used = [name for name, fake in launchers.items() if fake.calls]
+    assert used == ["_launch_split_capped" if capped else "_launch_split"]
+    assert launchers[used[0]].calls[0][0] == 2 * M
+
+
+def test_the_capped_launcher_compiles_with_the_cap_and_the_other_without():
+    from rmsnorm_triton import ops
+    assert ops._launch_split_capped.options == {"maxnreg": config.SPLIT_MAX_REGISTERS}
+    assert ops._launch_split.options == {}
+    assert ops._launch_split_capped.fn is ops._launch_split.fn
+
+
+class _OptionsKernel:
+    """A jit function stand-in: records the options each launch passes, returns no kernel."""
+
+    def __init__(self):
+        self.meta = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.meta.append(meta)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_cached_launcher_passes_its_compile_options_on_every_triton_launch(enabled):
+    from rmsnorm_triton.launcher import CachedLauncher
+    fn = _OptionsKernel()
+    launcher = CachedLauncher(fn, enabled=enabled, options={"maxnreg": 40})
+    for _ in range(2):              # no compiled kernel comes back: each call goes to Triton
+        launcher(3, 0, (1, 2), (("BLOCK_N", 64),), 4)
+    assert fn.meta == [{"BLOCK_N": 64, "num_warps": 4, "maxnreg": 40}] * 2
+    plain = CachedLauncher(fn, enabled=enabled)
+    plain(3, 0, (1, 2), (("BLOCK_N", 64),), 4)
+    assert fn.meta[-1] == {"BLOCK_N": 64, "num_warps": 4}
+
+
 def _planned(device, M=4, N=128, fused=False):
     """x, weight, residual (fp32: its sum is exact in the interpreter too) and the one plan
     a first call of that form leaves."""

@@ -102,6 +102,35 @@ def test_split_rows_in_a_cuda_graph_beside_eager_calls():
         assert torch.equal(eager, y)
 
 
+@pytest.mark.parametrize("dtype,res_dtype", [(BF16, None), (torch.float16, None),
+                                             (BF16, BF16)], ids=["bf16", "fp16", "add-bf16"])
+def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype, res_dtype):
+    """The register cap changes how the compiler holds values, not the arithmetic: the same
+    bits as the uncapped kernel, and the fp64 oracle's values."""
+    from rmsnorm_triton import ops, plans
+    M, N = 512, 65536
+    assert config.split_registers_capped(
+        config.pick_config(N, config.row_bucket(M), dtype, dtype, False, 0), M, 2, 2)
+    w, x = rand_w(N, dtype, "cuda"), rand_x((M, N), dtype, "cuda")
+    r = None if res_dtype is None else rand_x((M, N), res_dtype, "cuda")
+    results = []
+    for capped in (True, False):
+        monkeypatch.setattr(ops, "split_registers_capped", lambda *a, c=capped: c)
+        plans.clear()
+        out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
+        if r is None:
+            rt.rms_norm(x, w, out=out)
+        else:
+            res = r.clone()
+            rt.fused_add_rms_norm(x, res, w, out=out)
+            assert torch.equal(res, (x.float() + r.float()).to(res_dtype))
+        results.append(out)
+    assert ops._launch_split_capped.kernels, "the capped launcher compiled nothing"
+    want = rmsnorm_ref(x if r is None else (x.float() + r.float()).to(res_dtype), w)
+    assert_close(results[0], want)
+    assert torch.equal(results[0], results[1])
+
+
 def _kept_slots(stream, splits):
     return split_slots._kept[(torch.cuda.current_device(), stream.cuda_stream, splits)]
 

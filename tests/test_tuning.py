@@ -495,6 +495,35 @@ def test_weight_fetch_rule(cfg, n_rows, want):
     assert config.preload_weight(cfg, n_rows) is want
 
 
+_SPLIT_16 = _cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=8)
+
+
+@pytest.mark.parametrize("cfg,n_rows,itemsizes,want", [
+    (_SPLIT_16, 512, (2, 2, 2), True),                  # 16-bit, from 512 rows
+    (_SPLIT_16, 4096, (2, 2), True),
+    (_SPLIT_16, 511, (2, 2, 2), False),                 # smaller calls lost up to 1.8%
+    (_SPLIT_16, 300, (2, 2), False),
+    (_SPLIT_16, 512, (2, 4, 2), False),                 # a 4-byte output: every cap lost
+    (_SPLIT_16, 512, (2, 2, 4), False),                 # a 4-byte residual: not measured
+    (_SPLIT_16, 512, (4, 2), False),                    # fp32 x: not measured
+    (_cfg(1, 4096, 4, splits=16), 512, (2, 2), False),  # other slices or warps: not measured
+    (_cfg(1, 8192, 16, splits=8), 512, (2, 2), False),
+    (_cfg(1, 8192, 8), 512, (2, 2), False),             # not split
+])
+def test_register_cap_rule(cfg, n_rows, itemsizes, want):
+    assert config.split_registers_capped(cfg, n_rows, *itemsizes) is want
+
+
+def test_the_heuristics_long_16bit_rows_take_the_capped_form(monkeypatch):
+    """The rule matches what the heuristic picks on a GPU for the rows it was measured on."""
+    monkeypatch.setattr(config, "INTERPRET", False)
+    for n_rows, n_cols in ((512, 262144), (2048, 65536), (1024, 131072)):
+        cfg = heuristic_config(n_cols, config.row_bucket(n_rows), 2, True, 2)
+        assert config.split_registers_capped(cfg, n_rows, 2, 2), (n_rows, n_cols, cfg)
+    cfg = heuristic_config(65536, 256, 2, True, 2)
+    assert cfg.splits > 1 and not config.split_registers_capped(cfg, 256, 2, 2)
+
+
 def test_heuristic_configs_are_legal(monkeypatch):
     """Every answer covers its row exactly once within what the kernels compile."""
     for interpret in (False, True):
