@@ -14,8 +14,10 @@ sizes the rotation by the bytes read (x, and the residual) instead of all bytes 
 inputs alone then span twice the L2, so that inputs loaded `evict_last` (the looped path's first
 pass, torch.compile's looped reductions) cannot still be in L2 when their set comes round again.
 AB_ONLY="loop2048 w16,tile w16" (names as printed) times only those configs, the heuristic's
-pick and torch.compile. AB_PRELOAD=1 adds each tile with the weight fetched the other way
-("tile w8 late": after the reduction, where config.preload_weight fetches it first).
+pick and torch.compile. Split-row configs are listed for rows past 32K columns and, in calls of
+up to 64 rows, for any row of two slices or more. AB_PRELOAD=1 adds each tile with the weight
+fetched the other way ("tile w8 late": after the reduction, where config.preload_weight
+fetches it first).
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same
@@ -40,6 +42,7 @@ from bench_utils import interleaved_medians
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 EPS = 1e-6
+DECODE_SPLIT_MAX_ROWS = 64
 SHAPES = ([(m, n, BF16, out) for m in (512, 1024) for n in (4096, 5120, 7168, 8192)
            for out in (FP32, BF16)]
           + [(1024, 5120, FP16, FP32), (1024, 4096, FP16, FP32), (512, 4096, FP16, FP32),
@@ -114,12 +117,13 @@ def _candidates(M, N, out_dtype, norm_itemsize):
                 if 4 <= rows * next_pow2(N) // (32 * warps) <= 64 and rows <= M:
                     found[f"{rows} rows w{warps}"] = LaunchConfig(rows, next_pow2(N), warps,
                                                                   False)
-    if next_pow2(N) > MAX_SINGLE_TILE_N:
-        # Split rows: programs of one slice each (the split-row kernel)
-        for slice_n in (2048, 4096, 8192, 16384, 32768):
+    if next_pow2(N) > MAX_SINGLE_TILE_N or M <= DECODE_SPLIT_MAX_ROWS:
+        # Split rows: programs of one slice each (the split-row kernel); in decode-sized calls
+        # also rows that one program could hold, so that a row's bytes move over several SMs
+        for slice_n in (1024, 2048, 4096, 8192, 16384, 32768):
             splits = -(-N // slice_n)
             for warps in (4, 8, 16):
-                if splits <= MAX_SPLITS and 8 <= slice_n // (32 * warps) <= 64:
+                if 2 <= splits <= MAX_SPLITS and 8 <= slice_n // (32 * warps) <= 64:
                     found[f"split{slice_n} w{warps}"] = LaunchConfig(1, slice_n, warps, False,
                                                                      splits)
     for chunk in (2048, 4096, 8192):
