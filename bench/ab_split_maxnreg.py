@@ -3,12 +3,12 @@ kernel compiled without one.
 
     python bench/ab_split_maxnreg.py [MxN,...|""] [rounds]      (AB_REGS="56,48,40")
 
-Nsight Compute on the shipped split-row kernel at 2048 x 65536 and 512 x 262144 bf16 (8192-
-element slices on 8 warps; bench/results/ncu/ncu_*_8192w8.txt): 58-61 registers a thread,
-which the SM allocates as 64, so registers limit it to 4 programs an SM (50% occupancy); DRAM
-at 78-81% of its peak, and warps stalled mostly on loads (42% of their cycles) and at barriers
-(34%: the polling loop's reductions). At 56 registers an SM still holds 4 programs, at 48
-five, at 40 six. A cap makes the compiler keep fewer values live, or spill them.
+Nsight Compute on the split-row kernel at 2048 x 65536 and 512 x 262144 bf16 (8192-element
+slices on 8 warps; bench/results/ncu/ncu_*_8192w8.txt): 58-61 registers a thread, which the SM
+allocates as 64, so registers limit it to 4 programs an SM (50% occupancy); DRAM at 78-81% of
+its peak; of the warps' stall cycles, loads took 42% and 38%, barriers (the polling loop's
+reductions) 34% and 41%. At 56 registers an SM still holds 4 programs, at 48 five, at 40 six.
+A cap makes the compiler keep fewer values live, or spill them.
 
 The same kernel, config and slots go through the package's launch path (ab_split_hold's
 `call_with`); only the compile option differs (`uncapped`: none; the package itself caps some
@@ -28,17 +28,6 @@ from rmsnorm_triton.launcher import CachedLauncher
 from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us, n_sets, rmsnorm_bytes
 from ab_split_hold import CASES, SHAPES, call_with
 from bench_utils import interleaved_medians
-
-
-class _Capped:
-    """rmsnorm_fwd_split_kernel as CachedLauncher calls it, compiled with `maxnreg`."""
-
-    def __init__(self, maxnreg: int):
-        self.maxnreg = maxnreg
-
-    def __getitem__(self, grid):
-        launch = rmsnorm_fwd_split_kernel[grid]
-        return lambda *args, **kw: launch(*args, maxnreg=self.maxnreg, **kw)
 
 
 def compiled_forms() -> list:
@@ -96,7 +85,8 @@ def main():
     caps = [int(r) for r in os.environ.get("AB_REGS", "56,48,40").split(",")]
     cases = [CASES[int(i)] for i in os.environ.get("AB_CASES", "0,1,2,3").split(",")]
     launchers = {"uncapped": CachedLauncher(rmsnorm_fwd_split_kernel)}
-    launchers.update({f"r{cap}": CachedLauncher(_Capped(cap)) for cap in caps})
+    launchers.update({f"r{cap}": CachedLauncher(rmsnorm_fwd_split_kernel,
+                                                options={"maxnreg": cap}) for cap in caps})
     ceiling = copy_ceiling_gbps()
     print(f"copy ceiling {ceiling:.0f} GB/s; % of it, medians of {rounds} interleaved rounds; "
           "(uncapped time / this time)")

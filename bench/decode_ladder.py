@@ -35,6 +35,9 @@ from bench_utils import interleaved_medians, parse_rows
 
 SHAPES = "1x2048,1x4096,1x8192,8x4096,8x8192,64x4096,64x8192,8x8192:bf16:fp32"
 EPS = 1e-6
+# Each step and the step it adds one part to (its time minus that one's is the part's cost).
+ADDS_TO = {"store": "empty", "copy": "store", "copy+w": "copy", "reduce": "copy",
+           "norm": "reduce"}
 STEPS = {"store": dict(LOAD_X=False, LOAD_W=False, REDUCE=False),
          "copy": dict(LOAD_X=True, LOAD_W=False, REDUCE=False),
          "copy+w": dict(LOAD_X=True, LOAD_W=True, REDUCE=False),
@@ -110,14 +113,12 @@ def main():
               f" a {triton.next_power_of_2(N)} tile; {sets} input sets")
         for timer in (graph_us, eager_us):
             med = interleaved_medians(calls, timer, rounds)
-            print(f"  {timer.__name__}, medians of {rounds} rounds (us, and added over the row "
-                  "above for the ladder):")
-            last = None
+            print(f"  {timer.__name__}, medians of {rounds} rounds (us; for a step, what it "
+                  "adds to the step it builds on):")
             for name, us in med.items():
-                step = f" {us - last:+6.2f}" if last is not None and name in STEPS else ""
+                base = ADDS_TO.get(name)
+                step = f" {us - med[base]:+6.2f} over {base}" if base else ""
                 print(f"    {name:12s} {us:6.2f}{step}")
-                if name == "empty" or name in STEPS:
-                    last = us
             sys.stdout.flush()
 
 

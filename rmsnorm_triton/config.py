@@ -77,18 +77,23 @@ SPLIT_SLICE_N_16BIT = 8192
 SPLIT_WARPS = 8
 SPLIT_WIDE_OUT_WARPS = 16
 # 16-bit rows to a 16-bit output in SPLIT_SLICE_N_16BIT slices on SPLIT_WARPS, in calls of
-# SPLIT_CAP_MIN_ROWS rows and more, compile with at most SPLIT_MAX_REGISTERS registers a thread
-# (`split_registers_capped`). Uncapped the kernel takes 58-61, allocated as 64: four programs
-# an SM, 50% occupancy (Nsight Compute at 2048 x 65536 and 512 x 262144 bf16: DRAM at 78-81% of
-# its peak, warps stalled on loads 42% and at barriers 34% of their cycles). At 48 five fit,
-# with no spills. On an H100, against uncapped, in a graph and eager: bf16 and fp16 at
-# 1024-4096 x 65536, 512-2048 x 131072 and 512-1024 x 262144 1.009-1.018x, 512 x 65536
-# 0.998-1.011x; the fused add of a bf16 residual 0.999-1.018x; 256-300 x 65536 and 64 x 262144
-# 0.982-0.996x, so smaller calls stay uncapped. A cap of 40 spills (0.60-0.95x); every cap lost
-# on 16-bit x to fp32 (other slices and warps; 0.78-0.97x), which stays uncapped
-# (bench/RESULTS.md, "Split rows capped at 48 registers").
+# SPLIT_CAP_MIN_ROWS rows and more, with a weight and neither bias nor accumulate, compile with
+# at most SPLIT_MAX_REGISTERS registers a thread (`split_registers_capped`). Uncapped the kernel
+# takes 58-61, allocated as 64: four programs an SM, 50% occupancy (Nsight Compute, bf16: DRAM
+# at 81% of its peak at 2048 x 65536 and 78% at 512 x 262144; of the warps' stall cycles, loads
+# took 42% and 38%, the polling loop's barriers 34% and 41%). At 48 five fit, with no spills.
+# On an H100, against uncapped, in a graph and eager: bf16 and fp16 at 1024-4096 x 65536,
+# 512-2048 x 131072 and 512-1024 x 262144 1.009-1.018x, 512 x 65536 0.998-1.011x; the fused
+# add of a bf16 residual 0.997-1.018x; 256-300 x 65536 and 64 x 262144 0.982-0.997x, so smaller
+# calls stay uncapped. A cap of 40 spills (0.60-0.95x); every cap lost on 16-bit x to fp32
+# (other slices and warps; 0.78-0.98x), which stays uncapped (bench/RESULTS.md, "Split rows
+# capped at 48 registers").
+# Measured with Triton 3.6 on CUDA only. Triton 3.9's compiler spills up to 16 bytes a thread under
+# the same cap (more with a bias or accumulate), and ROCm's launcher takes no `maxnreg`: other
+# Tritons and backends compile uncapped (SPLIT_CAP_HERE).
 SPLIT_MAX_REGISTERS = 48
 SPLIT_CAP_MIN_ROWS = 512
+SPLIT_CAP_TRITON = (3, 6)
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192
@@ -356,10 +361,24 @@ def _split(n_cols: int, slice_n: int, min_warps: int = 4) -> LaunchConfig:
                         looped=False, splits=triton.cdiv(n_cols, slice_n))
 
 
-def split_registers_capped(cfg: LaunchConfig, n_rows: int, *itemsizes: int) -> bool:
+def _triton_minor() -> tuple:
+    """(major, minor) of this Triton; () for a version string of another form."""
+    parts = triton.__version__.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        return ()
+
+
+SPLIT_CAP_HERE = torch.version.hip is None and _triton_minor() == SPLIT_CAP_TRITON
+
+
+def split_registers_capped(cfg: LaunchConfig, n_rows: int, *itemsizes: int,
+                           plain: bool = True) -> bool:
     """Whether a split-row launch compiles with at most SPLIT_MAX_REGISTERS registers a thread;
-    `itemsizes`: of x, the residual (if any) and the output."""
-    return (cfg.splits > 1 and cfg.block_n == SPLIT_SLICE_N_16BIT
+    `itemsizes`: of x, the residual (if any) and the output; `plain`: a weight, no bias, no
+    accumulate (the forms measured)."""
+    return (SPLIT_CAP_HERE and plain and cfg.splits > 1 and cfg.block_n == SPLIT_SLICE_N_16BIT
             and cfg.num_warps == SPLIT_WARPS and max(itemsizes) <= 2
             and n_rows >= SPLIT_CAP_MIN_ROWS)
 

@@ -6,7 +6,9 @@ the first call of a specialization go through Triton (which compiles it), keeps 
 kernel under a key at least as fine as Triton's own (argument dtypes, 16-byte alignment of
 pointers, integers equal to 1, divisible by 16, or past int32, arguments that are None; the
 constexprs; warps; device),
-and later calls hand the arguments straight to the compiled kernel's launcher.
+and later calls hand the arguments straight to the compiled kernel's launcher. Compile options
+(a register cap) belong to a launcher instance: every kernel it compiles takes them, and Triton
+caches that kernel apart from one compiled without.
 
 Where this Triton's launcher has the argument layout we know (`CudaLauncher.__call__(gridX,
 gridY, gridZ, stream, function, *args)`, Triton 3.6), a cached kernel is launched by calling its

@@ -86,7 +86,9 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
              ("WEIGHT_OFFSET", float(weight_offset) + 0.0), ("BLOCK_N", cfg.block_n))
     if cfg.splits > 1:
         capped = split_registers_capped(cfg, n_rows, x.element_size(), out.element_size(),
-                                        (x if res is None else res).element_size())
+                                        (x if res is None else res).element_size(),
+                                        plain=weight is not None and bias is None
+                                        and not accumulate)
         launcher = _launch_split_capped if capped else _launch_split
         grid = n_rows * cfg.splits
         flags += (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits)))

@@ -7,8 +7,8 @@ what only compilation rejects. One such case: Triton 3.6 does not compile a @tri
 that returns None, which an operand passed as None (the launches pass None for what a kernel
 does not read) can lead to; Triton 3.9 does. This compiles rmsnorm_fwd_kernel,
 rmsnorm_fwd_split_kernel and rmsnorm_fwd_fanout_kernel for `--arch` over their flag sets, each
-operand None where its flag leaves it out, as ops.py passes them (the split-row kernel also
-with the register cap that ops.py compiles some launches with). It needs only Triton (the
+operand None where its flag leaves it out, as ops.py passes them, and the split-row forms
+that ops.py compiles under a register cap. It needs only Triton (the
 kernel file is loaded by path), so it runs in a venv of any Triton version. `--quick` takes a
 subset that still reaches every None form. Prints one line per failure and a count; exit
 status 1 on any failure.
@@ -62,9 +62,21 @@ def row_cases(quick):
                      if k not in ("BLOCK_M", "LOOPED", "LOOP_N", "PRELOAD_W", "ROW_MASK")}
             split.update(SPLITS=4, SPLITS_P2=4, n_rows=None)
             yield "rmsnorm_fwd_split_kernel", dict(sig, part_ptr="*i64"), split, {}
-            # ops.py launches some split rows with a register cap (config.SPLIT_MAX_REGISTERS).
-            yield "rmsnorm_fwd_split_kernel", dict(sig, part_ptr="*i64"), dict(split), \
-                {"maxnreg": 48}
+
+
+def capped_split_cases():
+    """The split-row forms ops.py compiles under a register cap (config.split_registers_capped:
+    16-bit rows in 8192-element slices on 8 warps, a weight, the residual or not; cap
+    config.SPLIT_MAX_REGISTERS, 48, written out here because this script loads no package)."""
+    for has_r in (False, True):
+        sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "part_ptr": "*i64",
+               "n_cols": "i32", "stride_x_row": "i32", "stride_y_row": "i32", "eps": "fp32"}
+        consts = dict(HAS_WEIGHT=True, HAS_BIAS=False, HAS_RESIDUAL=has_r, ACCUMULATE=False,
+                      CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_N=8192, SPLITS=8, SPLITS_P2=8,
+                      n_rows=None)
+        _operands(sig, consts, [("r_ptr", "*bf16", has_r), ("b_ptr", "*bf16", False),
+                                ("stride_r_row", "i32", has_r)])
+        yield "rmsnorm_fwd_split_kernel", sig, consts, {"num_warps": 8, "maxnreg": 48}
 
 
 def fanout_cases(quick):
@@ -99,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a subset reaching every None form")
     args = parser.parse_args(argv)
     module, target = _kernels(), GPUTarget("cuda", args.arch, 32)
-    cases = [*row_cases(args.quick), *fanout_cases(args.quick)]
+    cases = [*row_cases(args.quick), *capped_split_cases(), *fanout_cases(args.quick)]
     failed = 0
     for name, sig, consts, options in cases:
         for const in consts:

@@ -304,16 +304,20 @@ def test_split_row_plan_launches_with_the_full_paths_arguments(device, monkeypat
         assert bool((ws[:M] >> 32 == (ws[:M, :1] >> 32)).all())
 
 
-@pytest.mark.parametrize("M,out_dtype,res_dtype,capped", [
-    (512, BF16, None, True),            # 16-bit rows in 8192 slices on 8 warps, 512 rows
-    (600, BF16, BF16, True),            # the fused add of a 16-bit residual
-    (511, BF16, None, False),           # smaller calls stay uncapped
-    (512, FP32, None, False),           # a 4-byte output
-    (512, BF16, FP32, False),           # a 4-byte residual
+@pytest.mark.parametrize("M,out_dtype,res_dtype,bias,capped", [
+    (512, BF16, None, False, True),     # 16-bit rows in 8192 slices on 8 warps, 512 rows
+    (600, BF16, BF16, False, True),     # the fused add of a 16-bit residual
+    (511, BF16, None, False, False),    # smaller calls stay uncapped
+    (512, FP32, None, False, False),    # a 4-byte output
+    (512, BF16, FP32, False, False),    # a 4-byte residual
+    (512, BF16, None, True, False),     # a bias: not measured
 ])
 def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatch, M,
-                                                              out_dtype, res_dtype, capped):
+                                                              out_dtype, res_dtype, bias,
+                                                              capped):
+    """The full path and the plan it leaves launch through the same launcher."""
     from rmsnorm_triton import ops
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
     launchers = {"_launch_split": _RecordingLauncher(), "_launch_split_capped":
                  _RecordingLauncher()}
     for name, fake in launchers.items():
@@ -323,13 +327,17 @@ def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatc
     monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
     N = 2 * config.SPLIT_SLICE_N_16BIT
     x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
-    if res_dtype is None:
-        assert_close(ops.rms_norm(x, w, out_dtype=out_dtype), rmsnorm_ref(x, w))
-    else:
-        ops.fused_add_rms_norm(x, rand_x((M, N), res_dtype, device), w, out_dtype=out_dtype)
+    b = rand_w(N, BF16, device) if bias else None
+    for _ in range(2):                      # the full path, then the plan
+        if res_dtype is None:
+            ops.rms_norm(x, w, bias=b, out_dtype=out_dtype)
+        else:
+            ops.fused_add_rms_norm(x, rand_x((M, N), res_dtype, device), w, bias=b,
+                                   out_dtype=out_dtype)
+    assert len(plans._plans) == 1
     used = [name for name, fake in launchers.items() if fake.calls]
     assert used == ["_launch_split_capped" if capped else "_launch_split"]
-    assert launchers[used[0]].calls[0][0] == 2 * M
+    assert [call[0] for call in launchers[used[0]].calls] == [2 * M] * 2
 
 
 def test_the_capped_launcher_compiles_with_the_cap_and_the_other_without():
@@ -360,6 +368,22 @@ def test_cached_launcher_passes_its_compile_options_on_every_triton_launch(enabl
     plain = CachedLauncher(fn, enabled=enabled)
     plain(3, 0, (1, 2), (("BLOCK_N", 64),), 4)
     assert fn.meta[-1] == {"BLOCK_N": 64, "num_warps": 4}
+
+
+def test_a_failing_runners_fallback_keeps_the_compile_options(monkeypatch):
+    """A cached runner that an incompatible Triton breaks hands the call to Triton's own path,
+    which must still compile with the launcher's options."""
+    from types import SimpleNamespace
+
+    from rmsnorm_triton import launcher as launcher_module
+    stub = SimpleNamespace(active=SimpleNamespace(get_current_stream=lambda index: 0))
+    monkeypatch.setattr(launcher_module, "driver", stub)
+    fn = _OptionsKernel()
+    capped = launcher_module.CachedLauncher(fn, options={"maxnreg": 40})
+    capped.launch_cached(_Runner(TypeError("changed launcher")), 3, 0, (1, 2),
+                         (("BLOCK_N", 64),), 4)
+    assert fn.meta == [{"BLOCK_N": 64, "num_warps": 4, "maxnreg": 40}]
+    assert not capped.enabled
 
 
 def _planned(device, M=4, N=128, fused=False):

@@ -102,20 +102,31 @@ def test_split_rows_in_a_cuda_graph_beside_eager_calls():
         assert torch.equal(eager, y)
 
 
+def _capped_kernels() -> list:
+    """Split-row kernels this process compiled under the register cap (Triton's JIT cache)."""
+    from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_split_kernel
+    return [k for cache in rmsnorm_fwd_split_kernel.device_caches.values()
+            for k in cache[0].values()
+            if getattr(k.metadata, "maxnreg", None) == config.SPLIT_MAX_REGISTERS]
+
+
 @pytest.mark.parametrize("dtype,res_dtype", [(BF16, None), (torch.float16, None),
                                              (BF16, BF16)], ids=["bf16", "fp16", "add-bf16"])
 def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype, res_dtype):
     """The register cap changes how the compiler holds values, not the arithmetic: the same
-    bits as the uncapped kernel, and the fp64 oracle's values."""
+    bits as the uncapped kernel, and the fp64 oracle's values. The capped form holds at most
+    the cap's registers."""
     from rmsnorm_triton import ops, plans
+    from rmsnorm_triton.launcher import CachedLauncher
+    capped_launcher = CachedLauncher(ops._launch_split_capped.fn,
+                                     options=ops._launch_split_capped.options)
+    monkeypatch.setattr(ops, "_launch_split_capped", capped_launcher)
     M, N = 512, 65536
-    assert config.split_registers_capped(
-        config.pick_config(N, config.row_bucket(M), dtype, dtype, False, 0), M, 2, 2)
     w, x = rand_w(N, dtype, "cuda"), rand_x((M, N), dtype, "cuda")
     r = None if res_dtype is None else rand_x((M, N), res_dtype, "cuda")
     results = []
     for capped in (True, False):
-        monkeypatch.setattr(ops, "split_registers_capped", lambda *a, c=capped: c)
+        monkeypatch.setattr(ops, "split_registers_capped", lambda *a, c=capped, **k: c)
         plans.clear()
         out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
         if r is None:
@@ -125,7 +136,11 @@ def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype
             rt.fused_add_rms_norm(x, res, w, out=out)
             assert torch.equal(res, (x.float() + r.float()).to(res_dtype))
         results.append(out)
-    assert ops._launch_split_capped.kernels, "the capped launcher compiled nothing"
+    assert capped_launcher.kernels, "the capped call did not go through the capped launcher"
+    compiled = _capped_kernels()
+    assert compiled, "nothing was compiled under the register cap"
+    assert all(k.n_regs <= config.SPLIT_MAX_REGISTERS for k in compiled), \
+        [k.n_regs for k in compiled]
     want = rmsnorm_ref(x if r is None else (x.float() + r.float()).to(res_dtype), w)
     assert_close(results[0], want)
     assert torch.equal(results[0], results[1])

@@ -241,27 +241,47 @@ class _FakeKernel:
         return lambda *args, **meta: self.ran.append((args, grid, meta))
 
 
-@pytest.mark.parametrize("cfg", [LaunchConfig(1, 4096, 8, False), LaunchConfig(2, 4096, 8, False),
-                                 LaunchConfig(1, 2048, 4, False, splits=2)],
-                         ids=["tile", "two-rows", "split"])
-def test_worker_compiles_what_the_tuner_launches(monkeypatch, cfg):
+_TUNED_CASE = tune_space.Case(3000, 64, BF16, FP32, True)
+
+
+@pytest.mark.parametrize("case,cfg,launcher", [
+    (_TUNED_CASE, LaunchConfig(1, 4096, 8, False), "_launch_rows"),
+    (_TUNED_CASE, LaunchConfig(2, 4096, 8, False), "_launch_rows"),
+    (_TUNED_CASE, LaunchConfig(1, 2048, 4, False, splits=2), "_launch_split"),
+    (tune_space.Case(16384, 512, BF16, BF16, False),
+     LaunchConfig(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, False, splits=2),
+     "_launch_split_capped"),
+], ids=["tile", "two-rows", "split", "split-capped"])
+def test_worker_compiles_what_the_tuner_launches(monkeypatch, case, cfg, launcher):
     """Ahead-of-time compiles must hit the kernel the timed launch runs: same kernel, same
-    non-tensor arguments and meta-parameters, tensors of the same dtypes."""
-    fakes = {"_launch_rows": _FakeKernel(), "_launch_split": _FakeKernel()}
+    non-tensor arguments and meta-parameters (compile options included), tensors of the same
+    dtypes."""
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    names = ("_launch_rows", "_launch_split", "_launch_split_capped")
+    fakes = {name: _FakeKernel() for name in names}
     for name, fake in fakes.items():
         monkeypatch.setattr(getattr(ops, name), "fn", fake)
         monkeypatch.setattr(getattr(ops, name), "enabled", False)
-    case = tune_space.Case(3000, 64, BF16, FP32, True)
     assert tuning._compile_in_worker(case, cfg) is None
-    assert all(isinstance(ops_launcher.fn, _FakeKernel)
-               for ops_launcher in (ops._launch_rows, ops._launch_split))
+    assert all(isinstance(getattr(ops, name).fn, _FakeKernel) for name in names)
     p, w = tune_space.make_inputs(case, "cpu")
     tune_space.launch(p, w, cfg)
-    (fake,) = [f for f in fakes.values() if f.warm]
-    (w_args, w_grid, w_meta), = fake.warm
-    (r_args, r_grid, r_meta), = fake.ran
+    assert [name for name, f in fakes.items() if f.warm] == [launcher]
+    (w_args, w_grid, w_meta), = fakes[launcher].warm
+    (r_args, r_grid, r_meta), = fakes[launcher].ran
     as_dtypes = [a.dtype if isinstance(a, torch.Tensor) else a for a in r_args]
     assert (list(w_args), w_grid, w_meta) == (as_dtypes, r_grid, r_meta)
+    assert ("maxnreg" in r_meta) is (launcher == "_launch_split_capped")
+
+
+def test_a_capped_and_an_uncapped_split_launch_are_compiled_apart(monkeypatch):
+    """The tuner's ahead-of-time compiles count the register cap as part of the kernel."""
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    cfg = LaunchConfig(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, False, splits=8)
+    small, large = (tune_space.Case(65536, rows, BF16, BF16, False) for rows in (64, 1024))
+    assert tuning._spec(small, cfg) != tuning._spec(large, cfg)
+    assert tuning._spec(large, cfg) == tuning._spec(tune_space.Case(65536, 16384, BF16, BF16,
+                                                                    False), cfg)
 
 
 def test_tune_dry_run_prints_the_plan(capsys):
@@ -498,25 +518,40 @@ def test_weight_fetch_rule(cfg, n_rows, want):
 _SPLIT_16 = _cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=8)
 
 
-@pytest.mark.parametrize("cfg,n_rows,itemsizes,want", [
-    (_SPLIT_16, 512, (2, 2, 2), True),                  # 16-bit, from 512 rows
-    (_SPLIT_16, 4096, (2, 2), True),
-    (_SPLIT_16, 511, (2, 2, 2), False),                 # smaller calls lost up to 1.8%
-    (_SPLIT_16, 300, (2, 2), False),
-    (_SPLIT_16, 512, (2, 4, 2), False),                 # a 4-byte output: every cap lost
-    (_SPLIT_16, 512, (2, 2, 4), False),                 # a 4-byte residual: not measured
-    (_SPLIT_16, 512, (4, 2), False),                    # fp32 x: not measured
-    (_cfg(1, 4096, 4, splits=16), 512, (2, 2), False),  # other slices or warps: not measured
-    (_cfg(1, 8192, 16, splits=8), 512, (2, 2), False),
-    (_cfg(1, 8192, 8), 512, (2, 2), False),             # not split
+@pytest.mark.parametrize("cfg,n_rows,itemsizes,plain,want", [
+    (_SPLIT_16, 512, (2, 2, 2), True, True),            # 16-bit, from 512 rows
+    (_SPLIT_16, 4096, (2, 2), True, True),
+    (_SPLIT_16, 511, (2, 2, 2), True, False),           # smaller calls lost up to 1.8%
+    (_SPLIT_16, 300, (2, 2), True, False),
+    (_SPLIT_16, 512, (2, 4, 2), True, False),           # a 4-byte output: every cap lost
+    (_SPLIT_16, 512, (2, 2, 4), True, False),           # a 4-byte residual: not measured
+    (_SPLIT_16, 512, (4, 2), True, False),              # fp32 x: not measured
+    (_SPLIT_16, 512, (2, 2), False, False),             # a bias or accumulate: not measured
+    (_cfg(1, 4096, 8, splits=16), 512, (2, 2), True, False),   # other slices or warps: not
+    (_cfg(1, 4096, 4, splits=16), 512, (2, 2), True, False),   # measured
+    (_cfg(1, 8192, 16, splits=8), 512, (2, 2), True, False),
+    (_cfg(1, 8192, 8), 512, (2, 2), True, False),       # not split
 ])
-def test_register_cap_rule(cfg, n_rows, itemsizes, want):
-    assert config.split_registers_capped(cfg, n_rows, *itemsizes) is want
+def test_register_cap_rule(monkeypatch, cfg, n_rows, itemsizes, plain, want):
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    assert config.split_registers_capped(cfg, n_rows, *itemsizes, plain=plain) is want
+
+
+def test_no_register_cap_with_another_triton_or_backend(monkeypatch):
+    """The cap was measured with one Triton's compiler on CUDA; elsewhere nothing is capped."""
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", False)
+    assert not config.split_registers_capped(_SPLIT_16, 4096, 2, 2)
+    assert config.SPLIT_CAP_TRITON == (3, 6)
+    for version, here in (("3.6.0", True), ("3.6.1+git1234", True), ("3.9.0", False),
+                          ("4.0", False), ("main", False)):
+        monkeypatch.setattr(config.triton, "__version__", version)
+        assert (config._triton_minor() == config.SPLIT_CAP_TRITON) is here, version
 
 
 def test_the_heuristics_long_16bit_rows_take_the_capped_form(monkeypatch):
     """The rule matches what the heuristic picks on a GPU for the rows it was measured on."""
     monkeypatch.setattr(config, "INTERPRET", False)
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
     for n_rows, n_cols in ((512, 262144), (2048, 65536), (1024, 131072)):
         cfg = heuristic_config(n_cols, config.row_bucket(n_rows), 2, True, 2)
         assert config.split_registers_capped(cfg, n_rows, 2, 2), (n_rows, n_cols, cfg)
