@@ -112,13 +112,14 @@ def registers(jit_fn):
     return sorted(found)
 
 
-def run_case(M, N, x_dtype, out_dtype, res_dtype, rounds, ceiling) -> bool:
-    """Check and time one case; False where the row takes no split config."""
+def split_case(M, N, x_dtype, out_dtype, res_dtype):
+    """(config, bytes moved, rotating input sets of (x, weight, residual or None)) of a split-row
+    case; None, with a line printed, where the row takes no split config."""
     cfg = pick_config(N, row_bucket(M), x_dtype, out_dtype, res_dtype is not None, 0,
                       res_dtype)
     if cfg.splits == 1:
         print(f"{M} x {N}: no split config ({cfg}); skipped")
-        return False
+        return None
     nbytes = rmsnorm_bytes(M, N, x_dtype, x_dtype, out_dtype, res_dtype)
     sets = []
     for _ in range(n_sets(nbytes)):
@@ -127,6 +128,15 @@ def run_case(M, N, x_dtype, out_dtype, res_dtype, rounds, ceiling) -> bool:
         res = None if res_dtype is None else torch.randn(M, N, device="cuda",
                                                          dtype=res_dtype)
         sets.append((x, w, res))
+    return cfg, nbytes, sets
+
+
+def run_case(M, N, x_dtype, out_dtype, res_dtype, rounds, ceiling) -> bool:
+    """Check and time one case; False where the row takes no split config."""
+    case = split_case(M, N, x_dtype, out_dtype, res_dtype)
+    if case is None:
+        return False
+    cfg, nbytes, sets = case
     x, w, res = sets[0]
     r0 = None if res is None else res.clone()
     r1 = None if res is None else res.clone()

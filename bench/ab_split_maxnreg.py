@@ -22,11 +22,10 @@ import sys
 
 import torch
 
-from rmsnorm_triton.config import pick_config, row_bucket
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_split_kernel
 from rmsnorm_triton.launcher import CachedLauncher
-from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us, n_sets, rmsnorm_bytes
-from ab_split_hold import CASES, SHAPES, call_with
+from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us
+from ab_split_hold import CASES, SHAPES, call_with, split_case
 from bench_utils import interleaved_medians
 
 
@@ -44,18 +43,11 @@ def compiled_forms() -> list:
 
 
 def run_case(M, N, x_dtype, out_dtype, res_dtype, launchers, rounds, ceiling) -> bool:
-    cfg = pick_config(N, row_bucket(M), x_dtype, out_dtype, res_dtype is not None, 0,
-                      res_dtype)
-    if cfg.splits == 1:
-        print(f"{M} x {N}: no split config ({cfg}); skipped")
+    """Check and time one case; False where the row takes no split config."""
+    case = split_case(M, N, x_dtype, out_dtype, res_dtype)
+    if case is None:
         return False
-    nbytes = rmsnorm_bytes(M, N, x_dtype, x_dtype, out_dtype, res_dtype)
-    sets = []
-    for _ in range(n_sets(nbytes)):
-        x = 0.5 + 2 * torch.randn(M, N, device="cuda", dtype=x_dtype)
-        w = 1 + 0.1 * torch.randn(N, device="cuda", dtype=x_dtype)
-        res = None if res_dtype is None else torch.randn(M, N, device="cuda", dtype=res_dtype)
-        sets.append((x, w, res))
+    cfg, nbytes, sets = case
     x, w, res = sets[0]
     outputs = {}
     for name, launcher in launchers.items():
