@@ -88,9 +88,11 @@ HOLD = CachedLauncher(split_hold_kernel)
 
 def call_with(launcher, x, w, out_dtype, res):
     """A call through the package's launch path with `launcher` for its split rows, capped
-    (config.split_registers_capped) or not."""
+    (config.split_registers_capped) or not; SHIPPED leaves the package's own choice of the two
+    (the register cap where its rule applies)."""
     def call():
-        ops._launch_split = ops._launch_split_capped = launcher
+        if launcher is not SHIPPED:
+            ops._launch_split = ops._launch_split_capped = launcher
         try:
             p = check_inputs(x, w, residual=res, out_dtype=out_dtype, eps=EPS,
                              fused=res is not None)
