@@ -94,6 +94,11 @@ SPLIT_WIDE_OUT_WARPS = 16
 SPLIT_MAX_REGISTERS = 48
 SPLIT_CAP_MIN_ROWS = 512
 SPLIT_CAP_TRITON = (3, 6)
+# Every package kernel compiles with floating-point contraction on (x * w + b, the sum of
+# squares: one fma, one rounding), which Triton 3.6-3.9 do by default and Triton 3.10 turns off
+# by default. Pinned, the results (and the tests against fp64) do not move with the Triton
+# version, and Triton 3.9 has no unset default to warn about in the user's process.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
 # The interpreter cannot run the split-row kernel (its programs wait on each other): it streams
 # long rows twice in chunks instead.
 LOOP_CHUNK_N = 8192

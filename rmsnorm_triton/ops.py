@@ -19,6 +19,7 @@ from rmsnorm_triton.kernels.rmsnorm import (
 from . import plans, split_slots
 from .config import (
     DECODE_MAX_ROWS,
+    COMPILE_OPTIONS,
     INTERPRET,
     SPLIT_MAX_REGISTERS,
     LaunchConfig,
@@ -115,12 +116,15 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     return out if out.shape == p.shape else out.view(p.shape)
 
 
-# The interpreter runs Python, not compiled kernels: it always takes Triton's own path.
-_launch_rows = CachedLauncher(rmsnorm_fwd_kernel, enabled=not INTERPRET)
-_launch_split = CachedLauncher(rmsnorm_fwd_split_kernel, enabled=not INTERPRET)
-_launch_split_capped = CachedLauncher(rmsnorm_fwd_split_kernel, enabled=not INTERPRET,
-                                      options={"maxnreg": SPLIT_MAX_REGISTERS})
-_launch_fanout = CachedLauncher(rmsnorm_fwd_fanout_kernel, enabled=not INTERPRET)
+def _launcher(kernel, **options) -> CachedLauncher:
+    # The interpreter runs Python, not compiled kernels: it always takes Triton's own path.
+    return CachedLauncher(kernel, enabled=not INTERPRET, options={**COMPILE_OPTIONS, **options})
+
+
+_launch_rows = _launcher(rmsnorm_fwd_kernel)
+_launch_split = _launcher(rmsnorm_fwd_split_kernel)
+_launch_split_capped = _launcher(rmsnorm_fwd_split_kernel, maxnreg=SPLIT_MAX_REGISTERS)
+_launch_fanout = _launcher(rmsnorm_fwd_fanout_kernel)
 
 
 def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offset=0.0,

@@ -24,6 +24,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 KERNEL_FILE = Path(__file__).resolve().parents[1] / "kernels" / "rmsnorm.py"
+# Compile options of every package launch (config.COMPILE_OPTIONS, written out because this
+# script loads no package).
+PACKAGE_OPTIONS = {"enable_fp_fusion": True}
 
 
 def _kernels():
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
             sig[const] = "constexpr"
         try:
             triton.compile(ASTSource(getattr(module, name), sig, consts), target=target,
-                           options={"num_warps": 4, **options})
+                           options={"num_warps": 4, **PACKAGE_OPTIONS, **options})
         except Exception as e:          # any compiler error is a finding; keep going
             failed += 1
             flags = {k: v for k, v in consts.items() if k.isupper()}

@@ -342,9 +342,20 @@ def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatc
 
 def test_the_capped_launcher_compiles_with_the_cap_and_the_other_without():
     from rmsnorm_triton import ops
-    assert ops._launch_split_capped.options == {"maxnreg": config.SPLIT_MAX_REGISTERS}
-    assert ops._launch_split.options == {}
+    assert ops._launch_split_capped.options == {**config.COMPILE_OPTIONS,
+                                                "maxnreg": config.SPLIT_MAX_REGISTERS}
+    assert ops._launch_split.options == config.COMPILE_OPTIONS
     assert ops._launch_split_capped.fn is ops._launch_split.fn
+
+
+def test_every_launcher_pins_floating_point_contraction():
+    """Triton 3.10 turns fma contraction off by default; the package's numbers must not move
+    with that, so every launcher asks for it (and Triton 3.9 then has no default to warn of)."""
+    from rmsnorm_triton import ops
+    from rmsnorm_triton.launcher import CachedLauncher
+    launchers = [v for v in vars(ops).values() if isinstance(v, CachedLauncher)]
+    assert len(launchers) == 4
+    assert all(ln.options["enable_fp_fusion"] is True for ln in launchers)
 
 
 class _OptionsKernel:
