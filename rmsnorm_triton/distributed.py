@@ -22,7 +22,8 @@ def _check_before_collective(x, weight, eps, kw):
                         f"it passes on only {list(_NORM_KWARGS)}")
     check_args(x, weight, bias=kw.get("bias"), out=kw.get("out"), out_dtype=kw.get("out_dtype"),
                eps=eps, weight_offset=kw.get("weight_offset", 0.0),
-               accumulate=kw.get("accumulate", False))
+               accumulate=kw.get("accumulate", False),
+               clamp_fp16_input=kw.get("clamp_fp16_input", False))
 
 
 def broadcast_rms_norm(x, weight=None, eps=1e-6, *, src=0, group=None, **kw):

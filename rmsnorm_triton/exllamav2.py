@@ -27,6 +27,13 @@ class ExLlamaV2RMSNorm:
     """
 
     def __init__(self, model, key: str, archparams=None):
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str (the tensor name's prefix), got "
+                            f"{type(key).__name__} ({key!r})")
+        missing = [a for a in ("config", "get_tensor") if not hasattr(model, a)]
+        if missing:
+            raise TypeError(f"model must have config and get_tensor (rt.open_model returns "
+                            f"one), got {type(model).__name__} without {', '.join(missing)}")
         if archparams is None:
             archparams = model.config.arch.lm
         if not isinstance(getattr(archparams, "norm_constant_bias", None), (int, float)):

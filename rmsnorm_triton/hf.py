@@ -25,6 +25,8 @@ def patch_model(model: nn.Module) -> int:
     reproduce (gated variants, no weight, another formula) is kept, with one warning naming it:
     the model stays correct, only that norm is not accelerated.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch_model expects an nn.Module, got {type(model).__name__}")
     replaced: dict[int, RMSNorm] = {}   # one replacement per module, even if it is reused
     skipped: list[str] = []
     for parent_name, parent in list(model.named_modules()):

@@ -16,7 +16,7 @@ from torch import nn
 from .ops import rms_norm
 from .parallel import forward_tp
 from .reference import rms_norm_reference
-from .validate import FLOAT_DTYPES, check_scalars, materialized
+from .validate import FLOAT_DTYPES, check_flag, check_scalars, materialized
 
 # from_module runs an HF norm once to learn whether it scales by w or by (1 + w). Both candidates
 # are computed here in fp32 from the same weight; a genuine match differs by rounding only.
@@ -30,13 +30,18 @@ class RMSNorm(nn.Module):
     weight_offset=1.0 is Gemma's (1 + w) form. With a non-zero offset the weight starts at
     zeros, as Gemma's does (so a fresh Gemma norm scales by 1); otherwise at ones, as Llama's.
     out_dtype=None writes x's dtype. eps=None uses torch.finfo(x.dtype).eps at each call, as
-    torch.nn.RMSNorm does.
+    torch.nn.RMSNorm does. elementwise_affine=False: no weight (as torch.nn.RMSNorm's), so
+    y = x / rms(x) * (1 + weight_offset).
+
+    `promotes_out` (False; from_module sets it for HF norms that compute `weight * h`, Llama's
+    form): with out_dtype None, the output takes torch.promote_types(x.dtype, weight.dtype),
+    as such a norm's does (an fp32 weight makes a bf16 input's output fp32).
     """
 
     def __init__(self, hidden_size: int, eps: Optional[float] = 1e-6, *,
                  weight_offset: float = 0.0,
                  bias: bool = False, out_dtype: Optional[torch.dtype] = None, device=None,
-                 dtype: Optional[torch.dtype] = None):
+                 dtype: Optional[torch.dtype] = None, elementwise_affine: bool = True):
         super().__init__()
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int):
             raise TypeError(f"hidden_size must be an int, got {type(hidden_size).__name__} "
@@ -44,6 +49,11 @@ class RMSNorm(nn.Module):
         if hidden_size < 1:
             raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
         check_scalars(1e-6 if eps is None else eps, weight_offset)
+        check_flag("bias", bias)
+        check_flag("elementwise_affine", elementwise_affine)
+        if bias and not elementwise_affine:
+            raise ValueError("bias=True needs elementwise_affine=True (a norm without a weight "
+                             "has no bias either)")
         for name, dt in (("out_dtype", out_dtype), ("dtype", dtype)):
             if dt is not None and dt not in FLOAT_DTYPES:
                 raise TypeError(f"{name} must be float16, bfloat16, float32 or None, got {dt}")
@@ -51,7 +61,11 @@ class RMSNorm(nn.Module):
         self.eps = None if eps is None else float(eps)
         self.weight_offset = float(weight_offset)
         self.out_dtype = out_dtype
-        self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        self.promotes_out = False
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
         if bias:
             self.bias = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
         else:
@@ -59,7 +73,8 @@ class RMSNorm(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.constant_(self.weight, 0.0 if self.weight_offset else 1.0)
+        if self.weight is not None:
+            nn.init.constant_(self.weight, 0.0 if self.weight_offset else 1.0)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -74,9 +89,18 @@ class RMSNorm(nn.Module):
         first = x if isinstance(x, torch.Tensor) else x[0]
         return torch.finfo(first.dtype).eps
 
+    def _out_dtype_for(self, x) -> Optional[torch.dtype]:
+        if not self.promotes_out or self.out_dtype is not None or self.weight is None:
+            return self.out_dtype
+        first = x if isinstance(x, torch.Tensor) else x[0]
+        return torch.promote_types(first.dtype, self.weight.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype = self.out_dtype
+        if self.promotes_out:
+            out_dtype = self._out_dtype_for(x)
         return rms_norm(x, self.weight, self._eps_for(x), bias=self.bias,
-                        weight_offset=self.weight_offset, out_dtype=self.out_dtype)
+                        weight_offset=self.weight_offset, out_dtype=out_dtype)
 
     def extra_repr(self) -> str:
         s = f"{self.hidden_size}, eps={self.eps}"
@@ -84,8 +108,12 @@ class RMSNorm(nn.Module):
             s += f", weight_offset={self.weight_offset}"
         if self.bias is not None:
             s += ", bias=True"
+        if self.weight is None:
+            s += ", elementwise_affine=False"
         if self.out_dtype is not None:
             s += f", out_dtype={self.out_dtype}"
+        if self.promotes_out:
+            s += ", promotes_out=True"
         return s
 
     def tp_split(self, broadcast_type: int, context) -> None:
@@ -97,7 +125,8 @@ class RMSNorm(nn.Module):
         devices = context.devices_for(broadcast_type)
         self.tp_context, self.broadcast_type = context, broadcast_type
         # materialized: a strided or negative-view replica would be copied on every call.
-        self.tp_weights = [materialized(self.weight.detach().to(d)) for d in devices]
+        self.tp_weights = [None if self.weight is None else
+                           materialized(self.weight.detach().to(d)) for d in devices]
         self.tp_biases = None if self.bias is None else [materialized(self.bias.detach().to(d))
                                                          for d in devices]
 
@@ -107,7 +136,7 @@ class RMSNorm(nn.Module):
             raise RuntimeError("forward_tp needs tp_split(broadcast_type, context) first")
         return forward_tp(self.tp_context, self.broadcast_type, x, self.tp_weights,
                           self.tp_biases, self._eps_for(x), weight_offset=self.weight_offset,
-                          out_dtype=self.out_dtype, fused=fused)
+                          out_dtype=self._out_dtype_for(x), fused=fused)
 
     @classmethod
     def from_module(cls, m: nn.Module) -> "RMSNorm":
@@ -121,7 +150,10 @@ class RMSNorm(nn.Module):
         its name (Gemma3n's norm scales by w), so `m` is run once on a small fp32 probe and the
         form that reproduces its output is taken; neither matching raises ValueError. The probe
         runs a copy of `m` given known weights (on the CPU for a norm on the meta device, built
-        before its weights load), so neither the name nor m's current values are trusted.
+        before its weights load), so neither the name nor m's current values are trusted. A
+        second probe, with an input of another dtype than the weight's, tells whether m's
+        output takes the input's dtype or the two promoted (`promotes_out`).
+        torch.nn.RMSNorm(elementwise_affine=False) converts to a norm without a weight.
         """
         if isinstance(m, RMSNorm):
             return m
@@ -129,6 +161,8 @@ class RMSNorm(nn.Module):
             raise TypeError(f"from_module expects an nn.Module, got {type(m).__name__}")
         name = type(m).__name__
         weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(m, nn.RMSNorm) and weight is None:
+            return _from_unweighted(m)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
             shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
             raise ValueError(f"{name} must have a 1-D weight to convert (a scale over the last "
@@ -140,19 +174,31 @@ class RMSNorm(nn.Module):
             bias = None
 
         if isinstance(m, nn.RMSNorm):
-            eps, offset = m.eps, 0.0
+            eps, offset, promotes = m.eps, 0.0, False
         else:
             eps = _hf_eps(m)
-            offset = _probe_offset(m, weight, bias, eps)
+            offset, promotes = _probe_form(m, weight, bias, eps)
 
         new = cls(weight.shape[0], eps, weight_offset=offset, bias=bias is not None,
                   device="meta", dtype=weight.dtype)
+        new.promotes_out = promotes
         # Share, not copy: tied or later-loaded weights stay one tensor.
         new.weight = _as_parameter(weight)
         if bias is not None:
             new.bias = _as_parameter(bias)
         new.train(m.training)
         return new
+
+
+def _from_unweighted(m: nn.RMSNorm) -> RMSNorm:
+    """torch.nn.RMSNorm(elementwise_affine=False): x / rms(x) over its one normalized dim."""
+    shape = tuple(m.normalized_shape)
+    if len(shape) != 1:
+        raise ValueError(f"RMSNorm normalizes over the last dim only; this torch.nn.RMSNorm "
+                         f"normalizes over the last {len(shape)} (normalized_shape={shape})")
+    new = RMSNorm(shape[0], m.eps, elementwise_affine=False)
+    new.train(m.training)
+    return new
 
 
 class GemmaRMSNorm(RMSNorm):
@@ -204,8 +250,16 @@ def _stand_in(m: nn.Module, has_bias: bool, device: torch.device) -> tuple:
     return stand_in, weight, bias
 
 
-def _probe_offset(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> float:
-    """0.0 if m computes n * w, 1.0 if n * (1 + w), where n = x / rms(x)."""
+def _other_dtype(dtype: torch.dtype) -> torch.dtype:
+    """An input dtype that a weight of `dtype` promotes: bf16 under fp32 and fp16 weights,
+    fp16 under bf16 ones (which promote to fp32 together)."""
+    return torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
+
+
+def _probe_form(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> tuple:
+    """(offset, promotes): offset 0.0 if m computes n * w, 1.0 if n * (1 + w), where
+    n = x / rms(x); promotes if its output takes torch.promote_types(x.dtype, w.dtype) (HF
+    Llama's `weight * h.to(input_dtype)`), not x's dtype (Gemma's `.type_as(x)`)."""
     name = type(m).__name__
     # A meta norm cannot run: its stand-in runs on the CPU.
     device = torch.device("cpu") if weight.device.type == "meta" else weight.device
@@ -229,6 +283,14 @@ def _probe_offset(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> float
                                          weight_offset=offset).double()
                 errs[offset] = ((got.double() - ref).norm()
                                 / ref.norm().clamp_min(1e-30)).item()
+            # The output dtype under an input of another dtype than the weight's.
+            x_dtype = _other_dtype(weight.dtype)
+            got_dtype = type(m).forward(probe, x.to(x_dtype)).dtype
+            promoted = torch.promote_types(x_dtype, weight.dtype)
+            if got_dtype not in (x_dtype, promoted):
+                raise ValueError(f"cannot convert {name}: for a {x_dtype} input and a "
+                                 f"{weight.dtype} weight it returned {got_dtype}, neither the "
+                                 f"input's dtype nor the two promoted ({promoted})")
     except ValueError:
         raise
     except Exception as e:  # any failure means: not a plain norm we can stand in for
@@ -240,4 +302,4 @@ def _probe_offset(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> float
         raise ValueError(f"cannot convert {name}: its output matches neither x/rms(x)*w "
                          f"(rel err {errs[0.0]:.2e}) nor x/rms(x)*(1+w) "
                          f"(rel err {errs[1.0]:.2e}); tolerance {tol:.0e}")
-    return best
+    return best, got_dtype == promoted

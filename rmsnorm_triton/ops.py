@@ -146,7 +146,7 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     for i, (dev, w, b) in enumerate(zip(devices, weights, biases)):
         try:
             check_args(x, w, bias=b, out_dtype=out_dtype, eps=eps, weight_offset=weight_offset,
-                       device=dev)
+                       clamp_fp16_input=clamp_fp16_input, device=dev)
         except (TypeError, ValueError) as e:
             raise on_device(e, i, dev) from e
     if x.numel() == 0 or any(t is not None and (t.is_neg() or not t.is_contiguous())
@@ -199,7 +199,8 @@ def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumula
                                   out_dtype=out_dtype, out=out, accumulate=accumulate,
                                   clamp_fp16_input=clamp_fp16_input)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
-                     weight_offset=weight_offset, accumulate=accumulate)
+                     weight_offset=weight_offset, accumulate=accumulate,
+                     clamp_fp16_input=clamp_fp16_input)
     key = None if out is not None or accumulate else plans.norm_key(
         x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
     y = _launch(p, eps, weight_offset, accumulate, clamp_fp16_input, plan_key=key,
@@ -284,7 +285,7 @@ def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtyp
     """
     if torch.compiler.is_compiling():
         if not _needs_grad(x, weight, bias):
-            check_traced_flags(eps, weight_offset, out, out_dtype, accumulate)
+            check_traced_flags(eps, weight_offset, out, out_dtype, accumulate, clamp_fp16_input)
             eps, weight_offset = float(eps), float(weight_offset)
             if out is None:
                 return _rms_norm_op(x, weight, bias, eps, weight_offset, out_dtype,

@@ -23,6 +23,7 @@ CPU devices take the same code with plain tensors and no streams: the logic runs
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from contextlib import ExitStack
 
 import torch
@@ -63,7 +64,15 @@ _FANOUT_MAX_BYTES_WIDER_OUT = 8 << 20
 
 
 def _as_device(d) -> torch.device:
-    dev = torch.device(d) if not isinstance(d, torch.device) else d
+    if not isinstance(d, torch.device):
+        if not isinstance(d, (str, int)) or isinstance(d, bool):
+            raise TypeError(f"TPContext devices must be torch.device, str or int, got "
+                            f"{type(d).__name__} ({d!r})")
+        try:
+            d = torch.device(d)
+        except RuntimeError as e:
+            raise ValueError(f"TPContext device {d!r} is not a device: {e}") from e
+    dev = d
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     if dev.type not in ("cuda", "cpu"):
@@ -87,6 +96,12 @@ class TPContext:
 
     def __init__(self, devices, splits=None, *, use_p2p=None, fused="auto",
                  collective_min_bytes=_COLLECTIVE_MIN_BYTES, fanout_max_bytes=None):
+        if isinstance(devices, (str, torch.device, int)) or not hasattr(devices, "__iter__"):
+            raise TypeError(f"devices must be a list of devices (e.g. ['cuda:0', 'cuda:1']), "
+                            f"got {type(devices).__name__} ({devices!r})")
+        if splits is not None and not isinstance(splits, Mapping):
+            raise TypeError(f"splits must be a dict {{broadcast_type: [device, ...]}} or None, "
+                            f"got {type(splits).__name__} ({splits!r})")
         self.devices = [_as_device(d) for d in devices]
         if not self.devices:
             raise ValueError("TPContext needs at least one device")
@@ -94,6 +109,9 @@ class TPContext:
         if len(kinds) > 1:
             raise ValueError(f"TPContext devices must be all CUDA or all CPU, got {self.devices}")
         self.is_cuda = kinds == {"cuda"}
+        if self.is_cuda and not torch.cuda.is_available():
+            raise ValueError(f"TPContext devices {self.devices} are GPUs, but this torch sees "
+                             "none (torch.cuda.is_available() is False); use 'cpu' devices")
         if self.is_cuda and len(set(self.devices)) != len(self.devices):
             raise ValueError(f"TPContext devices repeat a GPU: {self.devices}")
         if fused not in FUSED_CHOICES:
@@ -127,6 +145,9 @@ class TPContext:
         return bt
 
     def _check_split(self, bt, devs) -> list:
+        if isinstance(devs, (str, torch.device, int)) or not hasattr(devs, "__iter__"):
+            raise TypeError(f"splits[{bt}] must be a list of devices, got "
+                            f"{type(devs).__name__} ({devs!r})")
         split = [_as_device(d) for d in devs]
         if not split:
             raise ValueError(f"splits[{bt}] is empty: every broadcast type needs a device")
@@ -448,7 +469,7 @@ def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, cl
         if plan is not None:
             return plan.norm_on_device(x, weight, bias)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
-                     weight_offset=weight_offset, device=dev)
+                     weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input, device=dev)
     return _launch(p, eps, weight_offset, False, clamp_fp16_input, plan_key=key,
                    operands=(x, weight, bias))
 

@@ -31,7 +31,8 @@ def rms_norm_reference(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0
                        out_dtype=None, out=None, accumulate=False, clamp_fp16_input=False):
     """Same signature and results as rms_norm, in eager torch (differentiable)."""
     check_args(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
-               weight_offset=weight_offset, accumulate=accumulate)
+               weight_offset=weight_offset, accumulate=accumulate,
+               clamp_fp16_input=clamp_fp16_input)
     h = x.float()
     if clamp_fp16_input and x.dtype == torch.float16:
         h = h.clamp(-65504.0, 65504.0)          # keeps NaN, as the kernel does

@@ -62,6 +62,18 @@ def materialized(t: torch.Tensor) -> torch.Tensor:
     return t.resolve_neg().contiguous()
 
 
+def check_flag(name: str, value) -> None:
+    """A bool argument: True/False, or a number equal to 1 or 0 (which equal the bools, and
+    share their launch plans). Anything else ("False", None, a list) is refused rather than
+    read by its truthiness."""
+    try:
+        if value in (0, 1) and not isinstance(value, (str, bytes)):
+            return
+    except Exception:           # an object whose == raises (a multi-element tensor, say)
+        pass
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+
+
 def _finite(v) -> bool:
     try:
         return math.isfinite(v)
@@ -177,7 +189,8 @@ def _check_out_flags(out, out_dtype, accumulate) -> None:
         raise ValueError("accumulate=True adds into out: pass out=")
 
 
-def check_traced_flags(eps, weight_offset, out=None, out_dtype=None, accumulate=False) -> None:
+def check_traced_flags(eps, weight_offset, out=None, out_dtype=None, accumulate=False,
+                       clamp_fp16_input=False) -> None:
     """What check_args checks without reading a tensor, for a call that torch.compile traces
     into the custom ops (which take eps as a float and no accumulate flag). eps and
     weight_offset may be symbolic there (SymInt, SymFloat)."""
@@ -185,12 +198,14 @@ def check_traced_flags(eps, weight_offset, out=None, out_dtype=None, accumulate=
         if isinstance(v, bool) or not isinstance(v, (numbers.Real, torch.SymInt,
                                                      torch.SymFloat)):
             raise TypeError(f"{name} must be a float, got {type(v).__name__} ({v!r})")
+    check_flag("accumulate", accumulate)
+    check_flag("clamp_fp16_input", clamp_fp16_input)
     _check_out_flags(out, out_dtype, accumulate)
 
 
 def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
-               eps=1e-6, weight_offset=0.0, accumulate=False, device=None,
-               fused=False) -> None:
+               eps=1e-6, weight_offset=0.0, accumulate=False, clamp_fp16_input=False,
+               device=None, fused=False) -> None:
     """Raise TypeError/ValueError for any bad argument; touches no data.
 
     `device` is where the kernel runs: x's own device unless a caller (tensor parallelism)
@@ -202,6 +217,8 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
     _check_float("residual", residual, allow_none=not fused)
     _check_float("out", out)
     check_scalars(eps, weight_offset)
+    check_flag("accumulate", accumulate)
+    check_flag("clamp_fp16_input", clamp_fp16_input)
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"out_dtype must be {_DTYPE_NAMES} or None, got {out_dtype}")
     if x.dim() == 0:
@@ -243,11 +260,12 @@ def check_args(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=
 
 
 def check_inputs(x, weight=None, *, bias=None, residual=None, out=None, out_dtype=None,
-                 eps=1e-6, weight_offset=0.0, accumulate=False, device=None,
-                 fused=False) -> Prepared:
+                 eps=1e-6, weight_offset=0.0, accumulate=False, clamp_fp16_input=False,
+                 device=None, fused=False) -> Prepared:
     """check_args, then the 2-D views the kernel addresses (copies only where none exists)."""
     check_args(x, weight, bias=bias, residual=residual, out=out, out_dtype=out_dtype, eps=eps,
-               weight_offset=weight_offset, accumulate=accumulate, device=device, fused=fused)
+               weight_offset=weight_offset, accumulate=accumulate,
+               clamp_fp16_input=clamp_fp16_input, device=device, fused=fused)
     n_cols = x.shape[-1]
     n_rows = x.numel() // n_cols
 

@@ -235,6 +235,15 @@ CASES = [
          ValueError, ("out has dtype torch.float32", "out_dtype=torch.float16")),
     Case("accumulate-without-out", NORM, _arg("accumulate", lambda d: True), ValueError,
          ("accumulate=True", "pass out=")),
+    # -- flags: read as bools, never by the truthiness of another type ------------------------
+    Case("accumulate-string", NORM,
+         lambda d: {"out": torch.zeros(ROWS, N, device=d), "accumulate": "False"}, TypeError,
+         ("accumulate must be a bool", "got str ('False')")),
+    Case("accumulate-none", NORM,
+         lambda d: {"out": torch.zeros(ROWS, N, device=d), "accumulate": None}, TypeError,
+         ("accumulate must be a bool", "got NoneType")),
+    Case("clamp_fp16_input-string", NORM, _arg("clamp_fp16_input", lambda d: "no"), TypeError,
+         ("clamp_fp16_input must be a bool", "got str ('no')")),
 ]
 
 

@@ -193,6 +193,15 @@ def test_bad_checkpoint_tensors(tmp_path, device, tensors, error, words):
         ExLlamaV2RMSNorm(open_model(tmp_path, device), KEY).load()
 
 
+def test_bad_constructor_arguments_are_named(tmp_path, device):
+    model, _ = _model(tmp_path, device)
+    with pytest.raises(TypeError, match=r"key must be a str .* got int \(5\)"):
+        ExLlamaV2RMSNorm(model, 5)
+    with pytest.raises(TypeError, match="model must have config and get_tensor .* got NoneType "
+                                        "without config, get_tensor"):
+        ExLlamaV2RMSNorm(None, KEY)
+
+
 def test_wrong_hidden_size_is_an_error_not_garbage(tmp_path, device):
     norm, _ = _loaded(tmp_path, device)
     with pytest.raises(ValueError, match=r"weight must have shape \(95,\)"):

@@ -79,6 +79,11 @@ def test_extra_repr():
     (dict(hidden_size=8, weight_offset=float("nan")), ValueError, "weight_offset"),
     (dict(hidden_size=8, dtype=torch.float64), TypeError, "dtype must be"),
     (dict(hidden_size=8, out_dtype=torch.int8), TypeError, "out_dtype must be"),
+    (dict(hidden_size=8, bias="yes"), TypeError, r"bias must be a bool, got str \('yes'\)"),
+    (dict(hidden_size=8, elementwise_affine=None), TypeError,
+     "elementwise_affine must be a bool, got NoneType"),
+    (dict(hidden_size=8, bias=True, elementwise_affine=False), ValueError,
+     "bias=True needs elementwise_affine=True"),
 ])
 def test_bad_arguments(kwargs, error, words):
     with pytest.raises(error, match=words):
@@ -113,12 +118,26 @@ def test_from_torch_rmsnorm_default_eps_follows_the_input_dtype(device, x_dtype)
 
 
 @pytest.mark.parametrize("src, words", [
-    (nn.RMSNorm(16, elementwise_affine=False), "must have a 1-D weight"),
+    (nn.RMSNorm((4, 16), elementwise_affine=False), r"over the last 2 \(normalized_shape"),
     (nn.RMSNorm((4, 16)), r"1-D weight .*got weight=\(4, 16\)"),
 ])
 def test_from_torch_rmsnorm_refuses_what_it_cannot_represent(src, words):
     with pytest.raises(ValueError, match=words):
         RMSNorm.from_module(src)
+
+
+@pytest.mark.parametrize("eps", [1e-5, None])
+def test_without_a_weight_as_torch_rmsnorm_without_elementwise_affine(device, eps):
+    src = nn.RMSNorm(48, eps=eps, elementwise_affine=False)
+    m = RMSNorm.from_module(src)
+    assert m.weight is None and m.bias is None and m.eps == eps and list(m.state_dict()) == []
+    assert repr(m) == f"RMSNorm(48, eps={eps}, elementwise_affine=False)"
+    x = 1e-2 * rand_x((3, 48), torch.bfloat16, device)
+    want = rmsnorm_ref(x, None, torch.finfo(x.dtype).eps if eps is None else eps)
+    with torch.no_grad():
+        assert_close(m(x), want, torch.bfloat16)
+    g = GemmaRMSNorm(48, elementwise_affine=False)          # (1 + w) with no w: scales by 2
+    assert_close(g(x), rmsnorm_ref(x, None, 1e-6, weight_offset=1.0), torch.bfloat16)
 
 
 def test_from_module_refuses_non_modules():
@@ -179,6 +198,44 @@ def test_from_module_learns_the_offset_from_what_the_module_computes(device, cls
     x = rand_x((3, 40), torch.float32, device)
     with torch.no_grad():
         assert_close(m(x), src(x).double())
+
+
+class TypeAsRMSNorm(PlainRMSNorm):
+    """Returns x's dtype whatever the weight's (Gemma's `.type_as(x)`)."""
+
+    def forward(self, x):
+        return super().forward(x).type_as(x)
+
+
+class AlwaysFp64RMSNorm(PlainRMSNorm):
+    def forward(self, x):
+        return super().forward(x).double()
+
+
+@pytest.mark.parametrize("w_dtype, x_dtype", [
+    (torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+    (torch.bfloat16, torch.float16), (torch.float16, torch.bfloat16),
+    (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32)], ids=str)
+@pytest.mark.parametrize("cls, promotes", [(PlainRMSNorm, True), (TypeAsRMSNorm, False)])
+def test_from_module_keeps_the_output_dtype_of_the_module(device, cls, promotes, w_dtype,
+                                                          x_dtype):
+    """HF Llama's `weight * h.to(input_dtype)` promotes: an fp32 weight (kept in fp32 by a
+    model, or under autocast) makes a bf16 input's output fp32; Gemma's `.type_as(x)` does not.
+    The converted norm writes the dtype its source returns."""
+    src = _fill(cls(64, eps=1e-5).to(device=device, dtype=w_dtype))
+    m = RMSNorm.from_module(src)
+    assert m.promotes_out is promotes
+    x = rand_x((3, 64), x_dtype, device)
+    with torch.no_grad():
+        got, theirs = m(x), src(x)
+    assert got.dtype == theirs.dtype
+    assert_close(got, rmsnorm_ref(x, src.weight, 1e-5), got.dtype)
+
+
+def test_from_module_refuses_an_output_dtype_it_cannot_follow():
+    with pytest.raises(ValueError, match=r"AlwaysFp64RMSNorm: for a torch.bfloat16 input and a "
+                                         r"torch.float32 weight it returned torch.float64"):
+        RMSNorm.from_module(AlwaysFp64RMSNorm(16))
 
 
 def test_from_module_refuses_another_formula():
@@ -293,6 +350,11 @@ def test_patch_model_swaps_and_shares(device):
 
 class BadRMSNorm(MeanNorm):
     pass
+
+
+def test_patch_model_names_a_non_module():
+    with pytest.raises(TypeError, match="patch_model expects an nn.Module, got NoneType"):
+        patch_model(None)
 
 
 def test_patch_model_keeps_what_it_cannot_reproduce_and_warns():

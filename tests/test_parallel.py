@@ -178,6 +178,29 @@ def test_bad_context_arguments(kwargs, match):
         TPContext(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(devices="cpu"), TypeError, r"devices must be a list of devices .* got str \('cpu'\)"),
+    (dict(devices=torch.device("cpu")), TypeError, "devices must be a list of devices"),
+    (dict(devices=[None]), TypeError, r"devices must be torch.device, str or int, got NoneType"),
+    (dict(devices=["cpux"]), ValueError, r"device 'cpux' is not a device"),
+    (dict(devices=["cpu"], splits=[["cpu"]]), TypeError, r"splits must be a dict .* got list"),
+    (dict(devices=["cpu"], splits={BROADCAST_RS: "cpu"}), TypeError,
+     r"splits\[3\] must be a list of devices, got str"),
+], ids=["devices-str", "devices-device", "device-none", "device-typo", "splits-list",
+        "split-str"])
+def test_context_arguments_of_the_wrong_kind(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TPContext(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without "
+                    "CUDA gets")
+def test_gpu_devices_without_cuda_are_named():
+    with pytest.raises(ValueError, match=r"\[device\(type='cuda', index=0\)\] are GPUs, but "
+                                         r"this torch sees none"):
+        TPContext(["cuda:0"])
+
+
 def test_bad_call_arguments():
     ctx = TPContext(["cpu", "cpu"])
     x = rand_x((M, N), BF16, "cpu")
@@ -266,6 +289,28 @@ def test_rmsnorm_module_tp_split_then_forward_tp():
         want = norm(x)
         _assert_all_equal(norm.forward_tp(x), [want, want])
         _assert_all_equal(norm.forward_tp([x, x]), [want, want])
+
+
+def test_rmsnorm_module_without_a_weight_or_promoting_on_a_tp_context():
+    """A norm without a weight replicates none; one that promotes its output dtype (converted
+    from HF Llama's form) does so on every device as its forward does."""
+    ctx = TPContext(["cpu", "cpu"])
+    x = rand_x((M, N), BF16, "cpu")
+    plain = rt.RMSNorm(N, EPS, elementwise_affine=False)
+    plain.tp_split(BROADCAST_RS, ctx)
+    assert plain.tp_weights == [None, None]
+    outs = plain.forward_tp(x)
+    _assert_all_equal(outs, [plain(x)] * 2)
+    assert_close(outs[0], rmsnorm_ref(x, None, EPS), BF16)
+    promoting = rt.RMSNorm(N, EPS, dtype=FP32)
+    promoting.promotes_out = True
+    with torch.no_grad():
+        promoting.weight.copy_(rand_w(N, FP32, "cpu"))
+    promoting.tp_split(BROADCAST_RS, ctx)
+    with torch.no_grad():
+        outs = promoting.forward_tp(x)
+        assert [o.dtype for o in outs] == [FP32, FP32] == [promoting(x).dtype] * 2
+    assert_close(outs[1], rmsnorm_ref(x, promoting.weight, EPS), FP32)
 
 
 # ---- real GPUs ----------------------------------------------------------------------------------
