@@ -46,6 +46,16 @@ def _needs_grad(*tensors) -> bool:
                                            for t in tensors)
 
 
+_increment_version = torch.autograd.graph.increment_version
+
+
+def mark_written(t: torch.Tensor) -> None:
+    """Tell autograd that a kernel wrote t in place, as torch's own in-place ops do: a tensor
+    that an autograd graph saved and a kernel then overwrote raises at backward, instead of
+    giving a wrong gradient. (An inference-mode tensor has no version: nothing happens.)"""
+    _increment_version(t)
+
+
 def _use_reference(x, *tensors) -> bool:
     """CPU tensors without the interpreter, and autograd, take the torch path (which is what
     torch.compile traces too when gradients are needed).
@@ -297,6 +307,11 @@ def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtyp
         plan = plans.norm_plan(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
         if plan is not None:
             return plan.norm(x, weight, bias)
+    else:
+        _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
+                       clamp_fp16_input)
+        mark_written(out)
+        return out
     return _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
                           clamp_fp16_input)
 
@@ -305,7 +320,8 @@ def fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, bias=None, weight_
                        out_dtype=None, out=None):
     """residual <- round(residual.dtype, x + residual) in place; returns (norm(residual), residual).
 
-    Equals the unfused two steps bit for bit; residual may be fp32 under fp16/bf16 x.
+    Equals the unfused two steps bit for bit; residual may be fp32 under fp16/bf16 x. Like
+    torch's in-place ops, it bumps residual's (and out's) version for autograd.
     """
     if torch.compiler.is_compiling():
         if not _needs_grad(x, residual, weight, bias):
@@ -316,10 +332,17 @@ def fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, bias=None, weight_
                         residual)
             _fused_add_out_op(x, residual, weight, bias, out, eps, weight_offset)
             return out, residual
-    elif out is None:
-        plan = plans.fused_plan(x, residual, weight, bias, eps, weight_offset, out_dtype)
-        if plan is not None:
-            y = plan.fused_add(x, residual, weight, bias)
-            if y is not None:
-                return y, residual
+    else:
+        if out is None:
+            plan = plans.fused_plan(x, residual, weight, bias, eps, weight_offset, out_dtype)
+            if plan is not None:
+                y = plan.fused_add(x, residual, weight, bias)
+                if y is not None:
+                    mark_written(residual)
+                    return y, residual
+        y = _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out)
+        mark_written(residual)
+        if out is not None:
+            mark_written(out)
+        return y, residual
     return _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out), residual

@@ -31,7 +31,7 @@ import torch.cuda.comm  # noqa: F401  (torch.cuda.comm is not imported by torch 
 
 from . import plans
 from .config import config_generation
-from .ops import MAX_FANOUT, _launch, _needs_grad, fanout_plan, rms_norm
+from .ops import MAX_FANOUT, _launch, _needs_grad, fanout_plan, mark_written, rms_norm
 from .validate import (FLOAT_DTYPES, _overlaps, as_rows, check_dense, check_inputs,
                        materialized, on_device)
 
@@ -470,8 +470,11 @@ def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, cl
             return plan.norm_on_device(x, weight, bias)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
                      weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input, device=dev)
-    return _launch(p, eps, weight_offset, False, clamp_fp16_input, plan_key=key,
-                   operands=(x, weight, bias))
+    y = _launch(p, eps, weight_offset, False, clamp_fp16_input, plan_key=key,
+                operands=(x, weight, bias))
+    if out is not None:
+        mark_written(out)
+    return y
 
 
 def _norm_one(i, x, dev, weight, bias, out, eps, kw):
@@ -545,6 +548,7 @@ def _fan_out(ctx, plan, x, weights, biases, outs=None) -> list:
     Each peer's output is allocated on (or, the caller's, ready on) its current stream, which
     may still use that memory for earlier work: x's stream waits for every peer's stream
     before the launch, and every peer's stream waits for the launch after it."""
+    callers = outs is not None
     if outs is None:
         outs = plan.outputs(x, weights)
     src = plan.src
@@ -555,6 +559,9 @@ def _fan_out(ctx, plan, x, weights, biases, outs=None) -> list:
         free.record(stream)
         producer.wait_event(free)
     plan.launch(x, weights, biases, outs)
+    if callers:
+        for o in outs:
+            mark_written(o)
     if peers:
         done = ctx._event("done", src)
         done.record(producer)

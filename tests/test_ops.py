@@ -364,3 +364,57 @@ def test_fx_symbolic_trace_names_the_argument():
 
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         torch.fx.symbolic_trace(Net())
+
+
+# ---- in-place writes are visible to autograd ---------------------------------------------------
+
+def _saved_by_autograd(t):
+    """A loss whose backward needs t's values as they are now (t * p saves t for p's grad)."""
+    p = torch.ones_like(t, requires_grad=True)
+    return (p * t).sum()
+
+
+@pytest.mark.parametrize("call", ["fused-add", "fused-add-out", "norm-out", "norm-in-place",
+                                  "norm-accumulate"])
+def test_kernel_writes_bump_the_version_autograd_checks(device, call):
+    """The kernels write residual and out behind autograd's back; they count as in-place ops
+    (as torch's own and vLLM's registered ops do), so a tensor an autograd graph saved and a
+    call then overwrote raises at backward instead of giving a wrong gradient. Twice: the
+    first call takes the full path, the second the launch plan where there is one."""
+    N = 64
+    w = rand_w(N, torch.bfloat16, device)
+    for _ in range(2):
+        x, residual = rand_x((3, N), torch.bfloat16, device), rand_x((3, N), torch.float32,
+                                                                      device)
+        out = torch.zeros(3, N, dtype=torch.float32, device=device)
+        written = {"fused-add": residual, "fused-add-out": residual, "norm-out": out,
+                   "norm-in-place": x, "norm-accumulate": out}[call]
+        want_written = {"fused-add": (x.float() + residual),
+                        "fused-add-out": (x.float() + residual)}.get(call)
+        loss, before = _saved_by_autograd(written), written._version
+        if call == "fused-add":
+            rt.fused_add_rms_norm(x, residual, w)
+        elif call == "fused-add-out":
+            rt.fused_add_rms_norm(x, residual, w, out=torch.empty_like(x))
+        elif call == "norm-in-place":
+            rt.rms_norm(x, w, out=x)
+        else:
+            rt.rms_norm(x, w, out=out, accumulate=call == "norm-accumulate")
+        assert written._version > before
+        if want_written is not None:
+            torch.testing.assert_close(written, want_written, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+def test_inference_tensors_are_written_without_a_version(device):
+    """Inference-mode tensors have no version counter; the in-place calls still work on them."""
+    N = 64
+    with torch.inference_mode():
+        x, w = rand_x((3, N), torch.float16, device), rand_w(N, torch.float16, device)
+        residual = rand_x((3, N), torch.float16, device)
+        want = (x.float() + residual.float()).half()
+        y, r = rt.fused_add_rms_norm(x, residual, w)
+        assert r is residual and torch.equal(residual, want)
+        assert_close(y, rmsnorm_ref(want, w))
+        rt.rms_norm(x, w, out=x)

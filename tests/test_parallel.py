@@ -462,6 +462,25 @@ def test_gpu_fused_with_out_buffers_equals_copies():
 
 
 @needs_2_gpus
+@pytest.mark.parametrize("fanout_max_bytes", [None, 0], ids=["fanout", "peer-reads"])
+def test_gpu_out_buffers_written_by_a_kernel_count_as_modified(fanout_max_bytes):
+    """The caller's buffers, written by the fanout kernel or by each GPU's kernel reading x
+    over peer access, get their versions bumped as an in-place op's would."""
+    devs = _gpus()
+    ctx = TPContext(devs, fanout_max_bytes=fanout_max_bytes)
+    if not all(ctx.can_read(a, b) for a in devs for b in devs):
+        pytest.skip("these GPUs have no peer access between them")
+    ws = _weights(devs, BF16)
+    x = rand_x((8, GN), BF16, devs[0])
+    outs = [torch.full((8, GN), float("nan"), dtype=BF16, device=d) for d in devs]
+    before = [o._version for o in outs]
+    forward_tp(ctx, BROADCAST_KV, x, ws, None, EPS, fused=True, out=outs)
+    assert all(o._version > b for o, b in zip(outs, before))
+    for o, w in zip(outs, ws):
+        assert_close(o, rmsnorm_ref(x.to(o.device), w, EPS))
+
+
+@needs_2_gpus
 @pytest.mark.parametrize("ctx_kw,fused", PATHS)
 def test_gpu_no_host_synchronization(ctx_kw, fused):
     devs = _gpus()
