@@ -65,7 +65,9 @@ def _use_reference(x, *tensors) -> bool:
     if not isinstance(x, torch.Tensor) or not all(t is None or isinstance(t, torch.Tensor)
                                                    for t in tensors):
         return True
-    if x.device.type != "cuda" and not INTERPRET:
+    device_type = x.device.type
+    if device_type != "cuda" and (not INTERPRET or device_type == "meta"):
+        # Meta tensors hold no data for the interpreter to run on: the reference gives shapes.
         return True
     return _needs_grad(x, *tensors)
 

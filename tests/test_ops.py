@@ -418,3 +418,18 @@ def test_inference_tensors_are_written_without_a_version(device):
         assert r is residual and torch.equal(residual, want)
         assert_close(y, rmsnorm_ref(want, w))
         rt.rms_norm(x, w, out=x)
+
+
+def test_meta_tensors_give_shapes_and_dtypes():
+    """Meta tensors (a model built before its weights load) hold no data: every call returns
+    meta results of the right shape and dtype, under the interpreter too, and validates as
+    usual."""
+    x = torch.empty(2, 3, 64, device="meta", dtype=torch.bfloat16)
+    w = torch.empty(64, device="meta", dtype=torch.float32)
+    y = rt.rms_norm(x, w, out_dtype=torch.float32)
+    assert (y.device.type, y.shape, y.dtype) == ("meta", x.shape, torch.float32)
+    residual = torch.empty(2, 3, 64, device="meta", dtype=torch.float32)
+    y, r = rt.fused_add_rms_norm(x, residual, w)
+    assert (y.shape, y.dtype, r is residual) == (x.shape, torch.bfloat16, True)
+    with pytest.raises(ValueError, match=r"weight must have shape \(64,\)"):
+        rt.rms_norm(x, w[:-1])
