@@ -22,8 +22,8 @@ def patch_model(model: nn.Module) -> int:
 
     Replacements share the original Parameters, so tied weights and later load_state_dict calls
     keep working. A module already ours is left alone. A norm that RMSNorm.from_module cannot
-    reproduce (gated variants, no weight, another formula) is kept, with one warning naming it:
-    the model stays correct, only that norm is not accelerated.
+    reproduce (gated variants, an HF norm without a weight, another formula) is kept, with one
+    warning naming it: the model stays correct, only that norm is not accelerated.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch_model expects an nn.Module, got {type(model).__name__}")

@@ -33,9 +33,11 @@ class RMSNorm(nn.Module):
     torch.nn.RMSNorm does. elementwise_affine=False: no weight (as torch.nn.RMSNorm's), so
     y = x / rms(x) * (1 + weight_offset).
 
-    `promotes_out` (False; from_module sets it for HF norms that compute `weight * h`, Llama's
-    form): with out_dtype None, the output takes torch.promote_types(x.dtype, weight.dtype),
-    as such a norm's does (an fp32 weight makes a bf16 input's output fp32).
+    `out_dtype_rule`, with out_dtype None, says which dtype the output takes: "input" (the
+    default: x's), "promoted" (torch.promote_types(x.dtype, weight.dtype), as HF Llama's
+    `weight * h.to(input_dtype)`: an fp32 weight makes a bf16 input's output fp32) or
+    "weight" (the weight's, as T5's norm, which casts to a 16-bit weight's dtype). from_module
+    sets it from what the converted norm returns.
     """
 
     def __init__(self, hidden_size: int, eps: Optional[float] = 1e-6, *,
@@ -61,7 +63,7 @@ class RMSNorm(nn.Module):
         self.eps = None if eps is None else float(eps)
         self.weight_offset = float(weight_offset)
         self.out_dtype = out_dtype
-        self.promotes_out = False
+        self.out_dtype_rule = "input"
         if elementwise_affine:
             self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
         else:
@@ -90,14 +92,20 @@ class RMSNorm(nn.Module):
         return torch.finfo(first.dtype).eps
 
     def _out_dtype_for(self, x) -> Optional[torch.dtype]:
-        if not self.promotes_out or self.out_dtype is not None or self.weight is None:
+        rule = self.out_dtype_rule
+        if rule == "input" or self.out_dtype is not None or self.weight is None:
             return self.out_dtype
-        first = x if isinstance(x, torch.Tensor) else x[0]
+        if rule == "weight":
+            return self.weight.dtype
+        first = x if isinstance(x, torch.Tensor) else x[0] if isinstance(x, (list, tuple)) \
+            and x else None
+        if not isinstance(first, torch.Tensor):
+            return self.out_dtype       # rms_norm names what x is
         return torch.promote_types(first.dtype, self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = self.out_dtype
-        if self.promotes_out:
+        if self.out_dtype_rule != "input":
             out_dtype = self._out_dtype_for(x)
         return rms_norm(x, self.weight, self._eps_for(x), bias=self.bias,
                         weight_offset=self.weight_offset, out_dtype=out_dtype)
@@ -112,8 +120,8 @@ class RMSNorm(nn.Module):
             s += ", elementwise_affine=False"
         if self.out_dtype is not None:
             s += f", out_dtype={self.out_dtype}"
-        if self.promotes_out:
-            s += ", promotes_out=True"
+        if self.out_dtype_rule != "input":
+            s += f", out_dtype_rule={self.out_dtype_rule!r}"
         return s
 
     def tp_split(self, broadcast_type: int, context) -> None:
@@ -152,7 +160,7 @@ class RMSNorm(nn.Module):
         runs a copy of `m` given known weights (on the CPU for a norm on the meta device, built
         before its weights load), so neither the name nor m's current values are trusted. A
         second probe, with an input of another dtype than the weight's, tells whether m's
-        output takes the input's dtype or the two promoted (`promotes_out`).
+        output takes the input's dtype, the two promoted or the weight's (`out_dtype_rule`).
         torch.nn.RMSNorm(elementwise_affine=False) converts to a norm without a weight.
         """
         if isinstance(m, RMSNorm):
@@ -174,14 +182,14 @@ class RMSNorm(nn.Module):
             bias = None
 
         if isinstance(m, nn.RMSNorm):
-            eps, offset, promotes = m.eps, 0.0, False
+            eps, offset, rule = m.eps, 0.0, "input"
         else:
             eps = _hf_eps(m)
-            offset, promotes = _probe_form(m, weight, bias, eps)
+            offset, rule = _probe_form(m, weight, bias, eps)
 
         new = cls(weight.shape[0], eps, weight_offset=offset, bias=bias is not None,
                   device="meta", dtype=weight.dtype)
-        new.promotes_out = promotes
+        new.out_dtype_rule = rule
         # Share, not copy: tied or later-loaded weights stay one tensor.
         new.weight = _as_parameter(weight)
         if bias is not None:
@@ -256,10 +264,33 @@ def _other_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float16 if dtype == torch.bfloat16 else torch.bfloat16
 
 
+def _probe_out_dtype_rule(m: nn.Module, probe: nn.Module, x: torch.Tensor,
+                          w_dtype: torch.dtype) -> str:
+    """The dtype m's output takes, from one call with an input of another dtype than the
+    weight's, chosen so that the input's, the promoted and the weight's dtype tell the rules
+    apart wherever they differ (under an fp32 weight "promoted" and "weight" agree). A norm
+    that cannot run on mixed dtypes is taken as "input": what it returns when they match."""
+    x_dtype = _other_dtype(w_dtype)
+    try:
+        got = type(m).forward(probe, x.to(x_dtype))
+    except Exception:
+        return "input"
+    # Later entries win a tie: under an fp32 weight, "promoted" names Llama's form.
+    rules = {w_dtype: "weight", torch.promote_types(x_dtype, w_dtype): "promoted",
+             x_dtype: "input"}
+    rule = rules.get(getattr(got, "dtype", None))
+    if rule is None:
+        raise ValueError(f"cannot convert {type(m).__name__}: for a {x_dtype} input and a "
+                         f"{w_dtype} weight it returned {getattr(got, 'dtype', type(got))}, "
+                         f"not the input's, the weight's or the two promoted")
+    return rule
+
+
 def _probe_form(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> tuple:
-    """(offset, promotes): offset 0.0 if m computes n * w, 1.0 if n * (1 + w), where
-    n = x / rms(x); promotes if its output takes torch.promote_types(x.dtype, w.dtype) (HF
-    Llama's `weight * h.to(input_dtype)`), not x's dtype (Gemma's `.type_as(x)`)."""
+    """(offset, out_dtype_rule): offset 0.0 if m computes n * w, 1.0 if n * (1 + w), where
+    n = x / rms(x); the rule "input" if its output takes x's dtype (Gemma's `.type_as(x)`),
+    "promoted" for torch.promote_types(x.dtype, w.dtype) (HF Llama's
+    `weight * h.to(input_dtype)`), "weight" for w's dtype (T5's cast to a 16-bit weight)."""
     name = type(m).__name__
     # A meta norm cannot run: its stand-in runs on the CPU.
     device = torch.device("cpu") if weight.device.type == "meta" else weight.device
@@ -283,14 +314,7 @@ def _probe_form(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> tuple:
                                          weight_offset=offset).double()
                 errs[offset] = ((got.double() - ref).norm()
                                 / ref.norm().clamp_min(1e-30)).item()
-            # The output dtype under an input of another dtype than the weight's.
-            x_dtype = _other_dtype(weight.dtype)
-            got_dtype = type(m).forward(probe, x.to(x_dtype)).dtype
-            promoted = torch.promote_types(x_dtype, weight.dtype)
-            if got_dtype not in (x_dtype, promoted):
-                raise ValueError(f"cannot convert {name}: for a {x_dtype} input and a "
-                                 f"{weight.dtype} weight it returned {got_dtype}, neither the "
-                                 f"input's dtype nor the two promoted ({promoted})")
+            rule = _probe_out_dtype_rule(m, probe, x, weight.dtype)
     except ValueError:
         raise
     except Exception as e:  # any failure means: not a plain norm we can stand in for
@@ -302,4 +326,4 @@ def _probe_form(m: nn.Module, weight: torch.Tensor, bias, eps: float) -> tuple:
         raise ValueError(f"cannot convert {name}: its output matches neither x/rms(x)*w "
                          f"(rel err {errs[0.0]:.2e}) nor x/rms(x)*(1+w) "
                          f"(rel err {errs[1.0]:.2e}); tolerance {tol:.0e}")
-    return best, got_dtype == promoted
+    return best, rule

@@ -46,14 +46,31 @@ def _needs_grad(*tensors) -> bool:
                                            for t in tensors)
 
 
-_increment_version = torch.autograd.graph.increment_version
+def _version_bumper():
+    """torch._C._increment_version takes a sequence of tensors in the torches that have it so
+    (0.15 us a call on the CPU machine against 0.28 through the public wrapper); elsewhere the
+    public torch.autograd.graph.increment_version."""
+    raw = getattr(torch._C, "_increment_version", None)
+    try:
+        raw((torch.empty(0),))
+    except Exception:           # another signature, or none: the public function
+        return torch.autograd.graph.increment_version
+
+    def bump(t: torch.Tensor) -> None:
+        raw((t,))
+    return bump
 
 
 def mark_written(t: torch.Tensor) -> None:
     """Tell autograd that a kernel wrote t in place, as torch's own in-place ops do: a tensor
     that an autograd graph saved and a kernel then overwrote raises at backward, instead of
-    giving a wrong gradient. (An inference-mode tensor has no version: nothing happens.)"""
-    _increment_version(t)
+    giving a wrong gradient. Only kernel writes: torch's own copies (the reference path) bump
+    versions themselves, and a second bump would break the reference's own saved tensors.
+    (An inference-mode tensor has no version: nothing happens.)"""
+    _bump_version(t)
+
+
+_bump_version = _version_bumper()
 
 
 def _use_reference(x, *tensors) -> bool:
@@ -217,7 +234,10 @@ def _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumula
         x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
     y = _launch(p, eps, weight_offset, accumulate, clamp_fp16_input, plan_key=key,
                 operands=(x, weight, bias))
-    return y if out is None else out
+    if out is None:
+        return y
+    mark_written(out)
+    return out
 
 
 def _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out):
@@ -230,6 +250,9 @@ def _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, ou
     key = None if out is not None else plans.fused_key(x, residual, weight, bias, eps,
                                                         weight_offset, out_dtype)
     y = _launch(p, eps, weight_offset, False, False, plan_key=key, operands=(x, weight, bias))
+    mark_written(residual)
+    if out is not None:
+        mark_written(out)
     return y if out is None else out
 
 
@@ -305,15 +328,11 @@ def rms_norm(x, weight=None, eps=1e-6, *, bias=None, weight_offset=0.0, out_dtyp
             _rms_norm_out_op(x, weight, bias, out, eps, weight_offset, accumulate,
                              clamp_fp16_input)
             return out
-    elif out is None and not accumulate:
+    elif out is None and accumulate is False:
+        # `is False`: any other accumulate takes the full path, which checks it.
         plan = plans.norm_plan(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
         if plan is not None:
             return plan.norm(x, weight, bias)
-    else:
-        _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
-                       clamp_fp16_input)
-        mark_written(out)
-        return out
     return _rms_norm_impl(x, weight, eps, bias, weight_offset, out_dtype, out, accumulate,
                           clamp_fp16_input)
 
@@ -334,17 +353,11 @@ def fused_add_rms_norm(x, residual, weight=None, eps=1e-6, *, bias=None, weight_
                         residual)
             _fused_add_out_op(x, residual, weight, bias, out, eps, weight_offset)
             return out, residual
-    else:
-        if out is None:
-            plan = plans.fused_plan(x, residual, weight, bias, eps, weight_offset, out_dtype)
-            if plan is not None:
-                y = plan.fused_add(x, residual, weight, bias)
-                if y is not None:
-                    mark_written(residual)
-                    return y, residual
-        y = _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out)
-        mark_written(residual)
-        if out is not None:
-            mark_written(out)
-        return y, residual
+    elif out is None:
+        plan = plans.fused_plan(x, residual, weight, bias, eps, weight_offset, out_dtype)
+        if plan is not None:
+            y = plan.fused_add(x, residual, weight, bias)
+            if y is not None:
+                mark_written(residual)
+                return y, residual
     return _fused_add_impl(x, residual, weight, eps, bias, weight_offset, out_dtype, out), residual

@@ -22,6 +22,7 @@ CPU devices take the same code with plain tensors and no streams: the logic runs
 """
 from __future__ import annotations
 
+import numbers
 import threading
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -65,14 +66,18 @@ _FANOUT_MAX_BYTES_WIDER_OUT = 8 << 20
 
 def _as_device(d) -> torch.device:
     if not isinstance(d, torch.device):
-        if not isinstance(d, (str, int)) or isinstance(d, bool):
+        if not isinstance(d, (str, numbers.Integral)) or isinstance(d, bool):
             raise TypeError(f"TPContext devices must be torch.device, str or int, got "
                             f"{type(d).__name__} ({d!r})")
         try:
-            d = torch.device(d)
+            # An int is a GPU index, as torch.device(0) reads it.
+            d = torch.device(d) if isinstance(d, str) else torch.device("cuda", int(d))
         except RuntimeError as e:
             raise ValueError(f"TPContext device {d!r} is not a device: {e}") from e
     dev = d
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TPContext device {dev} is a GPU, but this torch sees none "
+                         "(torch.cuda.is_available() is False); use 'cpu' devices")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     if dev.type not in ("cuda", "cpu"):
@@ -109,9 +114,6 @@ class TPContext:
         if len(kinds) > 1:
             raise ValueError(f"TPContext devices must be all CUDA or all CPU, got {self.devices}")
         self.is_cuda = kinds == {"cuda"}
-        if self.is_cuda and not torch.cuda.is_available():
-            raise ValueError(f"TPContext devices {self.devices} are GPUs, but this torch sees "
-                             "none (torch.cuda.is_available() is False); use 'cpu' devices")
         if self.is_cuda and len(set(self.devices)) != len(self.devices):
             raise ValueError(f"TPContext devices repeat a GPU: {self.devices}")
         if fused not in FUSED_CHOICES:

@@ -63,15 +63,17 @@ def materialized(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_flag(name: str, value) -> None:
-    """A bool argument: True/False, or a number equal to 1 or 0 (which equal the bools, and
-    share their launch plans). Anything else ("False", None, a list) is refused rather than
-    read by its truthiness."""
-    try:
-        if value in (0, 1) and not isinstance(value, (str, bytes)):
-            return
-    except Exception:           # an object whose == raises (a multi-element tensor, say)
-        pass
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+    """A bool argument: True/False, numpy's bools, or an integer 0 or 1. Anything else
+    ("False", None, 1.0, a tensor) is refused rather than read by its truthiness (or, for a
+    GPU tensor, by a host synchronization)."""
+    if value is True or value is False:
+        return
+    cls = value.__class__
+    if cls.__module__ == "numpy" and cls.__name__ in ("bool", "bool_"):
+        return
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return
+    raise TypeError(f"{name} must be a bool, got {cls.__name__} ({value!r})")
 
 
 def _finite(v) -> bool:

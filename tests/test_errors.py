@@ -244,6 +244,12 @@ CASES = [
          ("accumulate must be a bool", "got NoneType")),
     Case("clamp_fp16_input-string", NORM, _arg("clamp_fp16_input", lambda d: "no"), TypeError,
          ("clamp_fp16_input must be a bool", "got str ('no')")),
+    Case("clamp_fp16_input-float", NORM, _arg("clamp_fp16_input", lambda d: 1.0), TypeError,
+         ("clamp_fp16_input must be a bool", "got float (1.0)")),
+    Case("accumulate-tensor", NORM,
+         lambda d: {"out": torch.zeros(ROWS, N, device=d),
+                    "accumulate": torch.tensor(True, device=d)}, TypeError,
+         ("accumulate must be a bool", "got Tensor")),
 ]
 
 

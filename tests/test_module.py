@@ -207,6 +207,26 @@ class TypeAsRMSNorm(PlainRMSNorm):
         return super().forward(x).type_as(x)
 
 
+class T5StyleRMSNorm(PlainRMSNorm):
+    """T5's norm: casts to a 16-bit weight's dtype, so the output takes the weight's dtype."""
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            h = h.to(self.weight.dtype)
+        return self.weight * h
+
+
+class MatchingDtypesOnlyRMSNorm(PlainRMSNorm):
+    """A norm whose forward refuses mixed dtypes (as a fused kernel may)."""
+
+    def forward(self, x):
+        if x.dtype != self.weight.dtype:
+            raise RuntimeError("expected x and weight of one dtype")
+        return super().forward(x)
+
+
 class AlwaysFp64RMSNorm(PlainRMSNorm):
     def forward(self, x):
         return super().forward(x).double()
@@ -216,15 +236,18 @@ class AlwaysFp64RMSNorm(PlainRMSNorm):
     (torch.float32, torch.bfloat16), (torch.float32, torch.float16),
     (torch.bfloat16, torch.float16), (torch.float16, torch.bfloat16),
     (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32)], ids=str)
-@pytest.mark.parametrize("cls, promotes", [(PlainRMSNorm, True), (TypeAsRMSNorm, False)])
-def test_from_module_keeps_the_output_dtype_of_the_module(device, cls, promotes, w_dtype,
-                                                          x_dtype):
+@pytest.mark.parametrize("cls, rule", [(PlainRMSNorm, "promoted"), (TypeAsRMSNorm, "input"),
+                                       (T5StyleRMSNorm, "weight")])
+def test_from_module_keeps_the_output_dtype_of_the_module(device, cls, rule, w_dtype, x_dtype):
     """HF Llama's `weight * h.to(input_dtype)` promotes: an fp32 weight (kept in fp32 by a
-    model, or under autocast) makes a bf16 input's output fp32; Gemma's `.type_as(x)` does not.
-    The converted norm writes the dtype its source returns."""
+    model, or under autocast) makes a bf16 input's output fp32; Gemma's `.type_as(x)` keeps
+    x's dtype; T5's norm takes a 16-bit weight's. The converted norm writes the dtype its
+    source returns."""
     src = _fill(cls(64, eps=1e-5).to(device=device, dtype=w_dtype))
     m = RMSNorm.from_module(src)
-    assert m.promotes_out is promotes
+    # Under an fp32 weight T5's rule and Llama's give the same dtypes; the probe says promoted.
+    assert m.out_dtype_rule == ("promoted" if rule == "weight" and w_dtype == torch.float32
+                                else rule)
     x = rand_x((3, 64), x_dtype, device)
     with torch.no_grad():
         got, theirs = m(x), src(x)
@@ -236,6 +259,27 @@ def test_from_module_refuses_an_output_dtype_it_cannot_follow():
     with pytest.raises(ValueError, match=r"AlwaysFp64RMSNorm: for a torch.bfloat16 input and a "
                                          r"torch.float32 weight it returned torch.float64"):
         RMSNorm.from_module(AlwaysFp64RMSNorm(16))
+
+
+def test_from_module_of_a_norm_that_refuses_mixed_dtypes_keeps_the_input_dtype(device):
+    """Its output dtype shows only where x's dtype matches the weight's: x's is taken."""
+    src = _fill(MatchingDtypesOnlyRMSNorm(64, eps=1e-5).to(device))
+    m = RMSNorm.from_module(src)
+    assert m.out_dtype_rule == "input"
+    x = rand_x((3, 64), torch.float32, device)
+    with torch.no_grad():
+        got = m(x)
+        assert got.dtype == src(x).dtype == torch.float32
+        assert m(x.bfloat16()).dtype == torch.bfloat16
+    assert_close(got, rmsnorm_ref(x, src.weight, 1e-5), torch.float32)
+
+
+def test_a_rule_module_names_a_bad_input():
+    m = RMSNorm.from_module(PlainRMSNorm(16))
+    assert m.out_dtype_rule == "promoted"
+    assert repr(m) == "RMSNorm(16, eps=1e-06, out_dtype_rule='promoted')"
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got NoneType"):
+        m(None)
 
 
 def test_from_module_refuses_another_formula():

@@ -433,3 +433,37 @@ def test_meta_tensors_give_shapes_and_dtypes():
     assert (y.shape, y.dtype, r is residual) == (x.shape, torch.bfloat16, True)
     with pytest.raises(ValueError, match=r"weight must have shape \(64,\)"):
         rt.rms_norm(x, w[:-1])
+
+
+@pytest.mark.parametrize("res_dtype", [FP32, torch.bfloat16], ids=["fp32-residual",
+                                                                   "bf16-residual"])
+def test_backward_through_the_fused_add(device, res_dtype):
+    """Gradients take the reference path, whose own graph saves the updated residual (for an
+    fp32 residual, that tensor itself): only kernel writes bump versions, so its backward runs
+    and gives the fp64 gradient."""
+    x = rand_x((3, 64), FP32, device).requires_grad_()
+    w = rand_w(64, FP32, device).requires_grad_()
+    residual = rand_x((3, 64), res_dtype, device)
+    r64 = residual.double()
+    g = rand_x((3, 64), FP32, device)
+    y, _ = rt.fused_add_rms_norm(x, residual, w)
+    (y * g).sum().backward()
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    h = (x64 + r64).to(res_dtype).double() if res_dtype != FP32 else x64 + r64
+    want = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + 1e-6) * w64
+    (want * g.double()).sum().backward()
+    assert_close(w.grad, w64.grad, FP32)
+    assert_close(x.grad, x64.grad, FP32)       # the rounding to bf16 passes gradients as is
+
+
+def test_flags_are_checked_on_the_repeat_call_path_too(device):
+    """A repeat call finds its launch plan without the full checks: a flag that is not a bool
+    must still be refused there, not read by its truthiness."""
+    x, w = rand_x((3, 64), torch.bfloat16, device), rand_w(64, torch.bfloat16, device)
+    rt.rms_norm(x, w)
+    rt.rms_norm(x, w)                       # the plan exists now
+    for bad in (None, [], "False"):
+        with pytest.raises(TypeError, match="accumulate must be a bool"):
+            rt.rms_norm(x, w, accumulate=bad)
+    with pytest.raises(TypeError, match="clamp_fp16_input must be a bool"):
+        rt.rms_norm(x, w, clamp_fp16_input=None)

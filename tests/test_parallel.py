@@ -1,4 +1,5 @@
 """TPContext, broadcast, norm_on_devices and forward_tp: CPU devices here, real GPUs below."""
+import numpy as np
 import pytest
 import torch
 
@@ -165,7 +166,9 @@ def test_peer_launch_equals_rms_norm_on_one_device(device, out_dtype):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(devices=[]), "at least one device"),
-    (dict(devices=["cpu", "cuda:0"]), "all CUDA or all CPU"),
+    # Without CUDA the GPU itself is refused first.
+    (dict(devices=["cpu", "cuda:0"]),
+     "all CUDA or all CPU" if torch.cuda.is_available() else "is a GPU, but this torch sees none"),
     (dict(devices=["cpu"], splits={7: ["cpu"]}), "broadcast_type"),
     (dict(devices=["cpu"], splits={BROADCAST_RS: []}), "empty"),
     (dict(devices=["cpu"], fused="yes"), "fused"),
@@ -196,9 +199,10 @@ def test_context_arguments_of_the_wrong_kind(kwargs, error, match):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without "
                     "CUDA gets")
 def test_gpu_devices_without_cuda_are_named():
-    with pytest.raises(ValueError, match=r"\[device\(type='cuda', index=0\)\] are GPUs, but "
-                                         r"this torch sees none"):
-        TPContext(["cuda:0"])
+    for devices in (["cuda:0"], ["cuda"], [0], [np.int64(1)]):
+        with pytest.raises(ValueError, match=r"TPContext device cuda(:\d)? is a GPU, but this "
+                                             r"torch sees none"):
+            TPContext(devices)
 
 
 def test_bad_call_arguments():
@@ -303,7 +307,7 @@ def test_rmsnorm_module_without_a_weight_or_promoting_on_a_tp_context():
     _assert_all_equal(outs, [plain(x)] * 2)
     assert_close(outs[0], rmsnorm_ref(x, None, EPS), BF16)
     promoting = rt.RMSNorm(N, EPS, dtype=FP32)
-    promoting.promotes_out = True
+    promoting.out_dtype_rule = "promoted"
     with torch.no_grad():
         promoting.weight.copy_(rand_w(N, FP32, "cpu"))
     promoting.tp_split(BROADCAST_RS, ctx)
