@@ -88,8 +88,8 @@ class RMSNorm(nn.Module):
     def _eps_for(self, x) -> float:
         if self.eps is not None:
             return self.eps
-        first = x if isinstance(x, torch.Tensor) else x[0]
-        return torch.finfo(first.dtype).eps
+        first = _first_tensor(x)
+        return 1e-6 if first is None else torch.finfo(first.dtype).eps   # else rms_norm names x
 
     def _out_dtype_for(self, x) -> Optional[torch.dtype]:
         rule = self.out_dtype_rule
@@ -97,9 +97,8 @@ class RMSNorm(nn.Module):
             return self.out_dtype
         if rule == "weight":
             return self.weight.dtype
-        first = x if isinstance(x, torch.Tensor) else x[0] if isinstance(x, (list, tuple)) \
-            and x else None
-        if not isinstance(first, torch.Tensor):
+        first = _first_tensor(x)
+        if first is None:
             return self.out_dtype       # rms_norm names what x is
         return torch.promote_types(first.dtype, self.weight.dtype)
 
@@ -196,6 +195,12 @@ class RMSNorm(nn.Module):
             new.bias = _as_parameter(bias)
         new.train(m.training)
         return new
+
+
+def _first_tensor(x) -> Optional[torch.Tensor]:
+    """x, or the first of a list of tensors (forward_tp's per-device input); None otherwise."""
+    first = x[0] if isinstance(x, (list, tuple)) and x else x
+    return first if isinstance(first, torch.Tensor) else None
 
 
 def _from_unweighted(m: nn.RMSNorm) -> RMSNorm:

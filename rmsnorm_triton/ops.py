@@ -47,30 +47,26 @@ def _needs_grad(*tensors) -> bool:
 
 
 def _version_bumper():
-    """torch._C._increment_version takes a sequence of tensors in the torches that have it so
-    (0.15 us a call on the CPU machine against 0.28 through the public wrapper); elsewhere the
-    public torch.autograd.graph.increment_version."""
+    """mark_written: torch._C._increment_version where it takes a sequence of tensors (0.15 us
+    a call on the CPU machine against 0.28 through the public wrapper), else the public
+    torch.autograd.graph.increment_version. One call layer: it runs on the hot path."""
     raw = getattr(torch._C, "_increment_version", None)
     try:
         raw((torch.empty(0),))
     except Exception:           # another signature, or none: the public function
         return torch.autograd.graph.increment_version
 
-    def bump(t: torch.Tensor) -> None:
+    def mark_written(t: torch.Tensor) -> None:
+        """Tell autograd that a kernel wrote t in place, as torch's own in-place ops do: a
+        tensor that an autograd graph saved and a kernel then overwrote raises at backward,
+        instead of giving a wrong gradient. Only kernel writes: torch's own copies (the
+        reference path) bump versions themselves, and a second bump would break the
+        reference's own saved tensors. (An inference-mode tensor has no version.)"""
         raw((t,))
-    return bump
+    return mark_written
 
 
-def mark_written(t: torch.Tensor) -> None:
-    """Tell autograd that a kernel wrote t in place, as torch's own in-place ops do: a tensor
-    that an autograd graph saved and a kernel then overwrote raises at backward, instead of
-    giving a wrong gradient. Only kernel writes: torch's own copies (the reference path) bump
-    versions themselves, and a second bump would break the reference's own saved tensors.
-    (An inference-mode tensor has no version: nothing happens.)"""
-    _bump_version(t)
-
-
-_bump_version = _version_bumper()
+mark_written = _version_bumper()
 
 
 def _use_reference(x, *tensors) -> bool:

@@ -85,6 +85,15 @@ def _as_device(d) -> torch.device:
     return dev
 
 
+def _as_devices(name: str, devices, hint: str = "") -> list:
+    """A list of devices, from any iterable of device-likes (not one device alone)."""
+    if isinstance(devices, (str, torch.device, numbers.Integral)) or \
+            not hasattr(devices, "__iter__"):
+        raise TypeError(f"{name} must be a list of devices{hint}, got "
+                        f"{type(devices).__name__} ({devices!r})")
+    return [_as_device(d) for d in devices]
+
+
 class TPContext:
     """The devices of a tensor-parallel model, their streams, and broadcast.
 
@@ -101,13 +110,10 @@ class TPContext:
 
     def __init__(self, devices, splits=None, *, use_p2p=None, fused="auto",
                  collective_min_bytes=_COLLECTIVE_MIN_BYTES, fanout_max_bytes=None):
-        if isinstance(devices, (str, torch.device, int)) or not hasattr(devices, "__iter__"):
-            raise TypeError(f"devices must be a list of devices (e.g. ['cuda:0', 'cuda:1']), "
-                            f"got {type(devices).__name__} ({devices!r})")
         if splits is not None and not isinstance(splits, Mapping):
             raise TypeError(f"splits must be a dict {{broadcast_type: [device, ...]}} or None, "
                             f"got {type(splits).__name__} ({splits!r})")
-        self.devices = [_as_device(d) for d in devices]
+        self.devices = _as_devices("devices", devices, " (e.g. ['cuda:0', 'cuda:1'])")
         if not self.devices:
             raise ValueError("TPContext needs at least one device")
         kinds = {d.type for d in self.devices}
@@ -147,10 +153,7 @@ class TPContext:
         return bt
 
     def _check_split(self, bt, devs) -> list:
-        if isinstance(devs, (str, torch.device, int)) or not hasattr(devs, "__iter__"):
-            raise TypeError(f"splits[{bt}] must be a list of devices, got "
-                            f"{type(devs).__name__} ({devs!r})")
-        split = [_as_device(d) for d in devs]
+        split = _as_devices(f"splits[{bt}]", devs)
         if not split:
             raise ValueError(f"splits[{bt}] is empty: every broadcast type needs a device")
         for d in split:
