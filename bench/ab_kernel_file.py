@@ -17,7 +17,7 @@ import sys
 import torch
 
 from rmsnorm_triton import providers as P
-from rmsnorm_triton.config import pick_config, preload_weight, row_bucket, row_mask
+from rmsnorm_triton.config import hold_row, pick_config, preload_weight, row_bucket, row_mask
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from bench_utils import interleaved_medians
@@ -44,6 +44,8 @@ def _call(kernel, x, w, out_dtype):
                  CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                  LOOPED=cfg.looped, LOOP_N=N if cfg.looped else 0,
                  PRELOAD_W=preload_weight(cfg, M))
+    if "HOLD_X" in kernel.arg_names:
+        flags.update(HOLD_X=hold_row(cfg, x.element_size()), ADD_CHUNK_N=0)
     if "ROW_MASK" in kernel.arg_names:
         flags["ROW_MASK"] = row_mask(cfg)
         unused, n_rows, stride_r = None, M if flags["ROW_MASK"] else None, None

@@ -144,7 +144,7 @@ def _kernel_jit(x, w, warps, out_dtype):
             x, None, w, None, y, M if masked else None, N, N, None, N, EPS, HAS_WEIGHT=True,
             HAS_BIAS=False, HAS_RESIDUAL=False, ACCUMULATE=False, CLAMP_FP16=False,
             WEIGHT_OFFSET=0.0, BLOCK_M=1, BLOCK_N=block_n, LOOPED=False, LOOP_N=0,
-            PRELOAD_W=True, ROW_MASK=masked, num_warps=warps)
+            PRELOAD_W=True, ROW_MASK=masked, HOLD_X=False, ADD_CHUNK_N=0, num_warps=warps)
         return y
     return call
 

@@ -7,7 +7,8 @@
 
 Features are constexpr flags, so a disabled one costs no instruction. Three ways to cover a row:
 - rmsnorm_fwd_kernel, LOOPED=False: a program owns BLOCK_M whole rows, each read once and held
-  in registers (rows up to 32K elements).
+  in registers (rows up to 32K elements; with HOLD_X, a 64K-element row of 16-bit values held
+  as loaded, two to a register).
 - rmsnorm_fwd_kernel, LOOPED=True: the row is streamed twice in BLOCK_N chunks, once for the sum
   of squares and once to normalize (the second read from L2), its length LOOP_N a constant.
   Never spills; the interpreter's path for long rows, and the GPU's for wide rows in a single
@@ -47,11 +48,53 @@ def _load_h(
             tl.store(r_rows + cols, s, mask=mask)
         # The norm sees the rounded residual, so fused == unfused bit for bit.
         h = s.to(tl.float32)
+    return _clamp_fp16(h, CLAMP_FP16)
+
+
+@triton.jit
+def _clamp_fp16(h, CLAMP_FP16: tl.constexpr):
     if CLAMP_FP16:
         # exllamav2's guard against fp16 overflow: +-inf become +-65504; NaN stays NaN.
         c = tl.minimum(tl.maximum(h, -FP16_MAX), FP16_MAX)
         h = tl.where(h != h, h, c)
     return h
+
+
+@triton.jit
+def _load_held(x_rows, r_rows, cols, row_mask, mask, n_cols,
+               HAS_RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, ADD_CHUNK_N: tl.constexpr):
+    """The 16-bit values a HOLD_X program normalizes, as loaded (two to a register).
+
+    The fused add first writes the updated residual in ADD_CHUNK_N-wide pieces (x and the
+    residual in flight together would need the registers the held row takes), then reads it
+    back whole, from L2: the values the unfused norm would read, so the rest of the program is
+    that norm's, bit for bit."""
+    if HAS_RESIDUAL:
+        chunk = tl.arange(0, ADD_CHUNK_N)[None, :]
+        for start in range(0, BLOCK_N, ADD_CHUNK_N):
+            _load_h(x_rows + start, r_rows + start, chunk,
+                    row_mask & (start + chunk < n_cols), True, True, False, "")
+        # Every thread's stores before any thread reads them back.
+        tl.debug_barrier()
+        rows = r_rows
+    else:
+        rows = x_rows
+    # One return: Triton 3.6 checks every return's type, also in a branch a constexpr skips.
+    return tl.load(rows + cols, mask=mask, other=0.0)
+
+
+@triton.jit
+def _widen_again(v):
+    """16-bit v as fp32 a second time, by instructions the compiler cannot merge with the first
+    widening. Merged, it would keep the fp32 values live across the reduction instead of v: at
+    64K elements that is an SM's whole register file (spills: 40% of the copy ceiling)."""
+    if v.dtype == tl.bfloat16:
+        # bf16 is fp32's upper half.
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        # -0.0 + 0.0 is +0.0, so the add is no identity the compiler may drop (and a zero's
+        # sign is all it changes).
+        return (v + 0.0).to(tl.float32)
 
 
 @triton.jit
@@ -176,6 +219,8 @@ def rmsnorm_fwd_kernel(
     LOOP_N: tl.constexpr,         # LOOPED: n_cols as a constant (a kernel per hidden size), else 0
     PRELOAD_W: tl.constexpr,      # fetch weight/bias before the reduction, not after it
     ROW_MASK: tl.constexpr,       # mask rows past n_rows (config.row_mask says when)
+    HOLD_X: tl.constexpr,         # single tile: hold 16-bit values as loaded (config.hold_row)
+    ADD_CHUNK_N: tl.constexpr,    # HOLD_X with the fused add: its first pass's chunk, else 0
 ):
     # int64 row offsets: M * stride can pass 2**31 elements.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -200,11 +245,18 @@ def rmsnorm_fwd_kernel(
             # DRAM latency is not paid a second time after the reduction.
             w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
             b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
-        h = _load_h(x_rows, r_rows, cols, mask, HAS_RESIDUAL, True, CLAMP_FP16, "")
+        if HOLD_X:
+            held = _load_held(x_rows, r_rows, cols, row_mask, mask, n_cols,
+                              HAS_RESIDUAL, BLOCK_N, ADD_CHUNK_N)
+            h = _clamp_fp16(held.to(tl.float32), CLAMP_FP16)
+        else:
+            h = _load_h(x_rows, r_rows, cols, mask, HAS_RESIDUAL, True, CLAMP_FP16, "")
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
         if not PRELOAD_W:
             w = _load_cols(w_ptr, cols, col_mask, HAS_WEIGHT)
             b = _load_cols(b_ptr, cols, col_mask, HAS_BIAS)
+        if HOLD_X:
+            h = _clamp_fp16(_widen_again(held), CLAMP_FP16)
         _normalize_store(y_rows, w, b, cols, mask, h, rstd,
                          HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
     else:

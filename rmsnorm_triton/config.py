@@ -94,6 +94,30 @@ SPLIT_WIDE_OUT_WARPS = 16
 SPLIT_MAX_REGISTERS = 48
 SPLIT_CAP_MIN_ROWS = 512
 SPLIT_CAP_TRITON = (3, 6)
+# 16-bit rows of HELD_ROW_MIN_N to HELD_ROW_N elements to a 16-bit output, in calls of
+# HELD_ROW_MIN_ROWS rows or more (the bucket), take one program a row on HELD_ROW_WARPS warps
+# instead of the split row: the program holds its row as loaded, two values to a 32-bit
+# register (32 a thread), and widens them again after the reduction (`hold_row`). No program
+# waits for another. Against the split row, in a graph / eager after an L2 flush, medians of 3
+# interleaved rounds (bench/ab_row_held.py; bench/RESULTS.md, "One program a 64K-element row"):
+# - H100: 2048-4096 x 65536 bf16 and fp16 1.025-1.033x (4096 x 65536 bf16 98.7% / 98.2% of
+#   the copy ceiling), 1024 rows 1.018-1.024x, 512 rows 0.990-1.016x, 256-300 rows
+#   0.967-0.992x; 4096 x 49152 1.03-1.04x;
+# - H200: 2048-4096 rows 1.11-1.14x, 1024 rows 1.05-1.06x, 512 rows 0.99-1.01x.
+# The fused add of a 16-bit residual, which must follow to equal the norm, writes its updated
+# residual in HELD_ADD_CHUNK_N-wide chunks first and reads it back whole (8192: 0.95-0.98x of
+# 16384, 32768: 0.99-1.00x): against the split row 0.991-1.003x on the H100 from 1024 rows,
+# 0.96-0.98x on the H200 at 1024 and 0.99-1.01x from 2048, so the rule starts at 2048. Rows of
+# 40000 columns (a 64K tile two-fifths idle) were level or lost at 512 rows (0.96x eager) and
+# keep the split. Held, the weight is fetched after the reduction (`preload_weight`); fetched
+# first it spilled (0.72-0.92x). The held kernel spilled to a 4-byte output (0.64-0.81x), with
+# the fp16 clamp (10 registers a thread, 0.83-0.86x), with a bias (6, 0.95-1.06x), so those
+# calls keep the split row (`pick_config`'s `plain`); an fp32 weight gained (1.04-1.11x).
+HELD_ROW_N = 65536
+HELD_ROW_MIN_N = 49152
+HELD_ROW_WARPS = 32
+HELD_ROW_MIN_ROWS = 2048
+HELD_ADD_CHUNK_N = 16384
 # Every package kernel compiles with floating-point contraction on (x * w + b, the sum of
 # squares: one fma, one rounding), which Triton 3.6-3.9 do by default and Triton 3.10 turns off
 # by default. Pinned, the results (and the tests against fp64) do not move with the Triton
@@ -260,16 +284,17 @@ def row_bucket(n_rows: int) -> int:
 
 
 def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = True,
-                     out_itemsize: int = 0) -> LaunchConfig:
+                     out_itemsize: int = 0, plain: bool = True) -> LaunchConfig:
     """The launch config for rows of n_cols elements, n_rows = the row bucket. x_itemsize: the
     element size of the tensor normalized (x, or the fused add's residual: the fused add then
     takes the config of the unfused norm of its updated residual, and equals it bit for bit);
-    out_itemsize: the output's (0: the same).
+    out_itemsize: the output's (0: the same); plain: the call has no bias, no accumulate and no
+    fp16 clamp (the only calls whose rows are held, HELD_ROW_*).
     The rules and the measurements behind them: bench/RESULTS.md, "Launch heuristic"."""
     out_itemsize = out_itemsize or x_itemsize
     block_n = next_pow2(n_cols)
     if block_n > MAX_SINGLE_TILE_N:
-        return _long_row_config(n_cols, n_rows, x_itemsize, out_itemsize, on_gpu)
+        return _long_row_config(n_cols, n_rows, x_itemsize, out_itemsize, on_gpu, plain)
     if x_itemsize >= 4 and block_n >= WIDE_4BYTE_MIN_N:
         # The fused add's x, 4-byte residual and sum do not fit one 32K-element tile in
         # registers (spills: 71% at 4096 x 32768): few rows split the row, more loop over it
@@ -337,10 +362,15 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
 
 
 def _long_row_config(n_cols: int, n_rows: int, x_itemsize: int, out_itemsize: int,
-                     on_gpu: bool) -> LaunchConfig:
-    """Rows past MAX_SINGLE_TILE_N: split over programs of one slice each on a GPU, streamed
-    twice in chunks in the interpreter (or past MAX_SPLIT_SLICE_N-wide slices)."""
+                     on_gpu: bool, plain: bool = True) -> LaunchConfig:
+    """Rows past MAX_SINGLE_TILE_N: held by one program each (HELD_ROW_*) or split over
+    programs of one slice each on a GPU, streamed twice in chunks in the interpreter (or past
+    MAX_SPLIT_SLICE_N-wide slices)."""
     narrow = x_itemsize <= 2 and out_itemsize <= 2         # 16-bit x to a 16-bit output
+    if narrow and plain and on_gpu and not INTERPRET and \
+            HELD_ROW_MIN_N <= n_cols <= HELD_ROW_N and n_rows >= HELD_ROW_MIN_ROWS:
+        return LaunchConfig(block_m=1, block_n=HELD_ROW_N, num_warps=HELD_ROW_WARPS,
+                            looped=False)
     few = n_rows * n_cols <= SPLIT_FEW_ELEMS
     if few:
         slice_n, warps = SPLIT_SLICE_N_FEW, SPLIT_WARPS
@@ -388,6 +418,15 @@ def split_registers_capped(cfg: LaunchConfig, n_rows: int, *itemsizes: int,
             and n_rows >= SPLIT_CAP_MIN_ROWS)
 
 
+def hold_row(cfg: LaunchConfig, itemsize: int) -> bool:
+    """Whether a single-tile program holds its values in their own 16 bits across the reduction
+    (HOLD_X), not as fp32: a tile past MAX_SINGLE_TILE_N elements, whose fp32 values would fill
+    the registers and spill. `itemsize`: of the tensor normalized (x, or the fused add's
+    residual)."""
+    return (cfg.splits == 1 and not cfg.looped and itemsize == 2
+            and cfg.block_m * cfg.block_n > MAX_SINGLE_TILE_N)
+
+
 def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
     """Whether a single-tile program fetches weight and bias before the row reduction.
 
@@ -400,9 +439,12 @@ def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
     PRELOAD_1K_MAX_ROWS rows, fetches early too: at 512-1024 x 768-1024 in a graph 1.2-1.6%
     on an H100 (to fp32 0.3-2.5%), 0.0-1.4% on an H200, the fused add 0.4-0.5%
     (bench/RESULTS.md, "Short rows fetch the weight first"); 513-767 columns follow, not timed.
-    The split-row kernel always fetches late (a comment there says why)."""
-    return cfg.splits == 1 and not cfg.looped and (
-        n_rows <= 256 or cfg.block_n >= 8192
+    The split-row kernel always fetches late (a comment there says why), and so do tiles past
+    MAX_SINGLE_TILE_N: held 64K-element rows spilled with the weight fetched early (30-36
+    registers a thread, 0.72-0.92x of the split row on an H200, "One program a 64K-element
+    row")."""
+    return cfg.splits == 1 and not cfg.looped and cfg.block_m * cfg.block_n <= MAX_SINGLE_TILE_N \
+        and (n_rows <= 256 or cfg.block_n >= 8192
         or (cfg.block_m == 1 and cfg.block_n == 1024 and n_rows <= PRELOAD_1K_MAX_ROWS))
 
 
@@ -536,9 +578,13 @@ def runnable_here(cfg: LaunchConfig, device_index: int) -> bool:
 @functools.lru_cache(maxsize=4096)
 def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch.dtype,
                 has_residual: bool, device_index: int,
-                residual_dtype: Optional[torch.dtype] = None) -> LaunchConfig:
+                residual_dtype: Optional[torch.dtype] = None, plain: bool = True
+                ) -> LaunchConfig:
     """The launch config for rows of `n_cols` elements, `bucket` = row_bucket(n_rows).
-    residual_dtype: the fused add's residual, where known (default: x's).
+    residual_dtype: the fused add's residual, where known (default: x's). plain: no bias, no
+    accumulate, no fp16 clamp; a held row (`hold_row`) is for such calls only (the others
+    spilled, HELD_ROW_*), so any other call takes the heuristic's config without one, a
+    tuned held entry too.
 
     The fused add takes the config of the plain norm of its updated residual (tuned entry or
     heuristic), so that it equals the unfused two steps bit for bit. A split-row config this
@@ -550,6 +596,9 @@ def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch
     if cfg is None:
         cfg = heuristic_config(n_cols, bucket, normalized.itemsize, device_index >= 0,
                                out_dtype.itemsize)
+    if not plain and hold_row(cfg, normalized.itemsize):
+        cfg = heuristic_config(n_cols, bucket, normalized.itemsize, device_index >= 0,
+                               out_dtype.itemsize, plain=False)
     if not runnable_here(cfg, device_index):
         cfg = heuristic_config(n_cols, bucket, normalized.itemsize, False, out_dtype.itemsize)
     return cfg

@@ -20,11 +20,13 @@ from . import plans, split_slots
 from .config import (
     DECODE_MAX_ROWS,
     COMPILE_OPTIONS,
+    HELD_ADD_CHUNK_N,
     INTERPRET,
     SPLIT_MAX_REGISTERS,
     LaunchConfig,
     config_generation,
     device_name,
+    hold_row,
     next_pow2,
     pick_config,
     preload_weight,
@@ -99,7 +101,8 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     generation = config_generation()     # a plan made from a superseded table is not kept
     if cfg is None:
         cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
-                          dev_index, None if res is None else res.dtype)
+                          dev_index, None if res is None else res.dtype,
+                          bias is None and not accumulate and not clamp_fp16_input)
     masked = cfg.splits == 1 and row_mask(cfg)
     # None for what the kernel does not read: Triton compiles it out (kernels/rmsnorm.py).
     scalars = (n_rows if masked else None, n_cols, x.stride(0),
@@ -120,9 +123,12 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         flags += (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits)))
     else:
         launcher, grid = _launch_rows, -(-n_rows // cfg.block_m)
+        held = hold_row(cfg, (x if res is None else res).element_size())
         flags += (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped),
                   ("LOOP_N", n_cols if cfg.looped else 0),
-                  ("PRELOAD_W", preload_weight(cfg, n_rows)), ("ROW_MASK", masked))
+                  ("PRELOAD_W", preload_weight(cfg, n_rows)), ("ROW_MASK", masked),
+                  ("HOLD_X", held), ("ADD_CHUNK_N", HELD_ADD_CHUNK_N if held and res is not None
+                                     else 0))
     if n_rows > 0:
         args = (x, res, weight, bias, out)
         # Triton launches on the current device: follow the output (tensor parallelism).
@@ -195,7 +201,9 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
     # calls that loop to fp32 (config.DECODE_WIDE_OUT_*) keep the fanout: one launch, not one
     # a GPU (2 x H200, 1-8 x 8192 bf16 in a graph: 7.3-7.7 us against 19.9-20.5 read in place).
     wider_out = out_dtype.itemsize > x.dtype.itemsize
-    if cfgs or cfg.splits > 1 or cfg.looped and wider_out and n_rows > DECODE_MAX_ROWS:
+    # The fanout kernel holds no row in 16 bits: a tile that needs it takes the per-GPU path.
+    if cfgs or cfg.splits > 1 or cfg.looped and wider_out and n_rows > DECODE_MAX_ROWS or \
+            hold_row(cfg, x.element_size()):
         return None
     has_w, has_b = weights[0] is not None, biases[0] is not None
     if any((w is not None) != has_w for w in weights) or \

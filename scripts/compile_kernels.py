@@ -7,11 +7,11 @@ what only compilation rejects. One such case: Triton 3.6 does not compile a @tri
 that returns None, which an operand passed as None (the launches pass None for what a kernel
 does not read) can lead to; Triton 3.9 does. This compiles rmsnorm_fwd_kernel,
 rmsnorm_fwd_split_kernel and rmsnorm_fwd_fanout_kernel for `--arch` over their flag sets, each
-operand None where its flag leaves it out, as ops.py passes them, and the split-row forms
-that ops.py compiles under a register cap. It needs only Triton (the
-kernel file is loaded by path), so it runs in a venv of any Triton version. `--quick` takes a
-subset that still reaches every None form. Prints one line per failure and a count; exit
-status 1 on any failure.
+operand None where its flag leaves it out, as ops.py passes them, the 64K-element rows held in
+16 bits, and the split-row forms that ops.py compiles under a register cap. It needs only
+Triton (the kernel file is loaded by path), so it runs in a venv of any Triton version.
+`--quick` takes a subset that still reaches every None form. Prints one line per failure and a
+count; exit status 1 on any failure.
 """
 import argparse
 import importlib.util
@@ -55,16 +55,34 @@ def row_cases(quick):
         consts = dict(HAS_WEIGHT=has_w, HAS_BIAS=has_b, HAS_RESIDUAL=has_r, ACCUMULATE=False,
                       CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_M=2 if masked else 1,
                       BLOCK_N=256, LOOPED=looped, LOOP_N=1000 if looped else 0, PRELOAD_W=True,
-                      ROW_MASK=masked)
+                      ROW_MASK=masked, HOLD_X=False, ADD_CHUNK_N=0)
         _operands(sig, consts, [("r_ptr", "*bf16", has_r), ("w_ptr", "*bf16", has_w),
                                 ("b_ptr", "*bf16", has_b), ("stride_r_row", "i32", has_r),
                                 ("n_rows", "i32", masked)])
         yield "rmsnorm_fwd_kernel", sig, consts, {}
         if not looped and not masked:
             split = {k: v for k, v in consts.items()
-                     if k not in ("BLOCK_M", "LOOPED", "LOOP_N", "PRELOAD_W", "ROW_MASK")}
+                     if k not in ("BLOCK_M", "LOOPED", "LOOP_N", "PRELOAD_W", "ROW_MASK",
+                                  "HOLD_X", "ADD_CHUNK_N")}
             split.update(SPLITS=4, SPLITS_P2=4, n_rows=None)
             yield "rmsnorm_fwd_split_kernel", dict(sig, part_ptr="*i64"), split, {}
+
+
+def held_row_cases():
+    """The tiles ops.py launches with HOLD_X (config.hold_row: a 64K-element row of 16-bit
+    values, one program on 32 warps), fp16 and bf16, the fused add or not (its chunk 16384,
+    config.HELD_ADD_CHUNK_N), with a clamp and without a weight: the widening again and the
+    fused add's first pass."""
+    for x_type, has_r in itertools.product(("*bf16", "*fp16"), (False, True)):
+        sig = {"x_ptr": x_type, "y_ptr": x_type, "n_rows": "i32", "n_cols": "i32",
+               "stride_x_row": "i32", "stride_y_row": "i32", "eps": "fp32"}
+        consts = dict(HAS_WEIGHT=False, HAS_BIAS=False, HAS_RESIDUAL=has_r, ACCUMULATE=False,
+                      CLAMP_FP16=x_type == "*fp16", WEIGHT_OFFSET=1.0, BLOCK_M=1,
+                      BLOCK_N=65536, LOOPED=False, LOOP_N=0, PRELOAD_W=False, ROW_MASK=True,
+                      HOLD_X=True, ADD_CHUNK_N=16384 if has_r else 0)
+        _operands(sig, consts, [("r_ptr", x_type, has_r), ("w_ptr", x_type, False),
+                                ("b_ptr", x_type, False), ("stride_r_row", "i32", has_r)])
+        yield "rmsnorm_fwd_kernel", sig, consts, {"num_warps": 32}
 
 
 def capped_split_cases():
@@ -114,7 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a subset reaching every None form")
     args = parser.parse_args(argv)
     module, target = _kernels(), GPUTarget("cuda", args.arch, 32)
-    cases = [*row_cases(args.quick), *capped_split_cases(), *fanout_cases(args.quick)]
+    cases = [*row_cases(args.quick), *held_row_cases(), *capped_split_cases(),
+             *fanout_cases(args.quick)]
     failed = 0
     for name, sig, consts, options in cases:
         for const in consts:

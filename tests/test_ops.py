@@ -212,6 +212,8 @@ def test_autograd_inputs_take_the_differentiable_path(device):
 PATHS = [pytest.param(LaunchConfig(1, 32768, 16, False), id="single-tile"),
          pytest.param(LaunchConfig(2, 32768, 16, False), id="two-rows-per-program"),
          pytest.param(LaunchConfig(1, 4096, 8, True), id="looped"),
+         # 16-bit x held as loaded (config.hold_row); the fp32 residual is not held.
+         pytest.param(LaunchConfig(1, 65536, 32, False), id="held-row"),
          pytest.param(LaunchConfig(1, 4096, 4, False, splits=7), id="split-row",
                       marks=pytest.mark.skipif(not ON_GPU, reason="the split-row path waits "
                                                "across programs; the interpreter runs them "

@@ -447,7 +447,14 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((262144, 256, 2, True, 4), _cfg(1, 8192, 16, splits=32)),   # 16-bit x to 4 bytes
     ((131072, 256, 2, True, 4), _cfg(1, 4096, 8, splits=32)),
     ((262144, 256, 4), _cfg(1, 8192, 8, splits=32)),                # 4-byte x keeps 8
-    ((65536, 2048, 2), _cfg(1, 8192, 8, splits=8)),
+    ((65536, 1024, 2), _cfg(1, 8192, 8, splits=8)),
+    # From 2048 rows a 16-bit row of 49152-65536 to 16 bits is held by one program on 32 warps,
+    # unless the call has a bias, accumulates or clamps (plain=False).
+    ((65536, 2048, 2), _cfg(1, 65536, 32)),
+    ((49152, 4096, 2), _cfg(1, 65536, 32)),
+    ((49151, 4096, 2), _cfg(1, 8192, 8, splits=6)),
+    ((65536, 2048, 2, True, 2, False), _cfg(1, 8192, 8, splits=8)),
+    ((65536, 2048, 2, True, 4), _cfg(1, 4096, 8, splits=16)),
     ((65536, 1024, 2, True, 4), _cfg(1, 4096, 8, splits=16)),
     ((65536, 1024, 4, True, 2), _cfg(1, 4096, 4, splits=16)),
     ((262144, 1024, 4, True, 2), _cfg(1, 8192, 4, splits=32)),
@@ -552,7 +559,7 @@ def test_the_heuristics_long_16bit_rows_take_the_capped_form(monkeypatch):
     """The rule matches what the heuristic picks on a GPU for the rows it was measured on."""
     monkeypatch.setattr(config, "INTERPRET", False)
     monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
-    for n_rows, n_cols in ((512, 262144), (2048, 65536), (1024, 131072)):
+    for n_rows, n_cols in ((512, 262144), (1024, 65536), (1024, 131072)):
         cfg = heuristic_config(n_cols, config.row_bucket(n_rows), 2, True, 2)
         assert config.split_registers_capped(cfg, n_rows, 2, 2), (n_rows, n_cols, cfg)
     cfg = heuristic_config(65536, 256, 2, True, 2)

@@ -1,0 +1,174 @@
+"""A 64K-element row in one program, held as its own 16-bit values (config.hold_row, HOLD_X).
+
+The program widens the held values to fp32 twice, once for the sum of squares and once to
+normalize; the fused add writes its updated residual in chunks first and reads it back whole.
+Every result is held against the fp64 oracle, and the fused add against the unfused norm of its
+updated residual, bit for bit. The interpreter runs these configs when passed explicitly; on a
+GPU the heuristic picks them too.
+"""
+import pytest
+import torch
+
+import rmsnorm_triton as rt
+from rmsnorm_triton import config
+from rmsnorm_triton.config import HELD_ROW_N, HELD_ROW_WARPS, LaunchConfig, heuristic_config
+from rmsnorm_triton.ops import _launch, fanout_plan
+from rmsnorm_triton.validate import check_inputs
+
+from helpers import assert_close, assert_guard_intact, poisoned, rand_w, rand_x, rmsnorm_ref
+
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+HELD = LaunchConfig(1, HELD_ROW_N, HELD_ROW_WARPS, False)
+EPS = 1e-6
+
+
+def _norm(x, w, cfg=HELD, out=None, **kw):
+    """rms_norm through `cfg`, into `out` (or a new tensor)."""
+    p = check_inputs(x, w, out=out, eps=EPS, **kw)
+    return _launch(p, EPS, kw.get("weight_offset", 0.0), kw.get("accumulate", False),
+                   kw.get("clamp_fp16_input", False), cfg)
+
+
+def _fused(x, residual, w, cfg=HELD, **kw):
+    p = check_inputs(x, w, residual=residual, eps=EPS, fused=True, **kw)
+    return _launch(p, EPS, kw.get("weight_offset", 0.0), False, False, cfg)
+
+
+def test_the_held_config_holds_16_bits_only():
+    assert config.hold_row(HELD, 2)
+    assert not config.hold_row(HELD, 4)                        # fp32 values: no 16-bit form
+    assert not config.hold_row(LaunchConfig(1, 32768, 32, False), 2)     # fp32 fits there
+    assert not config.hold_row(LaunchConfig(1, 8192, 16, True), 2)
+    assert not config.hold_row(LaunchConfig(1, 8192, 8, False, splits=8), 2)
+
+
+@pytest.mark.parametrize("dtype", [BF16, FP16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("N", [65536, 40001])
+@pytest.mark.parametrize("weight", ["w", "gemma", "none"])
+def test_held_norm_matches_the_oracle(device, dtype, N, weight):
+    M = 3
+    x = rand_x((M, N), dtype, device)
+    w = None if weight == "none" else rand_w(N, dtype, device, gemma=weight == "gemma")
+    offset = 1.0 if weight == "gemma" else 0.0
+    buf, out = poisoned(M, N, dtype, device)
+    _norm(x, w, out=out, weight_offset=offset)
+    assert_close(out, rmsnorm_ref(x, w, EPS, weight_offset=offset))
+    assert_guard_intact(buf, N)
+
+
+@pytest.mark.parametrize("x_dtype,res_dtype", [(BF16, BF16), (FP16, FP16), (FP32, BF16)],
+                         ids=["bf16", "fp16", "fp32-x-bf16-residual"])
+@pytest.mark.parametrize("N", [65536, 40001])
+def test_held_fused_add_equals_the_unfused_norm(device, x_dtype, res_dtype, N):
+    M = 2
+    x, residual = rand_x((M, N), x_dtype, device), rand_x((M, N), res_dtype, device)
+    w = rand_w(N, BF16, device)
+    before, looped_residual = residual.clone(), residual.clone()
+    _fused(x, looped_residual, w, LaunchConfig(1, 8192, 16, True))
+    y = _fused(x, residual, w)
+    # The same rounding of x + residual as every other path (the interpreter truncates bf16).
+    assert torch.equal(residual, looped_residual)
+    assert_close(residual, x.double() + before.double())
+    assert torch.equal(y, _norm(residual.clone(), w, out_dtype=y.dtype))
+    assert_close(y, rmsnorm_ref(residual, w, EPS))
+
+
+def test_held_norm_with_bias_and_accumulate(device):
+    M, N = 2, 50000
+    x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
+    b = torch.randn(N, device=device).to(BF16)
+    start = rand_x((M, N), BF16, device)
+    out = start.clone()
+    _norm(x, w, out=out, bias=b, accumulate=True)
+    assert_close(out, rmsnorm_ref(x, w, EPS, bias=b) + start.double(), tol=2e-2)
+
+
+def test_held_fp16_special_values(device):
+    """The second widening keeps zeros, subnormals, the largest half, and the clamp's work on
+    infinities (an add of 0.0 is what keeps the compiler from merging it with the first)."""
+    M, N = 2, 65536
+    x = rand_x((M, N), FP16, device)
+    x[0, :6] = torch.tensor([0.0, -0.0, 6e-8, -3e-5, 65504.0, -65504.0])
+    x[1, :3] = torch.tensor([float("inf"), -float("inf"), 1e-7])
+    w = rand_w(N, FP16, device)
+    y = _norm(x, w, clamp_fp16_input=True)
+    assert_close(y, rmsnorm_ref(x, w, EPS, clamp=True))
+    assert y[0, 0] == 0 and y[0, 1] == 0
+    plain = _norm(x[:1], w)
+    assert_close(plain, rmsnorm_ref(x[:1], w, EPS))
+    # Subnormal inputs (a row of small values scales them up): within one output ulp (of a
+    # subnormal output: 2**-24).
+    tiny = rand_x((1, N), FP16, device) * 1e-3
+    tiny[0, :4] = torch.tensor([6e-8, -6e-8, 3e-6, -1e-5])
+    assert (tiny[0, :4].abs() < torch.finfo(FP16).tiny).all()
+    y = _norm(tiny, None)
+    want = rmsnorm_ref(tiny, None, EPS)[0, :4]
+    ulp = torch.maximum(want.abs() * 2.0 ** -10, torch.full_like(want, 2.0 ** -24))
+    assert ((y[0, :4].double() - want).abs() <= ulp).all(), (y[0, :4], want)
+
+
+@pytest.mark.parametrize("itemsizes,rows,cols,held", [
+    ((2, 2), config.HELD_ROW_MIN_ROWS, 65536, True),
+    ((2, 2), 4096, config.HELD_ROW_MIN_N, True),
+    ((2, 2), 4096, config.HELD_ROW_MIN_N - 1, False),          # half the tile idle: split
+    ((2, 2), config.HELD_ROW_MIN_ROWS // 2, 65536, False),     # few rows: split, every SM busy
+    ((2, 4), 4096, 65536, False),                              # to fp32 the held kernel spills
+    ((4, 4), 4096, 65536, False),
+    ((2, 2), 4096, 65537, False),                              # past the held tile
+])
+def test_the_heuristic_holds_long_16bit_rows(itemsizes, rows, cols, held):
+    x_size, out_size = itemsizes
+    cfg = heuristic_config(cols, rows, x_size, True, out_size)
+    if config.INTERPRET:
+        assert cfg.splits == 1 and cfg.looped            # the interpreter streams long rows
+        return
+    assert (cfg == HELD) == held, cfg
+    assert cfg.splits > 1 or held, cfg
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the heuristic's GPU pick")
+def test_public_calls_take_the_held_row_on_a_gpu():
+    M, N = config.HELD_ROW_MIN_ROWS, 65536
+    assert config.pick_config(N, M, BF16, BF16, False, 0) == HELD
+    assert config.pick_config(N, M, FP32, BF16, True, 0, BF16) == HELD
+    assert config.pick_config(N, M, BF16, BF16, False, 0, None, False).splits > 1   # a bias
+    x, w = rand_x((M, N), BF16, "cuda"), rand_w(N, BF16, "cuda")
+    y = rt.rms_norm(x, w)
+    assert_close(y, rmsnorm_ref(x, w, EPS))
+    assert torch.equal(rt.rms_norm(x, w), y)                   # the plan's repeat call
+    residual = rand_x((M, N), BF16, "cuda")
+    y2, r2 = rt.fused_add_rms_norm(x, residual, w)
+    assert torch.equal(y2, rt.rms_norm(r2, w))
+    # The fanout kernel holds no row: tensor parallelism normalizes on each GPU instead.
+    dev = torch.device("cuda", 0)
+    assert fanout_plan(x, [dev, dev], [w, w], [None, None], EPS) is None
+    small, w16k = rand_x((64, 16384), BF16, "cuda"), rand_w(16384, BF16, "cuda")
+    assert fanout_plan(small, [dev, dev], [w16k, w16k], [None, None], EPS) is not None   # a tile
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_held_rows_replay_in_a_cuda_graph():
+    M, N = config.HELD_ROW_MIN_ROWS, 65536
+    x, w = rand_x((M, N), FP16, "cuda"), rand_w(N, FP16, "cuda")
+    residual = rand_x((M, N), FP16, "cuda")
+    start = residual.clone()
+    rt.rms_norm(x, w)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):          # warm up (compile) outside the capture
+        rt.fused_add_rms_norm(x, residual.clone(), w)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = rt.rms_norm(x, w)
+        y2, _ = rt.fused_add_rms_norm(x, residual, w)
+    x.copy_(rand_x((M, N), FP16, "cuda"))
+    residual.copy_(start)
+    y.fill_(float("nan"))
+    y2.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(y, rmsnorm_ref(x, w, EPS))
+    want_residual = x.double() + start.double()
+    assert_close(residual, want_residual)
+    assert torch.equal(y2, rt.rms_norm(residual, w))
