@@ -105,12 +105,12 @@ SPLIT_CAP_TRITON = (3, 6)
 #   0.967-0.992x; 4096 x 49152 1.03-1.04x;
 # - H200: 2048-4096 rows 1.11-1.14x, 1024 rows 1.05-1.06x, 512 rows 0.99-1.01x.
 # The fused add of a 16-bit residual, which must follow to equal the norm, writes its updated
-# residual in HELD_ADD_CHUNK_N-wide chunks first and reads it back whole (8192: 0.95-0.98x of
-# 16384, 32768: 0.99-1.00x): against the split row 0.991-1.003x on the H100 from 1024 rows,
+# residual in HELD_ADD_CHUNK_N-wide chunks first and reads it back whole (8192: 0.94-0.98x of
+# 16384, 32768: 0.99-1.01x): against the split row 0.990-1.003x on the H100 from 1024 rows,
 # 0.96-0.98x on the H200 at 1024 and 0.99-1.01x from 2048, so the rule starts at 2048. Rows of
 # 40000 columns (a 64K tile two-fifths idle) were level or lost at 512 rows (0.96x eager) and
 # keep the split. Held, the weight is fetched after the reduction (`preload_weight`); fetched
-# first it spilled (0.72-0.92x). The held kernel spilled to a 4-byte output (0.64-0.81x), with
+# first it spilled (0.71-0.98x). The held kernel spilled to a 4-byte output (0.72-0.84x), with
 # the fp16 clamp (10 registers a thread, 0.83-0.86x), with a bias (6, 0.95-1.06x), so those
 # calls keep the split row (`pick_config`'s `plain`); an fp32 weight gained (1.04-1.11x).
 HELD_ROW_N = 65536
@@ -441,7 +441,7 @@ def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
     (bench/RESULTS.md, "Short rows fetch the weight first"); 513-767 columns follow, not timed.
     The split-row kernel always fetches late (a comment there says why), and so do tiles past
     MAX_SINGLE_TILE_N: held 64K-element rows spilled with the weight fetched early (30-36
-    registers a thread, 0.72-0.92x of the split row on an H200, "One program a 64K-element
+    registers a thread, 0.71-0.98x of the split row on an H200, "One program a 64K-element
     row")."""
     return cfg.splits == 1 and not cfg.looped and cfg.block_m * cfg.block_n <= MAX_SINGLE_TILE_N \
         and (n_rows <= 256 or cfg.block_n >= 8192
