@@ -113,6 +113,14 @@ SPLIT_CAP_TRITON = (3, 6)
 # first it spilled (0.71-0.98x). The held kernel spilled to a 4-byte output (0.72-0.84x), with
 # the fp16 clamp (10 registers a thread, 0.83-0.86x), with a bias (6, 0.95-1.06x), so those
 # calls keep the split row (`pick_config`'s `plain`); an fp32 weight gained (1.04-1.11x).
+# Held, a row is loaded in 16-byte vectors; Triton vectorizes only 16-byte aligned pointers and
+# row strides and lengths of whole vectors (it specializes on them), and without vectors the
+# held kernel spills (472-760 bytes a thread with Triton 3.6), so other calls keep the split row
+# (`held_row_aligned`). Measured with Triton 3.6 on CUDA. Compiled for sm_90 with those
+# specializations, the held forms spill nothing with Triton 3.6, 3.7 and 3.9 (55-63 registers)
+# and 32-80 bytes with 3.8 (bf16; `scripts/compile_kernels.py --registers`): held rows are for
+# HELD_ROW_TRITONS on CUDA (HELD_ROW_HERE), timed on 3.6 only.
+HELD_ROW_TRITONS = ((3, 6), (3, 7), (3, 9))
 HELD_ROW_N = 65536
 HELD_ROW_MIN_N = 49152
 HELD_ROW_WARPS = 32
@@ -367,7 +375,7 @@ def _long_row_config(n_cols: int, n_rows: int, x_itemsize: int, out_itemsize: in
     programs of one slice each on a GPU, streamed twice in chunks in the interpreter (or past
     MAX_SPLIT_SLICE_N-wide slices)."""
     narrow = x_itemsize <= 2 and out_itemsize <= 2         # 16-bit x to a 16-bit output
-    if narrow and plain and on_gpu and not INTERPRET and \
+    if narrow and plain and on_gpu and not INTERPRET and HELD_ROW_HERE and \
             HELD_ROW_MIN_N <= n_cols <= HELD_ROW_N and n_rows >= HELD_ROW_MIN_ROWS:
         return LaunchConfig(block_m=1, block_n=HELD_ROW_N, num_warps=HELD_ROW_WARPS,
                             looped=False)
@@ -406,6 +414,7 @@ def _triton_minor() -> tuple:
 
 
 SPLIT_CAP_HERE = torch.version.hip is None and _triton_minor() == SPLIT_CAP_TRITON
+HELD_ROW_HERE = torch.version.hip is None and _triton_minor() in HELD_ROW_TRITONS
 
 
 def split_registers_capped(cfg: LaunchConfig, n_rows: int, *itemsizes: int,
@@ -425,6 +434,19 @@ def hold_row(cfg: LaunchConfig, itemsize: int) -> bool:
     residual)."""
     return (cfg.splits == 1 and not cfg.looped and itemsize == 2
             and cfg.block_m * cfg.block_n > MAX_SINGLE_TILE_N)
+
+
+def held_row_aligned(n_cols: int, *tensors) -> bool:
+    """Whether a held row's loads and stores are 16-byte vectors: every tensor's data pointer
+    16-byte aligned, and the row length and each 2-D tensor's row stride whole vectors of 16-bit
+    values (a 4-byte x of the fused add moves 8 to its 16 bytes: it takes the 16-bit test, met
+    by it too). `tensors`: the operands, None for an absent one."""
+    if n_cols % 8:
+        return False
+    for t in tensors:
+        if t is not None and (t.data_ptr() % 16 or t.dim() == 2 and t.stride(0) % 8):
+            return False
+    return True
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:

@@ -27,6 +27,7 @@ from .config import (
     config_generation,
     device_name,
     hold_row,
+    held_row_aligned,
     next_pow2,
     pick_config,
     preload_weight,
@@ -100,9 +101,13 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     dev_index = dev.index if dev.type == "cuda" else -1
     generation = config_generation()     # a plan made from a superseded table is not kept
     if cfg is None:
+        plain = bias is None and not accumulate and not clamp_fp16_input
         cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
-                          dev_index, None if res is None else res.dtype,
-                          bias is None and not accumulate and not clamp_fp16_input)
+                          dev_index, None if res is None else res.dtype, plain)
+        if plain and hold_row(cfg, (x if res is None else res).element_size()) and \
+                not held_row_aligned(n_cols, x, res, out, weight):
+            cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
+                              dev_index, None if res is None else res.dtype, False)
     masked = cfg.splits == 1 and row_mask(cfg)
     # None for what the kernel does not read: Triton compiles it out (kernels/rmsnorm.py).
     scalars = (n_rows if masked else None, n_cols, x.stride(0),

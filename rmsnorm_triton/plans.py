@@ -92,8 +92,12 @@ def fused_plan(x, residual, weight, bias, eps, weight_offset, out_dtype):
 
 def _runnable(plan, x, weight, bias, residual):
     """`plan`, if it may run this call: Triton launches on the current GPU (a plan made for
-    another steps aside), and the kernels are forward-only (nothing for autograd to record)."""
+    another steps aside), the kernels are forward-only (nothing for autograd to record), and a
+    held row's pointers are 16-byte aligned (else the full path takes the split row,
+    config.held_row_aligned; the key pins the strides)."""
     if plan is None or plan.dev_index >= 0 and _current_device() != plan.dev_index:
+        return None
+    if plan.held and misaligned(x, weight, residual):
         return None
     if torch.is_grad_enabled() and (
             x.requires_grad or weight is not None and weight.requires_grad
@@ -101,6 +105,12 @@ def _runnable(plan, x, weight, bias, residual):
             or residual is not None and residual.requires_grad):
         return None
     return plan
+
+
+def misaligned(x, weight, residual) -> bool:
+    """Whether a data pointer is off 16 bytes: a held row's plan must not run then."""
+    return bool((x.data_ptr() | (0 if weight is None else weight.data_ptr())
+                 | (0 if residual is None else residual.data_ptr())) & 15)
 
 
 def lookup(key) -> Optional["Plan"]:
@@ -141,7 +151,7 @@ class Plan:
     """One signature's launch: output allocation, grid, and the arguments that never change."""
     __slots__ = ("out_shape", "out_dtype", "device", "dev_index", "grid", "scalars", "launcher",
                  "constexprs", "num_warps", "runner", "extents", "like_x", "standard_x",
-                 "same_as_x", "parts_shape")
+                 "same_as_x", "parts_shape", "held")
 
     def __init__(self, p: Prepared, launcher: CachedLauncher, grid: int, scalars: tuple,
                  constexprs: tuple, num_warps: int, splits: int = 1,
@@ -167,6 +177,8 @@ class Plan:
         self.extents = tuple(_extent(t) for t in (p.residual, p.x, p.weight, p.bias))
         # The split-row kernel's slots: rows and programs a row (ops._run_kernel).
         self.parts_shape = (p.x.shape[0], splits) if splits > 1 else None
+        # A held row (config.hold_row): its calls must come with aligned pointers (_runnable).
+        self.held = dict(constexprs).get("HOLD_X", False)
 
     def launch(self, x, residual, weight, bias, out) -> bool:
         """Write out; False, launching nothing, where the residual that the fused add writes

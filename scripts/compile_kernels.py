@@ -10,13 +10,16 @@ rmsnorm_fwd_split_kernel and rmsnorm_fwd_fanout_kernel for `--arch` over their f
 operand None where its flag leaves it out, as ops.py passes them, the 64K-element rows held in
 16 bits, and the split-row forms that ops.py compiles under a register cap. It needs only
 Triton (the kernel file is loaded by path), so it runs in a venv of any Triton version.
-`--quick` takes a subset that still reaches every None form. Prints one line per failure and a
-count; exit status 1 on any failure.
+`--quick` takes a subset that still reaches every None form; `--registers` also prints the
+registers and spills of the held-row forms (config.HELD_ROW_TRITONS rests on it). Prints one
+line per failure and a count; exit status 1 on any failure.
 """
 import argparse
 import importlib.util
 import itertools
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import triton
@@ -27,6 +30,9 @@ KERNEL_FILE = Path(__file__).resolve().parents[1] / "kernels" / "rmsnorm.py"
 # Compile options of every package launch (config.COMPILE_OPTIONS, written out because this
 # script loads no package).
 PACKAGE_OPTIONS = {"enable_fp_fusion": True}
+# A case option of this script's own: specialize the pointers and integers as 16-byte aligned
+# (divisible by 16), as Triton does for such launch arguments, and report registers.
+ALIGNED = "aligned"
 
 
 def _kernels():
@@ -70,19 +76,22 @@ def row_cases(quick):
 
 def held_row_cases():
     """The tiles ops.py launches with HOLD_X (config.hold_row: a 64K-element row of 16-bit
-    values, one program on 32 warps), fp16 and bf16, the fused add or not (its chunk 16384,
-    config.HELD_ADD_CHUNK_N), with a clamp and without a weight: the widening again and the
-    fused add's first pass."""
-    for x_type, has_r in itertools.product(("*bf16", "*fp16"), (False, True)):
+    values, one program on 32 warps), fp16 and bf16, the fused add (its chunk 16384,
+    config.HELD_ADD_CHUNK_N) or not, with a weight: the widening again and the fused add's first
+    pass. Pointers and integers are specialized as a GPU launch of an aligned row specializes
+    them (divisible by 16: config.held_row_aligned), so the registers are those of the launch.
+    Then the same forms without a weight and with the fp16 clamp, compiled only."""
+    for x_type, has_r, plain in itertools.product(("*bf16", "*fp16"), (False, True),
+                                                  (True, False)):
         sig = {"x_ptr": x_type, "y_ptr": x_type, "n_rows": "i32", "n_cols": "i32",
                "stride_x_row": "i32", "stride_y_row": "i32", "eps": "fp32"}
-        consts = dict(HAS_WEIGHT=False, HAS_BIAS=False, HAS_RESIDUAL=has_r, ACCUMULATE=False,
-                      CLAMP_FP16=x_type == "*fp16", WEIGHT_OFFSET=1.0, BLOCK_M=1,
+        consts = dict(HAS_WEIGHT=plain, HAS_BIAS=False, HAS_RESIDUAL=has_r, ACCUMULATE=False,
+                      CLAMP_FP16=x_type == "*fp16" and not plain, WEIGHT_OFFSET=1.0, BLOCK_M=1,
                       BLOCK_N=65536, LOOPED=False, LOOP_N=0, PRELOAD_W=False, ROW_MASK=True,
                       HOLD_X=True, ADD_CHUNK_N=16384 if has_r else 0)
-        _operands(sig, consts, [("r_ptr", x_type, has_r), ("w_ptr", x_type, False),
+        _operands(sig, consts, [("r_ptr", x_type, has_r), ("w_ptr", x_type, plain),
                                 ("b_ptr", x_type, False), ("stride_r_row", "i32", has_r)])
-        yield "rmsnorm_fwd_kernel", sig, consts, {"num_warps": 32}
+        yield "rmsnorm_fwd_kernel", sig, consts, {"num_warps": 32, ALIGNED: plain}
 
 
 def capped_split_cases():
@@ -126,10 +135,27 @@ def _reason(error: Exception) -> str:
     return f"{lines[0]} {where} {lines[-1]}"
 
 
+def _resources(kernel) -> str:
+    """cuobjdump's REG and STACK of a compiled kernel (STACK above 0: spilled)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(90)
+    tool = Path(getattr(ptxas, "path", ptxas)).with_name("cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True)
+    usage = [w for line in out.stdout.splitlines() if "REG:" in line for w in line.split()
+             if w.startswith(("REG:", "STACK:"))]
+    return " ".join(usage) or f"no usage line ({out.stderr.strip()[:100]})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10")
     parser.add_argument("--quick", action="store_true", help="a subset reaching every None form")
+    parser.add_argument("--registers", action="store_true",
+                        help="print registers and stack bytes (spills) of the aligned held-row "
+                             "forms, from Triton's cuobjdump")
     args = parser.parse_args(argv)
     module, target = _kernels(), GPUTarget("cuda", args.arch, 32)
     cases = [*row_cases(args.quick), *held_row_cases(), *capped_split_cases(),
@@ -138,9 +164,18 @@ def main(argv=None) -> int:
     for name, sig, consts, options in cases:
         for const in consts:
             sig[const] = "constexpr"
+        options = dict(options)
+        aligned = options.pop(ALIGNED, False)
+        fn = getattr(module, name)
+        attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(fn.arg_names)
+                 if aligned and sig.get(arg, "constexpr") not in ("constexpr", "fp32")
+                 and arg != "n_rows"}
         try:
-            triton.compile(ASTSource(getattr(module, name), sig, consts), target=target,
-                           options={"num_warps": 4, **PACKAGE_OPTIONS, **options})
+            kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=target,
+                                    options={"num_warps": 4, **PACKAGE_OPTIONS, **options})
+            if aligned and args.registers:
+                flags = {k: v for k, v in consts.items() if k in ("HAS_RESIDUAL",)}
+                print(f"{name} {sig['x_ptr']} {flags}: {_resources(kernel)}")
         except Exception as e:          # any compiler error is a finding; keep going
             failed += 1
             flags = {k: v for k, v in consts.items() if k.isupper()}

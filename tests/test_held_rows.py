@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rmsnorm_triton as rt
-from rmsnorm_triton import config
+from rmsnorm_triton import config, plans
 from rmsnorm_triton.config import HELD_ROW_N, HELD_ROW_WARPS, LaunchConfig, heuristic_config
 from rmsnorm_triton.ops import _launch, fanout_plan
 from rmsnorm_triton.validate import check_inputs
@@ -116,17 +116,45 @@ def test_held_fp16_special_values(device):
     ((4, 4), 4096, 65536, False),
     ((2, 2), 4096, 65537, False),                              # past the held tile
 ])
-def test_the_heuristic_holds_long_16bit_rows(itemsizes, rows, cols, held):
+def test_the_heuristic_holds_long_16bit_rows(monkeypatch, itemsizes, rows, cols, held):
     x_size, out_size = itemsizes
-    cfg = heuristic_config(cols, rows, x_size, True, out_size)
     if config.INTERPRET:
+        cfg = heuristic_config(cols, rows, x_size, True, out_size)
         assert cfg.splits == 1 and cfg.looped            # the interpreter streams long rows
-        return
+    monkeypatch.setattr(config, "INTERPRET", False)      # the rule as a GPU process sees it
+    monkeypatch.setattr(config, "HELD_ROW_HERE", True)
+    cfg = heuristic_config(cols, rows, x_size, True, out_size)
     assert (cfg == HELD) == held, cfg
     assert cfg.splits > 1 or held, cfg
+    assert heuristic_config(cols, rows, x_size, True, out_size, plain=False).splits > 1
+    # A Triton whose held kernel was not found free of spills keeps the split row.
+    monkeypatch.setattr(config, "HELD_ROW_HERE", False)
+    assert heuristic_config(cols, rows, x_size, True, out_size).splits > 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the heuristic's GPU pick")
+@pytest.mark.parametrize("version,here", [("3.6.0", True), ("3.7.1", True), ("3.8.0", False),
+                                          ("3.9.0", True), ("3.10.0", False), ("main", False)])
+def test_held_rows_follow_the_triton_version(monkeypatch, version, here):
+    monkeypatch.setattr(config.triton, "__version__", version)
+    assert (config._triton_minor() in config.HELD_ROW_TRITONS) is here
+
+
+def test_held_rows_need_16_byte_vectors(device):
+    """config.held_row_aligned: pointers on 16 bytes, whole vectors a row and a row stride."""
+    buf = rand_x((4, 65536 + 8), BF16, device)
+    x = buf[:, :65536]                                   # row stride 65544: 8 x 8 elements
+    w = rand_w(65536, BF16, device)
+    assert config.held_row_aligned(65536, x, None, w)
+    assert config.held_row_aligned(49152, x, None, None)
+    assert not config.held_row_aligned(65532, x, None, w)           # 4 elements past a vector
+    assert not config.held_row_aligned(65536, buf[:, 1:65537], None, w)       # pointer + 2 B
+    odd = rand_x((4, 65536 + 4), BF16, device)[:, :65536]           # stride 65540
+    assert not config.held_row_aligned(65536, odd, None, w)
+    assert not config.held_row_aligned(65536, x, None, rand_w(65537, BF16, device)[1:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not config.HELD_ROW_HERE,
+                    reason="the heuristic's GPU pick, with a Triton that holds rows")
 def test_public_calls_take_the_held_row_on_a_gpu():
     M, N = config.HELD_ROW_MIN_ROWS, 65536
     assert config.pick_config(N, M, BF16, BF16, False, 0) == HELD
@@ -144,6 +172,31 @@ def test_public_calls_take_the_held_row_on_a_gpu():
     assert fanout_plan(x, [dev, dev], [w, w], [None, None], EPS) is None
     small, w16k = rand_x((64, 16384), BF16, "cuda"), rand_w(16384, BF16, "cuda")
     assert fanout_plan(small, [dev, dev], [w16k, w16k], [None, None], EPS) is not None   # a tile
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not config.HELD_ROW_HERE,
+                    reason="the heuristic's GPU pick, with a Triton that holds rows")
+def test_misaligned_calls_take_the_split_row():
+    """A held plan steps aside for a call whose pointers are off 16 bytes: the full path then
+    takes the split row (held, such loads cannot be vectors and the kernel spills)."""
+    M, N = config.HELD_ROW_MIN_ROWS, 65536
+    w = rand_w(N, BF16, "cuda")
+    flat = rand_x((M * N + 8,), BF16, "cuda")
+    aligned, shifted = flat[:M * N].view(M, N), flat[1:M * N + 1].view(M, N)
+    for x in (aligned, shifted, aligned, shifted):
+        plans.clear()
+        y = rt.rms_norm(x, w)
+        assert_close(y, rmsnorm_ref(x, w, EPS))
+        y2 = rt.rms_norm(x, w)                              # the plan's path
+        assert torch.equal(y, y2)
+        (plan,) = plans._plans.values()
+        assert plan.held == (x is aligned), plan.constexprs
+    plans.clear()
+    rt.rms_norm(aligned, w)
+    (plan,) = plans._plans.values()
+    assert plan.held
+    assert plans.norm_plan(shifted, w, None, 1e-6, 0.0, None, False) is None
+    assert_close(rt.rms_norm(shifted, w), rmsnorm_ref(shifted, w, EPS))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

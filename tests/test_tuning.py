@@ -501,6 +501,7 @@ def _cfg(m, n, w, looped=False, splits=1):
 ])
 def test_heuristic_rules(monkeypatch, args, want):
     monkeypatch.setattr(config, "INTERPRET", False)     # the rules as a GPU process sees them
+    monkeypatch.setattr(config, "HELD_ROW_HERE", True)  # ... with a Triton that holds rows
     assert heuristic_config(*args) == want
 
 
