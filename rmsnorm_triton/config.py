@@ -115,11 +115,12 @@ SPLIT_CAP_TRITON = (3, 6)
 # calls keep the split row (`pick_config`'s `plain`); an fp32 weight gained (1.04-1.11x).
 # Held, a row is loaded in 16-byte vectors; Triton vectorizes only 16-byte aligned pointers and
 # row strides and lengths of whole vectors (it specializes on them), and without vectors the
-# held kernel spills (472-760 bytes a thread with Triton 3.6), so other calls keep the split row
-# (`held_row_aligned`). Measured with Triton 3.6 on CUDA. Compiled for sm_90 with those
-# specializations, the held forms spill nothing with Triton 3.6, 3.7 and 3.9 (55-63 registers)
-# and 32-80 bytes with 3.8 (bf16; `scripts/compile_kernels.py --registers`): held rows are for
-# HELD_ROW_TRITONS on CUDA (HELD_ROW_HERE), timed on 3.6 only.
+# held kernel spills (x: 472 bytes a thread with Triton 3.6, the fused add's residual 120, a
+# row length off whole vectors 480), so those calls keep the split row (`held_row_vectors`,
+# `plans.misaligned`; an unaligned weight, output or fused add's x spills nothing). Compiled
+# for sm_90 with those specializations, the held forms spill nothing with Triton 3.6, 3.7 and
+# 3.9 (55-61 registers) and 32-40 bytes with 3.8 (bf16; `scripts/compile_kernels.py
+# --registers`): held rows are for HELD_ROW_TRITONS on CUDA (HELD_ROW_HERE), timed on 3.6 only.
 HELD_ROW_TRITONS = ((3, 6), (3, 7), (3, 9))
 HELD_ROW_N = 65536
 HELD_ROW_MIN_N = 49152
@@ -436,17 +437,14 @@ def hold_row(cfg: LaunchConfig, itemsize: int) -> bool:
             and cfg.block_m * cfg.block_n > MAX_SINGLE_TILE_N)
 
 
-def held_row_aligned(n_cols: int, *tensors) -> bool:
-    """Whether a held row's loads and stores are 16-byte vectors: every tensor's data pointer
-    16-byte aligned, and the row length and each 2-D tensor's row stride whole vectors of 16-bit
-    values (a 4-byte x of the fused add moves 8 to its 16 bytes: it takes the 16-bit test, met
-    by it too). `tensors`: the operands, None for an absent one."""
-    if n_cols % 8:
-        return False
-    for t in tensors:
-        if t is not None and (t.data_ptr() % 16 or t.dim() == 2 and t.stride(0) % 8):
-            return False
-    return True
+def held_row_vectors(n_cols: int, held) -> bool:
+    """Whether the rows of the tensor a held row holds (x, or the fused add's residual) are
+    whole 16-byte vectors of 16-bit values, in length and row stride; with its pointer 16-byte
+    aligned (plans.misaligned, checked per call) its loads are vectors. The other operands
+    may be unaligned: compiled so, they spill nothing (the weight, the fused add's x and the
+    output are loaded or stored outside the held span), and the fused add and the unfused
+    norm of its residual then decide alike."""
+    return not (n_cols % 8 or held.dim() == 2 and held.stride(0) % 8)
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:

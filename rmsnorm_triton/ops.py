@@ -27,7 +27,7 @@ from .config import (
     config_generation,
     device_name,
     hold_row,
-    held_row_aligned,
+    held_row_vectors,
     next_pow2,
     pick_config,
     preload_weight,
@@ -100,14 +100,23 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     dev = out.device          # x's device, or a peer's that reads x (tensor parallelism)
     dev_index = dev.index if dev.type == "cuda" else -1
     generation = config_generation()     # a plan made from a superseded table is not kept
+    # Whether the config rests on the held tensor's alignment (a held row, or the split row in
+    # its place), and on which; None: it does not (plans.Plan.made_aligned).
+    made_aligned = None
     if cfg is None:
         plain = bias is None and not accumulate and not clamp_fp16_input
         cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
                           dev_index, None if res is None else res.dtype, plain)
-        if plain and hold_row(cfg, (x if res is None else res).element_size()) and \
-                not held_row_aligned(n_cols, x, res, out, weight):
-            cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
-                              dev_index, None if res is None else res.dtype, False)
+        held = x if res is None else res
+        if plain and hold_row(cfg, held.element_size()):
+            # The rows' length and stride are the signature's (never held if they are off
+            # vectors, whatever the pointer); the pointer's alignment is the call's.
+            if held_row_vectors(n_cols, held):
+                made_aligned = not plans.misaligned(held)
+            if not made_aligned:
+                cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype,
+                                  res is not None, dev_index,
+                                  None if res is None else res.dtype, False)
     masked = cfg.splits == 1 and row_mask(cfg)
     # None for what the kernel does not read: Triton compiles it out (kernels/rmsnorm.py).
     scalars = (n_rows if masked else None, n_cols, x.stride(0),
@@ -144,7 +153,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
             _run_kernel(launcher, grid, cfg, dev_index, args, scalars, flags)
     if plan_key is not None:
         plans.remember(plan_key, p, *operands, launcher, grid, scalars, flags, cfg.num_warps,
-                       cfg.splits, generation)
+                       cfg.splits, generation, made_aligned)
     if p.residual_user is not None:
         p.residual_user.copy_(res.view(p.shape))
     if p.out_user is not None:

@@ -92,12 +92,15 @@ def fused_plan(x, residual, weight, bias, eps, weight_offset, out_dtype):
 
 def _runnable(plan, x, weight, bias, residual):
     """`plan`, if it may run this call: Triton launches on the current GPU (a plan made for
-    another steps aside), the kernels are forward-only (nothing for autograd to record), and a
-    held row's pointers are 16-byte aligned (else the full path takes the split row,
-    config.held_row_aligned; the key pins the strides)."""
+    another steps aside), the kernels are forward-only (nothing for autograd to record), and
+    where the config rests on the held tensor's alignment (a held row, or the split row that
+    an unaligned call takes in its place), this call's alignment is the plan's. So a signature
+    takes one config per alignment, and the fused add and the unfused norm of its residual
+    take the same one."""
     if plan is None or plan.dev_index >= 0 and _current_device() != plan.dev_index:
         return None
-    if plan.held and misaligned(x, weight, residual):
+    if plan.made_aligned is not None and \
+            misaligned(x if residual is None else residual) is plan.made_aligned:
         return None
     if torch.is_grad_enabled() and (
             x.requires_grad or weight is not None and weight.requires_grad
@@ -107,10 +110,10 @@ def _runnable(plan, x, weight, bias, residual):
     return plan
 
 
-def misaligned(x, weight, residual) -> bool:
-    """Whether a data pointer is off 16 bytes: a held row's plan must not run then."""
-    return bool((x.data_ptr() | (0 if weight is None else weight.data_ptr())
-                 | (0 if residual is None else residual.data_ptr())) & 15)
+def misaligned(held) -> bool:
+    """Whether the tensor a held row holds (x, or the fused add's residual) is off 16 bytes
+    (with config.held_row_vectors, which the key pins: whether a held row loads vectors)."""
+    return bool(held.data_ptr() & 15)
 
 
 def lookup(key) -> Optional["Plan"]:
@@ -151,11 +154,11 @@ class Plan:
     """One signature's launch: output allocation, grid, and the arguments that never change."""
     __slots__ = ("out_shape", "out_dtype", "device", "dev_index", "grid", "scalars", "launcher",
                  "constexprs", "num_warps", "runner", "extents", "like_x", "standard_x",
-                 "same_as_x", "parts_shape", "held")
+                 "same_as_x", "parts_shape", "made_aligned")
 
     def __init__(self, p: Prepared, launcher: CachedLauncher, grid: int, scalars: tuple,
                  constexprs: tuple, num_warps: int, splits: int = 1,
-                 x_strides: Optional[tuple] = None):
+                 x_strides: Optional[tuple] = None, made_aligned: Optional[bool] = None):
         self.out_shape, self.out_dtype, self.device = p.shape, p.out.dtype, p.out.device
         # empty_like costs ~2 us less than torch.empty on a slow host; a peer's output (tensor
         # parallelism) lives on another GPU than x, so it takes torch.empty.
@@ -177,8 +180,9 @@ class Plan:
         self.extents = tuple(_extent(t) for t in (p.residual, p.x, p.weight, p.bias))
         # The split-row kernel's slots: rows and programs a row (ops._run_kernel).
         self.parts_shape = (p.x.shape[0], splits) if splits > 1 else None
-        # A held row (config.hold_row): its calls must come with aligned pointers (_runnable).
-        self.held = dict(constexprs).get("HOLD_X", False)
+        # Whether the config was picked for an aligned held tensor (a held row) or an unaligned
+        # one (the split row in its place); None where alignment did not enter (_runnable).
+        self.made_aligned = made_aligned
 
     def launch(self, x, residual, weight, bias, out) -> bool:
         """Write out; False, launching nothing, where the residual that the fused add writes
@@ -376,7 +380,7 @@ def store(key, plan, generation: int) -> None:
 
 def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: int,
              scalars: tuple, constexprs: tuple, num_warps: int, splits: int,
-             generation: int) -> None:
+             generation: int, made_aligned: Optional[bool] = None) -> None:
     """Store a plan for `key` if this call's form allows one (see the module docstring).
 
     `generation`: config's, read before the launch config was picked; if the tuned table
@@ -393,7 +397,7 @@ def remember(key, p: Prepared, x, weight, bias, launcher: CachedLauncher, grid: 
         _plans.clear()
     try:
         _plans[key] = Plan(p, launcher, grid, scalars, constexprs, num_warps, splits,
-                           x.stride())
+                           x.stride(), made_aligned)
     except TypeError:
         pass
 

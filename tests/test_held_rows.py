@@ -140,17 +140,16 @@ def test_held_rows_follow_the_triton_version(monkeypatch, version, here):
 
 
 def test_held_rows_need_16_byte_vectors(device):
-    """config.held_row_aligned: pointers on 16 bytes, whole vectors a row and a row stride."""
+    """config.held_row_vectors and plans.misaligned: the held tensor's rows and row stride
+    whole 16-byte vectors, its pointer on 16 bytes."""
     buf = rand_x((4, 65536 + 8), BF16, device)
     x = buf[:, :65536]                                   # row stride 65544: 8 x 8 elements
-    w = rand_w(65536, BF16, device)
-    assert config.held_row_aligned(65536, x, None, w)
-    assert config.held_row_aligned(49152, x, None, None)
-    assert not config.held_row_aligned(65532, x, None, w)           # 4 elements past a vector
-    assert not config.held_row_aligned(65536, buf[:, 1:65537], None, w)       # pointer + 2 B
+    assert config.held_row_vectors(65536, x) and not plans.misaligned(x)
+    assert config.held_row_vectors(49152, x[:, :49152])
+    assert not config.held_row_vectors(65532, x[:, :65532])         # 4 elements past a vector
+    assert config.held_row_vectors(65536, buf[:, 1:65537]) and plans.misaligned(buf[:, 1:])
     odd = rand_x((4, 65536 + 4), BF16, device)[:, :65536]           # stride 65540
-    assert not config.held_row_aligned(65536, odd, None, w)
-    assert not config.held_row_aligned(65536, x, None, rand_w(65537, BF16, device)[1:])
+    assert not config.held_row_vectors(65536, odd)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not config.HELD_ROW_HERE,
@@ -190,13 +189,32 @@ def test_misaligned_calls_take_the_split_row():
         y2 = rt.rms_norm(x, w)                              # the plan's path
         assert torch.equal(y, y2)
         (plan,) = plans._plans.values()
-        assert plan.held == (x is aligned), plan.constexprs
+        assert plan.made_aligned is (x is aligned)
+        assert dict(plan.constexprs).get("HOLD_X", False) is (x is aligned)
     plans.clear()
     rt.rms_norm(aligned, w)
     (plan,) = plans._plans.values()
-    assert plan.held
+    assert plan.made_aligned
     assert plans.norm_plan(shifted, w, None, 1e-6, 0.0, None, False) is None
     assert_close(rt.rms_norm(shifted, w), rmsnorm_ref(shifted, w, EPS))
+    # The fused add decides on its residual alone, as the unfused norm of it does: a shifted x
+    # or weight leaves it held, and the two equal bit for bit, in any order of calls (a plan
+    # runs only calls of the alignment it was made for).
+    shifted_w = rand_w(N + 8, BF16, "cuda")[1:N + 1]
+    r_flat = torch.empty(M * N + 8, dtype=BF16, device="cuda")
+    shifted_r = r_flat[1:M * N + 1].view(M, N)
+    plans.clear()
+    for x, r_aligned, weight in ((shifted, True, w), (aligned, False, w), (aligned, True, w),
+                                 (aligned, True, shifted_w), (shifted, False, shifted_w)):
+        r = aligned.clone() if r_aligned else shifted_r
+        r.copy_(rand_x((M, N), BF16, "cuda"))
+        start = r.clone()
+        for _ in range(2):                                  # the full path, then the plan
+            r.copy_(start)
+            y, _ = rt.fused_add_rms_norm(x, r, weight)
+            assert torch.equal(y, rt.rms_norm(r, weight))
+            plan = plans.fused_plan(x, r, weight, None, 1e-6, 0.0, None)
+            assert plan is not None and plan.made_aligned is r_aligned
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
