@@ -113,15 +113,19 @@ SPLIT_CAP_TRITON = (3, 6)
 # first it spilled (0.71-0.98x). The held kernel spilled to a 4-byte output (0.72-0.84x), with
 # the fp16 clamp (10 registers a thread, 0.83-0.86x), with a bias (6, 0.95-1.06x), so those
 # calls keep the split row (`pick_config`'s `plain`); an fp32 weight gained (1.04-1.11x).
-# Held, a row is loaded in 16-byte vectors; Triton vectorizes only 16-byte aligned pointers and
-# row strides and lengths of whole vectors (it specializes on them), and without vectors the
-# held kernel spills (x: 472 bytes a thread with Triton 3.6, the fused add's residual 120, a
-# row length off whole vectors 480), so those calls keep the split row (`held_row_vectors`,
-# `plans.misaligned`; an unaligned weight, output or fused add's x spills nothing). Compiled
-# for sm_90 with those specializations, the held forms spill nothing with Triton 3.6, 3.7 and
-# 3.9 (55-61 registers) and 32-40 bytes with 3.8 (bf16; `scripts/compile_kernels.py
-# --registers`): held rows are for HELD_ROW_TRITONS on CUDA (HELD_ROW_HERE), timed on 3.6 only.
+# Held, a row is loaded in 16-byte vectors; Triton vectorizes only pointers it specialized as
+# 16-byte aligned and row strides and lengths it specialized as multiples of 16, and without
+# vectors the held kernel spills (x: 472 bytes a thread with Triton 3.6, the fused add's
+# residual 120, a row length off 16 480; with Triton 3.9 an fp16 weight 48-80, an fp32 one in
+# the fused add 304), so those calls keep the split row (`held_row_vectors`,
+# `plans.misaligned`; an unaligned output or fused add's x spills nothing). Compiled for sm_90
+# with those specializations, the held forms spill nothing with Triton 3.6, 3.7 and 3.9
+# (55-61 registers) and 32-40 bytes with 3.8 (bf16; `scripts/compile_kernels.py
+# --registers`); for sm_80-89 and sm_120 they spill 32-88 bytes. Held rows are for
+# HELD_ROW_TRITONS on CUDA (HELD_ROW_HERE) and GPUs of compute capability HELD_ROW_ARCH
+# (`held_rows_on`), timed on 3.6 only, on an H100 and an H200.
 HELD_ROW_TRITONS = ((3, 6), (3, 7), (3, 9))
+HELD_ROW_ARCH = 9
 HELD_ROW_N = 65536
 HELD_ROW_MIN_N = 49152
 HELD_ROW_WARPS = 32
@@ -438,13 +442,13 @@ def hold_row(cfg: LaunchConfig, itemsize: int) -> bool:
 
 
 def held_row_vectors(n_cols: int, held) -> bool:
-    """Whether the rows of the tensor a held row holds (x, or the fused add's residual) are
-    whole 16-byte vectors of 16-bit values, in length and row stride; with its pointer 16-byte
-    aligned (plans.misaligned, checked per call) its loads are vectors. The other operands
-    may be unaligned: compiled so, they spill nothing (the weight, the fused add's x and the
-    output are loaded or stored outside the held span), and the fused add and the unfused
-    norm of its residual then decide alike."""
-    return not (n_cols % 8 or held.dim() == 2 and held.stride(0) % 8)
+    """Whether the row length and row stride of the tensor a held row holds (x, or the fused
+    add's residual) are multiples of 16 elements, what Triton specializes integers on (a
+    multiple of 8 alone, a 16-byte vector, left the held kernel spilling); with its pointer and
+    the weight's 16-byte aligned (plans.misaligned, checked per call) its loads are vectors.
+    The fused add's x and the output may be unaligned: compiled so, they spill nothing, and
+    the fused add and the unfused norm of its residual, which share the rest, decide alike."""
+    return not (n_cols % 16 or held.dim() == 2 and held.stride(0) % 16)
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
@@ -585,6 +589,15 @@ def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def held_rows_on(device_index: int) -> bool:
+    """Whether this device runs held rows (`hold_row`): a GPU of compute capability
+    HELD_ROW_ARCH, with a Triton of HELD_ROW_TRITONS, not interpreted. Queried once per
+    device, through pick_config's memo."""
+    return (device_index >= 0 and not INTERPRET and HELD_ROW_HERE
+            and torch.cuda.get_device_capability(device_index)[0] == HELD_ROW_ARCH)
+
+
 def runnable_here(cfg: LaunchConfig, device_index: int) -> bool:
     """Whether this device can run cfg. The programs of a split row wait for each other, so
     they must all be resident at once: the interpreter (one program at a time) and the CPU
@@ -603,8 +616,8 @@ def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch
     """The launch config for rows of `n_cols` elements, `bucket` = row_bucket(n_rows).
     residual_dtype: the fused add's residual, where known (default: x's). plain: no bias, no
     accumulate, no fp16 clamp; a held row (`hold_row`) is for such calls only (the others
-    spilled, HELD_ROW_*), so any other call takes the heuristic's config without one, a
-    tuned held entry too.
+    spilled, HELD_ROW_*), and for the devices and Tritons of `held_rows_on`, so any other call
+    takes the heuristic's config without one, a tuned held entry too.
 
     The fused add takes the config of the plain norm of its updated residual (tuned entry or
     heuristic), so that it equals the unfused two steps bit for bit. A split-row config this
@@ -616,7 +629,7 @@ def pick_config(n_cols: int, bucket: int, x_dtype: torch.dtype, out_dtype: torch
     if cfg is None:
         cfg = heuristic_config(n_cols, bucket, normalized.itemsize, device_index >= 0,
                                out_dtype.itemsize)
-    if not plain and hold_row(cfg, normalized.itemsize):
+    if hold_row(cfg, normalized.itemsize) and not (plain and held_rows_on(device_index)):
         cfg = heuristic_config(n_cols, bucket, normalized.itemsize, device_index >= 0,
                                out_dtype.itemsize, plain=False)
     if not runnable_here(cfg, device_index):

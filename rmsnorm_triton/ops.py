@@ -104,7 +104,9 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     # its place), and on which; None: it does not (plans.Plan.made_aligned).
     made_aligned = None
     if cfg is None:
-        plain = bias is None and not accumulate and not clamp_fp16_input
+        # The clamp is compiled out but for fp16 x (flags below).
+        plain = bias is None and not accumulate and not (
+            clamp_fp16_input and x.dtype == torch.float16)
         cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
                           dev_index, None if res is None else res.dtype, plain)
         held = x if res is None else res
@@ -112,7 +114,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
             # The rows' length and stride are the signature's (never held if they are off
             # vectors, whatever the pointer); the pointer's alignment is the call's.
             if held_row_vectors(n_cols, held):
-                made_aligned = not plans.misaligned(held)
+                made_aligned = not plans.misaligned(held, weight)
             if not made_aligned:
                 cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype,
                                   res is not None, dev_index,

@@ -472,7 +472,7 @@ def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, cl
         key = None if key is None else ("peer", dev, key)
         plan = plans.lookup(key)
         if plan is not None and (plan.made_aligned is None
-                                 or plans.misaligned(x) is not plan.made_aligned):
+                                 or plans.misaligned(x, weight) is not plan.made_aligned):
             return plan.norm_on_device(x, weight, bias)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
                      weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input, device=dev)

@@ -100,7 +100,7 @@ def _runnable(plan, x, weight, bias, residual):
     if plan is None or plan.dev_index >= 0 and _current_device() != plan.dev_index:
         return None
     if plan.made_aligned is not None and \
-            misaligned(x if residual is None else residual) is plan.made_aligned:
+            misaligned(x if residual is None else residual, weight) is plan.made_aligned:
         return None
     if torch.is_grad_enabled() and (
             x.requires_grad or weight is not None and weight.requires_grad
@@ -110,10 +110,11 @@ def _runnable(plan, x, weight, bias, residual):
     return plan
 
 
-def misaligned(held) -> bool:
-    """Whether the tensor a held row holds (x, or the fused add's residual) is off 16 bytes
-    (with config.held_row_vectors, which the key pins: whether a held row loads vectors)."""
-    return bool(held.data_ptr() & 15)
+def misaligned(held, weight) -> bool:
+    """Whether the tensor a held row holds (x, or the fused add's residual) or the weight is
+    off 16 bytes (with config.held_row_vectors, which the key pins: whether a held row loads
+    vectors)."""
+    return bool((held.data_ptr() | (0 if weight is None else weight.data_ptr())) & 15)
 
 
 def lookup(key) -> Optional["Plan"]:

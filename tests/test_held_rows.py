@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rmsnorm_triton as rt
-from rmsnorm_triton import config, plans
+from rmsnorm_triton import config, ops, plans
 from rmsnorm_triton.config import HELD_ROW_N, HELD_ROW_WARPS, LaunchConfig, heuristic_config
 from rmsnorm_triton.ops import _launch, fanout_plan
 from rmsnorm_triton.validate import check_inputs
@@ -140,16 +140,88 @@ def test_held_rows_follow_the_triton_version(monkeypatch, version, here):
 
 
 def test_held_rows_need_16_byte_vectors(device):
-    """config.held_row_vectors and plans.misaligned: the held tensor's rows and row stride
-    whole 16-byte vectors, its pointer on 16 bytes."""
-    buf = rand_x((4, 65536 + 8), BF16, device)
-    x = buf[:, :65536]                                   # row stride 65544: 8 x 8 elements
-    assert config.held_row_vectors(65536, x) and not plans.misaligned(x)
+    """config.held_row_vectors and plans.misaligned: the held tensor's row length and stride
+    multiples of 16 elements, its pointer and the weight's on 16 bytes."""
+    buf = rand_x((4, 65536 + 16), BF16, device)
+    x, w = buf[:, :65536], rand_w(65536, BF16, device)     # row stride 65552: 16 x 4097
+    assert config.held_row_vectors(65536, x) and not plans.misaligned(x, w)
     assert config.held_row_vectors(49152, x[:, :49152])
-    assert not config.held_row_vectors(65532, x[:, :65532])         # 4 elements past a vector
-    assert config.held_row_vectors(65536, buf[:, 1:65537]) and plans.misaligned(buf[:, 1:])
-    odd = rand_x((4, 65536 + 4), BF16, device)[:, :65536]           # stride 65540
-    assert not config.held_row_vectors(65536, odd)
+    assert not config.held_row_vectors(65528, x[:, :65528])         # 8 past a multiple of 16
+    assert config.held_row_vectors(65536, buf[:, 1:65537]) and plans.misaligned(buf[:, 1:], w)
+    assert plans.misaligned(x, _shifted(w)) and not plans.misaligned(x, None)
+    for pad in (4, 8):                                              # strides 65540, 65544
+        assert not config.held_row_vectors(65536, rand_x((4, 65536 + pad), BF16, device)[:, :65536])
+
+
+LOOPED = LaunchConfig(1, 8192, 16, True)
+
+
+@pytest.fixture
+def gpu_decisions(monkeypatch):
+    """ops' launch decisions as a GPU that holds rows makes them, on any device: the held row
+    where its rule allows (bucket aside, so that a few rows do), a looped config where the split
+    row would run (the interpreter cannot run that one)."""
+    def pick(n_cols, bucket, x_dtype, out_dtype, has_residual, device_index,
+             residual_dtype=None, plain=True):
+        normalized = (residual_dtype or x_dtype) if has_residual else x_dtype
+        held = plain and normalized.itemsize == 2 and out_dtype.itemsize == 2 and \
+            config.HELD_ROW_MIN_N <= n_cols <= HELD_ROW_N
+        return HELD if held else LOOPED
+    monkeypatch.setattr(ops, "pick_config", pick)
+    plans.clear()
+    yield
+    plans.clear()
+
+
+def _shifted(t):
+    """t's values in a tensor 2 bytes off 16-byte alignment (row stride unchanged)."""
+    flat = torch.empty(t.numel() + 8, dtype=t.dtype, device=t.device)
+    out = flat[1:t.numel() + 1].view(t.shape)
+    return out.copy_(t)
+
+
+def test_fused_add_equals_the_unfused_norm_whatever_the_alignment(device, gpu_decisions):
+    """The held row is taken only where the held tensor and the weight are 16-byte aligned.
+    The fused add decides on its residual (and the weight) as the unfused norm of it does, x
+    and the output aside; a plan runs only calls of the alignment it was made for. So in any
+    order of calls, fused == unfused bit for bit, and a call's result does not depend on the
+    calls before it."""
+    M, N = 2, 65536
+    x0, r0, w0 = rand_x((M, N), BF16, device), rand_x((M, N), BF16, device), rand_w(N, BF16, device)
+    first = {}
+    # (x, residual, weight, out) aligned or not; every combination, twice, in one plan table.
+    combos = [(xa, ra, wa, oa) for xa in (True, False) for ra in (True, False)
+              for wa in (True, False) for oa in (True, False)]
+    for xa, ra, wa, oa in combos * 2:
+        x = x0 if xa else _shifted(x0)
+        r = r0.clone() if ra else _shifted(r0)
+        w = w0 if wa else _shifted(w0)
+        out = torch.empty(M, N, dtype=BF16, device=device)
+        out = out if oa else _shifted(out)
+        y, _ = rt.fused_add_rms_norm(x, r, w, out=out)
+        assert torch.equal(y, rt.rms_norm(r, w)), (xa, ra, wa, oa)
+        key = (ra, wa)                  # what the config may rest on
+        assert torch.equal(first.setdefault(key, y.clone()), y), (xa, ra, wa, oa)
+    assert not torch.equal(first[True, True], first[False, True])   # held and looped both ran
+    for xa in (True, False, True):
+        x = x0 if xa else _shifted(x0)
+        y = rt.rms_norm(x, w0)
+        assert torch.equal(first.setdefault(("norm", xa), y.clone()), y), xa
+        assert_close(y, rmsnorm_ref(x0, w0, EPS))
+
+
+def test_bf16_clamp_flag_keeps_the_held_row(device, gpu_decisions):
+    """clamp_fp16_input is compiled out for bf16 x, so such calls (exllamav2 passes it) are
+    held like plain ones; fp16 ones are not (held, the clamp spilled)."""
+    M, N = 2, 65536
+    x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
+    assert torch.equal(rt.rms_norm(x, w, clamp_fp16_input=True), _norm(x, w))
+    (plan,) = plans._plans.values()
+    assert plan.made_aligned is True
+    plans.clear()
+    x16, w16 = x.to(FP16), w.to(FP16)
+    assert torch.equal(rt.rms_norm(x16, w16, clamp_fp16_input=True),
+                       _norm(x16, w16, LOOPED, clamp_fp16_input=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not config.HELD_ROW_HERE,
