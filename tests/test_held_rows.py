@@ -292,6 +292,23 @@ def test_misaligned_calls_take_the_split_row():
             assert plan is not None and plan.made_aligned is (r_aligned and weight is w)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or not config.HELD_ROW_HERE,
+                    reason="the heuristic's GPU pick, with a Triton that holds rows")
+def test_the_peer_launch_keeps_held_plans_to_their_alignment():
+    """Tensor parallelism's launch reading x where it lives (parallel._norm_from_peer, here on
+    x's own GPU) takes plans as rms_norm does: each alignment its own config, the same bits."""
+    from rmsnorm_triton.parallel import _norm_from_peer
+    M, N = config.HELD_ROW_MIN_ROWS, 65536
+    x, w = rand_x((M, N), BF16, "cuda"), rand_w(N, BF16, "cuda")
+    shifted = _shifted(x)
+    plans.clear()
+    for src in (x, shifted, x, shifted, x):
+        got = _norm_from_peer(src, src.device, w, None, None, EPS, None, 0.0, False)
+        assert torch.equal(got, rt.rms_norm(src, w, EPS))
+        (peer_plan,) = [p for k, p in plans._plans.items() if k[0] == "peer"]
+        assert peer_plan.made_aligned is (src is x)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_held_rows_replay_in_a_cuda_graph():
     M, N = config.HELD_ROW_MIN_ROWS, 65536
