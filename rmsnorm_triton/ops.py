@@ -103,18 +103,18 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     # Whether the config rests on the held tensor's alignment (a held row, or the split row in
     # its place), and on which; None: it does not (plans.Plan.made_aligned).
     made_aligned = None
+    normalized = x if res is None else res      # the tensor a held row holds
     if cfg is None:
         # The clamp is compiled out but for fp16 x (flags below).
         plain = bias is None and not accumulate and not (
             clamp_fp16_input and x.dtype == torch.float16)
         cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype, res is not None,
                           dev_index, None if res is None else res.dtype, plain)
-        held = x if res is None else res
-        if plain and hold_row(cfg, held.element_size()):
+        if plain and hold_row(cfg, normalized.element_size()):
             # The rows' length and stride are the signature's (never held if they are off
             # vectors, whatever the pointer); the pointer's alignment is the call's.
-            if held_row_vectors(n_cols, held):
-                made_aligned = not plans.misaligned(held, weight)
+            if held_row_vectors(n_cols, normalized):
+                made_aligned = not plans.misaligned(normalized, weight)
             if not made_aligned:
                 cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype,
                                   res is not None, dev_index,
@@ -139,11 +139,11 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         flags += (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits)))
     else:
         launcher, grid = _launch_rows, -(-n_rows // cfg.block_m)
-        held = hold_row(cfg, (x if res is None else res).element_size())
+        hold = hold_row(cfg, normalized.element_size())
         flags += (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped),
                   ("LOOP_N", n_cols if cfg.looped else 0),
                   ("PRELOAD_W", preload_weight(cfg, n_rows)), ("ROW_MASK", masked),
-                  ("HOLD_X", held), ("ADD_CHUNK_N", HELD_ADD_CHUNK_N if held and res is not None
+                  ("HOLD_X", hold), ("ADD_CHUNK_N", HELD_ADD_CHUNK_N if hold and res is not None
                                      else 0))
     if n_rows > 0:
         args = (x, res, weight, bias, out)

@@ -471,8 +471,7 @@ def _norm_from_peer(x, dev, weight, bias, out, eps, out_dtype, weight_offset, cl
         key = plans.norm_key(x, weight, bias, eps, weight_offset, out_dtype, clamp_fp16_input)
         key = None if key is None else ("peer", dev, key)
         plan = plans.lookup(key)
-        if plan is not None and (plan.made_aligned is None
-                                 or plans.misaligned(x, weight) is not plan.made_aligned):
+        if plan is not None and plans.alignment_fits(plan, x, weight):
             return plan.norm_on_device(x, weight, bias)
     p = check_inputs(x, weight, bias=bias, out=out, out_dtype=out_dtype, eps=eps,
                      weight_offset=weight_offset, clamp_fp16_input=clamp_fp16_input, device=dev)

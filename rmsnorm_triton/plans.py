@@ -99,8 +99,7 @@ def _runnable(plan, x, weight, bias, residual):
     take the same one."""
     if plan is None or plan.dev_index >= 0 and _current_device() != plan.dev_index:
         return None
-    if plan.made_aligned is not None and \
-            misaligned(x if residual is None else residual, weight) is plan.made_aligned:
+    if not alignment_fits(plan, x if residual is None else residual, weight):
         return None
     if torch.is_grad_enabled() and (
             x.requires_grad or weight is not None and weight.requires_grad
@@ -108,6 +107,12 @@ def _runnable(plan, x, weight, bias, residual):
             or residual is not None and residual.requires_grad):
         return None
     return plan
+
+
+def alignment_fits(plan, held, weight) -> bool:
+    """Whether this call's alignment (`misaligned`) is the one plan's config was picked for,
+    where it was picked for one (Plan.made_aligned)."""
+    return plan.made_aligned is None or misaligned(held, weight) is not plan.made_aligned
 
 
 def misaligned(held, weight) -> bool:
