@@ -445,9 +445,10 @@ def held_row_vectors(n_cols: int, held) -> bool:
     """Whether the row length and row stride of the [rows, n_cols] tensor a held row holds (x,
     or the fused add's residual) are multiples of 16 elements, what Triton specializes
     integers on (a multiple of 8 alone, a 16-byte vector, left the held kernel spilling); with
-    its pointer and the weight's 16-byte aligned (plans.misaligned, checked per call) its loads are vectors.
-    The fused add's x and the output may be unaligned: compiled so, they spill nothing, and
-    the fused add and the unfused norm of its residual, which share the rest, decide alike."""
+    its pointer and the weight's 16-byte aligned (plans.misaligned, checked per call) its
+    loads are vectors. The fused add's x and the output may be unaligned: compiled so, they
+    spill nothing, and the fused add and the unfused norm of its residual, which share the
+    rest, decide alike."""
     return not (n_cols % 16 or held.stride(0) % 16)
 
 
