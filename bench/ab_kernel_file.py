@@ -43,7 +43,7 @@ def _call(kernel, x, w, out_dtype):
     flags = dict(HAS_WEIGHT=True, HAS_BIAS=False, HAS_RESIDUAL=False, ACCUMULATE=False,
                  CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                  LOOPED=cfg.looped, LOOP_N=N if cfg.looped else 0,
-                 PRELOAD_W=preload_weight(cfg, M))
+                 PRELOAD_W=preload_weight(cfg, M, x.dtype, out_dtype.itemsize, False))
     if "HOLD_X" in kernel.arg_names:
         flags.update(HOLD_X=hold_row(cfg, x.element_size()), ADD_CHUNK_N=0)
     if "ROW_MASK" in kernel.arg_names:

@@ -76,7 +76,7 @@ def _norm(x, w, out_dtype, cfg, residual=None):
         if preload is None:
             return ops._launch(p, EPS, 0.0, False, False, cfg)
         rule = ops.preload_weight
-        ops.preload_weight = lambda c, n_rows: preload
+        ops.preload_weight = lambda *args: preload
         try:
             return ops._launch(p, EPS, 0.0, False, False, cfg)
         finally:
@@ -103,8 +103,8 @@ def _candidates(M, N, out_dtype, norm_itemsize):
                 if os.environ.get("AB_PRELOAD"):
                     # the weight fetched the other way (config.preload_weight)
                     tile = found[f"tile w{warps}"]
-                    found[f"tile w{warps} " + ("late" if preload_weight(tile, M) else "early")] \
-                        = (tile, not preload_weight(tile, M))
+                    early = preload_weight(tile, M, torch.bfloat16, out_dtype.itemsize, False)
+                    found[f"tile w{warps} " + ("late" if early else "early")] = (tile, not early)
         if next_pow2(N) <= 4096:
             for warps in (4, 8, 16):    # two rows a program, as config.PACK_MIN_ROWS packs them
                 found[f"2 rows w{warps}"] = LaunchConfig(2, next_pow2(N), warps, False)

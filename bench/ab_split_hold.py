@@ -35,7 +35,9 @@ SHAPES = [(16, 65536), (256, 65536), (512, 65536), (2048, 65536), (4096, 65536),
           (128, 131072), (1024, 131072), (64, 262144), (512, 262144)]
 # (x dtype, output dtype, residual dtype or None)
 CASES = [(torch.bfloat16, torch.bfloat16, None), (torch.float16, torch.float16, None),
-         (torch.bfloat16, torch.float32, None), (torch.bfloat16, torch.bfloat16, torch.bfloat16)]
+         (torch.bfloat16, torch.float32, None), (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+         (torch.float16, torch.float32, None), (torch.bfloat16, torch.float32, torch.bfloat16),
+         (torch.float16, torch.float32, torch.float16)]
 EPS = 1e-6
 
 
@@ -82,23 +84,27 @@ def split_hold_kernel(
                      HAS_WEIGHT, HAS_BIAS, ACCUMULATE, WEIGHT_OFFSET)
 
 
-SHIPPED, SHIPPED_CAPPED = ops._launch_split, ops._launch_split_capped
+SPLIT_LAUNCHERS = ("_launch_split", "_launch_split_capped", "_launch_split_capped_wide")
+SHIPPED_LAUNCHERS = {name: getattr(ops, name) for name in SPLIT_LAUNCHERS}
+SHIPPED = SHIPPED_LAUNCHERS["_launch_split"]
 HOLD = CachedLauncher(split_hold_kernel)
 
 
 def call_with(launcher, x, w, out_dtype, res):
     """A call through the package's launch path with `launcher` for its split rows, capped
-    (config.split_registers_capped) or not; SHIPPED leaves the package's own choice of the two
+    (config.split_register_cap) or not; SHIPPED leaves the package's own choice among them
     (the register cap where its rule applies)."""
     def call():
         if launcher is not SHIPPED:
-            ops._launch_split = ops._launch_split_capped = launcher
+            for name in SPLIT_LAUNCHERS:
+                setattr(ops, name, launcher)
         try:
             p = check_inputs(x, w, residual=res, out_dtype=out_dtype, eps=EPS,
                              fused=res is not None)
             return ops._launch(p, EPS, 0.0, False, False)
         finally:
-            ops._launch_split, ops._launch_split_capped = SHIPPED, SHIPPED_CAPPED
+            for name, shipped in SHIPPED_LAUNCHERS.items():
+                setattr(ops, name, shipped)
     return call
 
 

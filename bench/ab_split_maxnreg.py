@@ -12,7 +12,7 @@ A cap makes the compiler keep fewer values live, or spill them.
 
 The same kernel, config and slots go through the package's launch path (ab_split_hold's
 `call_with`); only the compile option differs (`uncapped`: none; the package itself caps some
-rows at config.SPLIT_MAX_REGISTERS, `split_registers_capped`). Every capped output is checked
+rows at config.SPLIT_MAX_REGISTERS, `split_register_cap`). Every capped output is checked
 bit for bit against the uncapped one first. Registers and spills of every compiled form are
 printed. % of the copy ceiling, medians of interleaved rounds (L2 scrubbed before each), in a
 CUDA graph and eager.

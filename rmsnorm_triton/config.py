@@ -78,7 +78,7 @@ SPLIT_WARPS = 8
 SPLIT_WIDE_OUT_WARPS = 16
 # 16-bit rows to a 16-bit output in SPLIT_SLICE_N_16BIT slices on SPLIT_WARPS, in calls of
 # SPLIT_CAP_MIN_ROWS rows and more, with a weight and neither bias nor accumulate, compile with
-# at most SPLIT_MAX_REGISTERS registers a thread (`split_registers_capped`). Uncapped the kernel
+# at most SPLIT_MAX_REGISTERS registers a thread (`split_register_cap`). Uncapped the kernel
 # takes 58-61, allocated as 64: four programs an SM, 50% occupancy (Nsight Compute, bf16: DRAM
 # at 81% of its peak at 2048 x 65536 and 78% at 512 x 262144; of the warps' stall cycles, loads
 # took 42% and 38%, the polling loop's barriers 34% and 41%). At 48 five fit, with no spills.
@@ -94,6 +94,19 @@ SPLIT_WIDE_OUT_WARPS = 16
 SPLIT_MAX_REGISTERS = 48
 SPLIT_CAP_MIN_ROWS = 512
 SPLIT_CAP_TRITON = (3, 6)
+# fp16 rows to a 4-byte output in the split row's SPLIT_WIDE_OUT_CAPPED_FORMS (slice, warps)
+# compile to 34-35 registers a thread with Triton 3.6 (bf16: 32), which the SM allocates as 40:
+# six 8-warp programs an SM instead of eight, three 16-warp ones instead of four. Capped at
+# SPLIT_WIDE_OUT_MAX_REGISTERS they spill nothing and run as many programs as bf16. On an H100,
+# against uncapped, in a graph and eager, in calls of SPLIT_WIDE_OUT_CAP_MIN_ROWS rows and more
+# (64 x 262144 to 4096 x 65536): 1.024-1.066x, e.g. 512 x 262144 85.6% -> 91.0% of the copy
+# ceiling eager, 2048 x 65536 91.0% -> 93.5%, level with bf16 (bench/RESULTS.md, "fp16 split
+# rows to fp32 capped at 32 registers"). bf16, already at 32, measured 0.991-1.005x capped and
+# stays uncapped. With a bias the capped form spills, so it stays uncapped (`plain`).
+SPLIT_WIDE_OUT_MAX_REGISTERS = 32
+SPLIT_WIDE_OUT_CAP_MIN_ROWS = 64
+SPLIT_WIDE_OUT_CAPPED_FORMS = ((SPLIT_SLICE_N, SPLIT_WARPS),
+                               (SPLIT_SLICE_N_LONG, SPLIT_WIDE_OUT_WARPS))
 # 16-bit rows of HELD_ROW_MIN_N to HELD_ROW_N elements to a 16-bit output, in calls of
 # HELD_ROW_MIN_ROWS rows or more (the bucket), take one program a row on HELD_ROW_WARPS warps
 # instead of the split row: the program holds its row as loaded, two values to a 32-bit
@@ -251,6 +264,16 @@ WIDE_OUT_1K_MAX_ROWS = 1024
 # (`preload_weight`); at 2048 x 896 fetching first measured 1.009x, within the noise, so
 # larger calls keep the late fetch.
 PRELOAD_1K_MAX_ROWS = 1024
+# The norm of bf16 x to a 4-byte output in LATE_WEIGHT_TILE (a 16384-wide tile on 16 warps, rows
+# of 8193-16384 elements from 2048 rows) fetches the weight after the reduction with Triton
+# LATE_WEIGHT_TRITON: fetched first, that compiler spills 8 bytes a thread there (64 registers);
+# fetched late, 63 and no spill. fp16 x and the fused add spill neither way, nor do Triton
+# 3.7-3.9. On an H100, late against first, in a graph and eager: 2048-16384 x 12288-16384
+# 1.009-1.020x (16384 x 16384 96.7% -> 98.2% of the copy ceiling eager); fp16 x lost late
+# (0.98-0.99x) and keeps the early fetch (bench/RESULTS.md, "fp16 split rows to fp32 capped at
+# 32 registers; ...").
+LATE_WEIGHT_TILE = (16384, 16)
+LATE_WEIGHT_TRITON = (3, 6)
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
 # A single-tile row of 4-byte x (the fused add's fp32 residual, or an fp32 norm) in a
@@ -420,16 +443,26 @@ def _triton_minor() -> tuple:
 
 SPLIT_CAP_HERE = torch.version.hip is None and _triton_minor() == SPLIT_CAP_TRITON
 HELD_ROW_HERE = torch.version.hip is None and _triton_minor() in HELD_ROW_TRITONS
+LATE_WEIGHT_HERE = torch.version.hip is None and _triton_minor() == LATE_WEIGHT_TRITON
 
 
-def split_registers_capped(cfg: LaunchConfig, n_rows: int, *itemsizes: int,
-                           plain: bool = True) -> bool:
-    """Whether a split-row launch compiles with at most SPLIT_MAX_REGISTERS registers a thread;
-    `itemsizes`: of x, the residual (if any) and the output; `plain`: a weight, no bias, no
-    accumulate (the forms measured)."""
-    return (SPLIT_CAP_HERE and plain and cfg.splits > 1 and cfg.block_n == SPLIT_SLICE_N_16BIT
-            and cfg.num_warps == SPLIT_WARPS and max(itemsizes) <= 2
-            and n_rows >= SPLIT_CAP_MIN_ROWS)
+def split_register_cap(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,
+                       residual_itemsize: Optional[int] = None, plain: bool = True
+                       ) -> Optional[int]:
+    """The registers a thread that a split-row launch compiles with at most (Triton's
+    `maxnreg`), or None: uncapped. `residual_itemsize`: the fused add's residual's, None
+    without one; `plain`: a weight, no bias, no accumulate (the forms measured)."""
+    if not (SPLIT_CAP_HERE and plain and cfg.splits > 1):
+        return None
+    itemsizes = (x_dtype.itemsize, out_itemsize, residual_itemsize or 0)
+    if cfg.block_n == SPLIT_SLICE_N_16BIT and cfg.num_warps == SPLIT_WARPS and \
+            max(itemsizes) <= 2 and n_rows >= SPLIT_CAP_MIN_ROWS:
+        return SPLIT_MAX_REGISTERS
+    if x_dtype == torch.float16 and residual_itemsize is None and out_itemsize == 4 and \
+            (cfg.block_n, cfg.num_warps) in SPLIT_WIDE_OUT_CAPPED_FORMS and \
+            n_rows >= SPLIT_WIDE_OUT_CAP_MIN_ROWS:
+        return SPLIT_WIDE_OUT_MAX_REGISTERS
+    return None
 
 
 def hold_row(cfg: LaunchConfig, itemsize: int) -> bool:
@@ -452,7 +485,8 @@ def held_row_vectors(n_cols: int, held) -> bool:
     return not (n_cols % 16 or held.stride(0) % 16)
 
 
-def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
+def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,
+                   fused: bool) -> bool:
     """Whether a single-tile program fetches weight and bias before the row reduction.
 
     Early, their load overlaps x's; late, it costs a second memory latency once the sum is
@@ -467,7 +501,11 @@ def preload_weight(cfg: LaunchConfig, n_rows: int) -> bool:
     The split-row kernel always fetches late (a comment there says why), and so do tiles past
     MAX_SINGLE_TILE_N: held 64K-element rows spilled with the weight fetched early (30-36
     registers a thread, 0.71-0.98x of the split row on an H200, "One program a 64K-element
-    row")."""
+    row"). bf16 x to a 4-byte output in LATE_WEIGHT_TILE fetches late with LATE_WEIGHT_TRITON
+    (it spilled early)."""
+    if LATE_WEIGHT_HERE and not fused and x_dtype == torch.bfloat16 and out_itemsize == 4 and \
+            cfg.block_m == 1 and (cfg.block_n, cfg.num_warps) == LATE_WEIGHT_TILE:
+        return False
     return cfg.splits == 1 and not cfg.looped and cfg.block_m * cfg.block_n <= MAX_SINGLE_TILE_N \
         and (n_rows <= 256 or cfg.block_n >= 8192
         or (cfg.block_m == 1 and cfg.block_n == 1024 and n_rows <= PRELOAD_1K_MAX_ROWS))

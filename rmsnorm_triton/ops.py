@@ -23,6 +23,7 @@ from .config import (
     HELD_ADD_CHUNK_N,
     INTERPRET,
     SPLIT_MAX_REGISTERS,
+    SPLIT_WIDE_OUT_MAX_REGISTERS,
     LaunchConfig,
     config_generation,
     device_name,
@@ -33,7 +34,7 @@ from .config import (
     preload_weight,
     row_bucket,
     row_mask,
-    split_registers_capped,
+    split_register_cap,
 )
 from .launcher import CachedLauncher
 from .reference import fused_add_rms_norm_reference, rms_norm_reference
@@ -130,11 +131,10 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
              # cached kernels, and must then mean the same thing.
              ("WEIGHT_OFFSET", float(weight_offset) + 0.0), ("BLOCK_N", cfg.block_n))
     if cfg.splits > 1:
-        capped = split_registers_capped(cfg, n_rows, x.element_size(), out.element_size(),
-                                        (x if res is None else res).element_size(),
-                                        plain=weight is not None and bias is None
-                                        and not accumulate)
-        launcher = _launch_split_capped if capped else _launch_split
+        cap = split_register_cap(cfg, n_rows, x.dtype, out.element_size(),
+                                 None if res is None else res.element_size(),
+                                 plain=weight is not None and bias is None and not accumulate)
+        launcher = _split_launcher(cap)
         grid = n_rows * cfg.splits
         flags += (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits)))
     else:
@@ -142,7 +142,8 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         hold = hold_row(cfg, normalized.element_size())
         flags += (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped),
                   ("LOOP_N", n_cols if cfg.looped else 0),
-                  ("PRELOAD_W", preload_weight(cfg, n_rows)), ("ROW_MASK", masked),
+                  ("PRELOAD_W", preload_weight(cfg, n_rows, x.dtype, out.element_size(),
+                                               res is not None)), ("ROW_MASK", masked),
                   ("HOLD_X", hold), ("ADD_CHUNK_N", HELD_ADD_CHUNK_N if hold and res is not None
                                      else 0))
     if n_rows > 0:
@@ -171,6 +172,16 @@ def _launcher(kernel, **options) -> CachedLauncher:
 _launch_rows = _launcher(rmsnorm_fwd_kernel)
 _launch_split = _launcher(rmsnorm_fwd_split_kernel)
 _launch_split_capped = _launcher(rmsnorm_fwd_split_kernel, maxnreg=SPLIT_MAX_REGISTERS)
+_launch_split_capped_wide = _launcher(rmsnorm_fwd_split_kernel,
+                                      maxnreg=SPLIT_WIDE_OUT_MAX_REGISTERS)
+
+
+def _split_launcher(cap: Optional[int]) -> CachedLauncher:
+    """The split-row launcher that compiles under `cap` registers a thread (split_register_cap;
+    None: uncapped). Looked up per call, so a test may swap one."""
+    if cap is None:
+        return _launch_split
+    return _launch_split_capped if cap == SPLIT_MAX_REGISTERS else _launch_split_capped_wide
 _launch_fanout = _launcher(rmsnorm_fwd_fanout_kernel)
 
 

@@ -32,7 +32,7 @@ from .config import (
     load_table,
     row_bucket,
     save_table,
-    split_registers_capped,
+    split_register_cap,
 )
 from .launcher import CachedLauncher
 from .tune_space import (
@@ -91,9 +91,9 @@ def _spec(case: Case, cfg: LaunchConfig) -> tuple:
     """Cases that compile to the same kernel (Triton specializes ints == 1 and % 16 == 0; the
     row count also decides a split-row launch's register cap)."""
     rows = 1 if case.rows == 1 else 16 if case.rows % 16 == 0 else 0
-    sizes = (case.x_dtype.itemsize, case.out_dtype.itemsize)
-    capped = split_registers_capped(cfg, case.rows, *sizes)
-    return case.n_cols, rows, case.x_dtype, case.out_dtype, case.fused, cfg, capped
+    cap = split_register_cap(cfg, case.rows, case.x_dtype, case.out_dtype.itemsize,
+                             case.x_dtype.itemsize if case.fused else None)
+    return case.n_cols, rows, case.x_dtype, case.out_dtype, case.fused, cfg, cap
 
 
 class Compiler:

@@ -11,7 +11,8 @@ operand None where its flag leaves it out, as ops.py passes them, the 64K-elemen
 16 bits, and the split-row forms that ops.py compiles under a register cap. It needs only
 Triton (the kernel file is loaded by path), so it runs in a venv of any Triton version.
 `--quick` takes a subset that still reaches every None form; `--registers` also prints the
-registers and spills of the held-row forms (config.HELD_ROW_TRITONS rests on it). Prints one
+registers and spills of the held-row forms (config.HELD_ROW_TRITONS rests on it) and of the
+register-capped split rows. Prints one
 line per failure and a count; exit status 1 on any failure.
 """
 import argparse
@@ -95,19 +96,32 @@ def held_row_cases():
         yield "rmsnorm_fwd_kernel", sig, consts, {"num_warps": 32, ALIGNED: plain}
 
 
+# The split-row forms ops.py compiles under a register cap (config.split_register_cap), as
+# (x, output, residual or None, slice, warps, cap); written out because this script loads no
+# package: 16-bit rows in 8192-element slices on 8 warps to a 16-bit output, the residual or not,
+# at config.SPLIT_MAX_REGISTERS; fp16 rows to fp32 in config.SPLIT_WIDE_OUT_CAPPED_FORMS at
+# config.SPLIT_WIDE_OUT_MAX_REGISTERS.
+CAPPED_SPLIT_FORMS = (("*bf16", "*bf16", None, 8192, 8, 48),
+                      ("*bf16", "*bf16", "*bf16", 8192, 8, 48),
+                      ("*fp16", "*fp32", None, 4096, 8, 32),
+                      ("*fp16", "*fp32", None, 8192, 16, 32))
+
+
 def capped_split_cases():
-    """The split-row forms ops.py compiles under a register cap (config.split_registers_capped:
-    16-bit rows in 8192-element slices on 8 warps, a weight, the residual or not; cap
-    config.SPLIT_MAX_REGISTERS, 48, written out here because this script loads no package)."""
-    for has_r in (False, True):
-        sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "part_ptr": "*i64",
+    """CAPPED_SPLIT_FORMS, with a weight, specialized as an aligned launch (their registers
+    are printed with --registers)."""
+    for x_type, y_type, r_type, slice_n, warps, cap in CAPPED_SPLIT_FORMS:
+        sig = {"x_ptr": x_type, "w_ptr": x_type, "y_ptr": y_type, "part_ptr": "*i64",
                "n_cols": "i32", "stride_x_row": "i32", "stride_y_row": "i32", "eps": "fp32"}
-        consts = dict(HAS_WEIGHT=True, HAS_BIAS=False, HAS_RESIDUAL=has_r, ACCUMULATE=False,
-                      CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_N=8192, SPLITS=8, SPLITS_P2=8,
-                      n_rows=None)
-        _operands(sig, consts, [("r_ptr", "*bf16", has_r), ("b_ptr", "*bf16", False),
-                                ("stride_r_row", "i32", has_r)])
-        yield "rmsnorm_fwd_split_kernel", sig, consts, {"num_warps": 8, "maxnreg": 48}
+        splits = 65536 // slice_n
+        consts = dict(HAS_WEIGHT=True, HAS_BIAS=False, HAS_RESIDUAL=r_type is not None,
+                      ACCUMULATE=False, CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_N=slice_n,
+                      SPLITS=splits, SPLITS_P2=splits, n_rows=None)
+        _operands(sig, consts, [("r_ptr", r_type, r_type is not None),
+                                ("b_ptr", x_type, False),
+                                ("stride_r_row", "i32", r_type is not None)])
+        yield "rmsnorm_fwd_split_kernel", sig, consts, {"num_warps": warps, "maxnreg": cap,
+                                                        ALIGNED: True}
 
 
 def fanout_cases(quick):
@@ -156,7 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a subset reaching every None form")
     parser.add_argument("--registers", action="store_true",
                         help="print registers and stack bytes (spills) of the aligned held-row "
-                             "forms, from Triton's cuobjdump")
+                             "and register-capped forms, from Triton's cuobjdump")
     args = parser.parse_args(argv)
     module, target = _kernels(), GPUTarget("cuda", args.arch, 32)
     cases = [*row_cases(args.quick), *held_row_cases(), *capped_split_cases(),
@@ -175,8 +189,9 @@ def main(argv=None) -> int:
             kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=target,
                                     options={"num_warps": 4, **PACKAGE_OPTIONS, **options})
             if aligned and args.registers:
-                flags = {k: v for k, v in consts.items() if k in ("HAS_RESIDUAL",)}
-                print(f"{name} {sig['x_ptr']} {flags}: {_resources(kernel)}")
+                flags = {k: v for k, v in consts.items() if k in ("HAS_RESIDUAL", "BLOCK_N")}
+                print(f"{name} {sig['x_ptr']} -> {sig['y_ptr']} {flags} {options}: "
+                      f"{_resources(kernel)}")
         except Exception as e:          # any compiler error is a finding; keep going
             failed += 1
             flags = {k: v for k, v in consts.items() if k.isupper()}

@@ -149,9 +149,11 @@ def cases(quick):
         ("plans N1000", lambda: planned(3, 1000)),
         ("split plans N40000", lambda: planned(2, 40000)),
         # From SPLIT_CAP_MIN_ROWS rows, 16-bit split rows compile under a register cap
-        # (config.split_registers_capped) where this Triton was measured with it.
+        # (config.split_register_cap) where this Triton was measured with it, and fp16 rows to
+        # fp32 from SPLIT_WIDE_OUT_CAP_MIN_ROWS rows under a lower cap.
         ("split capped M512 N65536", lambda: norm(512, 65536, FP16, FP16)),
         ("split capped fused bf16 residual", lambda: fused(512, 65536, BF16, BF16)),
+        ("split capped fp16 -> fp32 M64 N65536", lambda: norm(64, 65536, FP16, FP16, FP32)),
     ]
     looped = [
         ("looped N40000", lambda: norm(2, 40000, BF16, BF16)),

@@ -44,7 +44,15 @@ def test_the_script_compiles_with_the_package_options():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.PACKAGE_OPTIONS == config.COMPILE_OPTIONS
-    capped = [options for *_, options in script.capped_split_cases()]
-    assert capped and all({**script.PACKAGE_OPTIONS, **o} == {**ops._launch_split_capped.options,
-                                                              "num_warps": config.SPLIT_WARPS}
-                          for o in capped)
+    caps = {config.SPLIT_MAX_REGISTERS: ops._launch_split_capped,
+            config.SPLIT_WIDE_OUT_MAX_REGISTERS: ops._launch_split_capped_wide}
+    forms = script.CAPPED_SPLIT_FORMS
+    assert {cap for *_, cap in forms} == set(caps)
+    for (*_, slice_n, warps, cap), (*_, consts, options) in zip(forms,
+                                                                script.capped_split_cases()):
+        launch = {k: v for k, v in options.items() if k != script.ALIGNED}
+        assert {**script.PACKAGE_OPTIONS, **launch} == {**caps[cap].options,
+                                                        "num_warps": warps}
+        assert consts["BLOCK_N"] == slice_n
+    wide = {(n, w) for x, y, r, n, w, cap in forms if cap == config.SPLIT_WIDE_OUT_MAX_REGISTERS}
+    assert wide == set(config.SPLIT_WIDE_OUT_CAPPED_FORMS)

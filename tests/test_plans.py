@@ -304,30 +304,39 @@ def test_split_row_plan_launches_with_the_full_paths_arguments(device, monkeypat
         assert bool((ws[:M] >> 32 == (ws[:M, :1] >> 32)).all())
 
 
-@pytest.mark.parametrize("M,out_dtype,res_dtype,bias,capped", [
-    (512, BF16, None, False, True),     # 16-bit rows in 8192 slices on 8 warps, 512 rows
-    (600, BF16, BF16, False, True),     # the fused add of a 16-bit residual
-    (511, BF16, None, False, False),    # smaller calls stay uncapped
-    (512, FP32, None, False, False),    # a 4-byte output
-    (512, BF16, FP32, False, False),    # a 4-byte residual
-    (512, BF16, None, True, False),     # a bias: not measured
+_CAPPED, _CAPPED_WIDE, _UNCAPPED = ("_launch_split_capped", "_launch_split_capped_wide",
+                                    "_launch_split")
+
+
+@pytest.mark.parametrize("M,x_dtype,out_dtype,res_dtype,bias,slice_n,launcher", [
+    # 16-bit rows in 8192 slices on 8 warps, 512 rows
+    (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _CAPPED),
+    (600, BF16, BF16, BF16, False, config.SPLIT_SLICE_N_16BIT, _CAPPED),  # a 16-bit residual
+    (511, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED),  # smaller calls
+    (512, BF16, FP32, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED),  # a 4-byte output
+    (512, BF16, BF16, FP32, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED),  # 4-byte residual
+    (512, BF16, BF16, None, True, config.SPLIT_SLICE_N_16BIT, _UNCAPPED),   # a bias
+    # fp16 to fp32 in 4096 slices on 8 warps, from 64 rows
+    (64, FP16, FP32, None, False, config.SPLIT_SLICE_N, _CAPPED_WIDE),
+    (63, FP16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED),       # smaller calls
+    (64, BF16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED),       # bf16: level
+    (64, FP16, FP32, None, True, config.SPLIT_SLICE_N, _UNCAPPED),        # a bias spills
+    (64, FP16, FP32, FP16, False, config.SPLIT_SLICE_N, _UNCAPPED),       # the fused add
 ])
-def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatch, M,
+def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatch, M, x_dtype,
                                                               out_dtype, res_dtype, bias,
-                                                              capped):
+                                                              slice_n, launcher):
     """The full path and the plan it leaves launch through the same launcher."""
     from rmsnorm_triton import ops
     monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
-    launchers = {"_launch_split": _RecordingLauncher(), "_launch_split_capped":
-                 _RecordingLauncher()}
+    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED, _CAPPED_WIDE)}
     for name, fake in launchers.items():
         monkeypatch.setattr(ops, name, fake)
-    cfg = config.LaunchConfig(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, False,
-                              splits=2)
+    cfg = config.LaunchConfig(1, slice_n, config.SPLIT_WARPS, False, splits=2)
     monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
-    N = 2 * config.SPLIT_SLICE_N_16BIT
-    x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
-    b = rand_w(N, BF16, device) if bias else None
+    N = 2 * slice_n
+    x, w = rand_x((M, N), x_dtype, device), rand_w(N, x_dtype, device)
+    b = rand_w(N, x_dtype, device) if bias else None
     for _ in range(2):                      # the full path, then the plan
         if res_dtype is None:
             ops.rms_norm(x, w, bias=b, out_dtype=out_dtype)
@@ -336,7 +345,7 @@ def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatc
                                    out_dtype=out_dtype)
     assert len(plans._plans) == 1
     used = [name for name, fake in launchers.items() if fake.calls]
-    assert used == ["_launch_split_capped" if capped else "_launch_split"]
+    assert used == [launcher]
     assert [call[0] for call in launchers[used[0]].calls] == [2 * M] * 2
 
 
@@ -344,8 +353,11 @@ def test_the_capped_launcher_compiles_with_the_cap_and_the_other_without():
     from rmsnorm_triton import ops
     assert ops._launch_split_capped.options == {**config.COMPILE_OPTIONS,
                                                 "maxnreg": config.SPLIT_MAX_REGISTERS}
+    assert ops._launch_split_capped_wide.options == {
+        **config.COMPILE_OPTIONS, "maxnreg": config.SPLIT_WIDE_OUT_MAX_REGISTERS}
     assert ops._launch_split.options == config.COMPILE_OPTIONS
     assert ops._launch_split_capped.fn is ops._launch_split.fn
+    assert ops._launch_split_capped_wide.fn is ops._launch_split.fn
 
 
 def test_every_launcher_pins_floating_point_contraction():
@@ -354,7 +366,7 @@ def test_every_launcher_pins_floating_point_contraction():
     from rmsnorm_triton import ops
     from rmsnorm_triton.launcher import CachedLauncher
     launchers = [v for v in vars(ops).values() if isinstance(v, CachedLauncher)]
-    assert len(launchers) == 4
+    assert len(launchers) == 5
     assert all(ln.options["enable_fp_fusion"] is True for ln in launchers)
 
 

@@ -102,33 +102,39 @@ def test_split_rows_in_a_cuda_graph_beside_eager_calls():
         assert torch.equal(eager, y)
 
 
-def _capped_kernels() -> list:
-    """Split-row kernels this process compiled under the register cap (Triton's JIT cache)."""
+def _capped_kernels(cap: int) -> list:
+    """Split-row kernels this process compiled under register cap `cap` (Triton's JIT cache)."""
     from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_split_kernel
     return [k for cache in rmsnorm_fwd_split_kernel.device_caches.values()
             for k in cache[0].values()
-            if getattr(k.metadata, "maxnreg", None) == config.SPLIT_MAX_REGISTERS]
+            if getattr(k.metadata, "maxnreg", None) == cap]
 
 
-@pytest.mark.parametrize("dtype,res_dtype", [(BF16, None), (torch.float16, None),
-                                             (BF16, BF16)], ids=["bf16", "fp16", "add-bf16"])
-def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype, res_dtype):
+@pytest.mark.parametrize("dtype,out_dtype,res_dtype,M,N,launcher", [
+    (BF16, BF16, None, 512, 65536, "_launch_split_capped"),
+    (torch.float16, torch.float16, None, 512, 65536, "_launch_split_capped"),
+    (BF16, BF16, BF16, 512, 65536, "_launch_split_capped"),
+    (torch.float16, FP32, None, 64, 65536, "_launch_split_capped_wide"),    # 4096 slices
+    (torch.float16, FP32, None, 64, 262144, "_launch_split_capped_wide"),   # 8192 slices
+], ids=["bf16", "fp16", "add-bf16", "fp16-fp32", "fp16-fp32-long"])
+def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype, out_dtype,
+                                                              res_dtype, M, N, launcher):
     """The register cap changes how the compiler holds values, not the arithmetic: the same
     bits as the uncapped kernel, and the fp64 oracle's values. The capped form holds at most
-    the cap's registers."""
+    the cap's registers and spills nothing."""
     from rmsnorm_triton import ops, plans
     from rmsnorm_triton.launcher import CachedLauncher
-    capped_launcher = CachedLauncher(ops._launch_split_capped.fn,
-                                     options=ops._launch_split_capped.options)
-    monkeypatch.setattr(ops, "_launch_split_capped", capped_launcher)
-    M, N = 512, 65536
+    shipped = getattr(ops, launcher)
+    capped_launcher = CachedLauncher(shipped.fn, options=shipped.options)
+    monkeypatch.setattr(ops, launcher, capped_launcher)
+    cap = shipped.options["maxnreg"]
     w, x = rand_w(N, dtype, "cuda"), rand_x((M, N), dtype, "cuda")
     r = None if res_dtype is None else rand_x((M, N), res_dtype, "cuda")
     results = []
     for capped in (True, False):
-        monkeypatch.setattr(ops, "split_registers_capped", lambda *a, c=capped, **k: c)
+        monkeypatch.setattr(ops, "split_register_cap", lambda *a, c=capped, **k: cap if c else None)
         plans.clear()
-        out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
+        out = torch.full((M, N), float("nan"), dtype=out_dtype, device="cuda")
         if r is None:
             rt.rms_norm(x, w, out=out)
         else:
@@ -137,10 +143,10 @@ def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype
             assert torch.equal(res, (x.float() + r.float()).to(res_dtype))
         results.append(out)
     assert capped_launcher.kernels, "the capped call did not go through the capped launcher"
-    compiled = _capped_kernels()
+    compiled = _capped_kernels(cap)
     assert compiled, "nothing was compiled under the register cap"
-    assert all(k.n_regs <= config.SPLIT_MAX_REGISTERS for k in compiled), \
-        [k.n_regs for k in compiled]
+    assert all(k.n_regs <= cap and k.n_spills == 0 for k in compiled), \
+        [(k.n_regs, k.n_spills) for k in compiled]
     want = rmsnorm_ref(x if r is None else (x.float() + r.float()).to(res_dtype), w)
     assert_close(results[0], want)
     assert torch.equal(results[0], results[1])

@@ -520,35 +520,79 @@ def test_heuristic_rules(monkeypatch, args, want):
     (_cfg(1, 2048, 8, splits=32), 1, False),            # nor the split-row kernel
 ])
 def test_weight_fetch_rule(cfg, n_rows, want):
-    assert config.preload_weight(cfg, n_rows) is want
+    assert config.preload_weight(cfg, n_rows, BF16, 2, False) is want
+
+
+_LATE_TILE = _cfg(1, *config.LATE_WEIGHT_TILE)
+
+
+@pytest.mark.parametrize("x_dtype,out_itemsize,fused,cfg,here,want", [
+    (BF16, 4, False, _LATE_TILE, True, False),          # spilled with the weight first
+    (BF16, 4, False, _LATE_TILE, False, True),          # another Triton: no spill, first
+    (torch.float16, 4, False, _LATE_TILE, True, True),  # fp16: no spill; late lost
+    (BF16, 2, False, _LATE_TILE, True, True),           # a 16-bit output: no spill
+    (BF16, 4, True, _LATE_TILE, True, True),            # the fused add: no spill
+    (BF16, 4, False, _cfg(1, 16384, 32), True, True),   # the 32-warp tile: no spill
+])
+def test_weight_fetch_late_where_fetching_first_spilled(monkeypatch, x_dtype, out_itemsize,
+                                                        fused, cfg, here, want):
+    monkeypatch.setattr(config, "LATE_WEIGHT_HERE", here)
+    assert config.preload_weight(cfg, 4096, x_dtype, out_itemsize, fused) is want
+
+
+def test_the_heuristics_bf16_tiles_to_fp32_fetch_late(monkeypatch):
+    """The late-fetch rule matches the tile the heuristic picks for the rows it was measured on."""
+    monkeypatch.setattr(config, "INTERPRET", False)
+    monkeypatch.setattr(config, "LATE_WEIGHT_HERE", True)
+    for n_rows, n_cols in ((2048, 16384), (16384, 16384), (4096, 12288)):
+        cfg = heuristic_config(n_cols, config.row_bucket(n_rows), 2, True, 4)
+        assert (cfg.block_n, cfg.num_warps) == config.LATE_WEIGHT_TILE, (n_rows, n_cols, cfg)
+        assert not config.preload_weight(cfg, n_rows, BF16, 4, False)
 
 
 _SPLIT_16 = _cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=8)
 
 
-@pytest.mark.parametrize("cfg,n_rows,itemsizes,plain,want", [
-    (_SPLIT_16, 512, (2, 2, 2), True, True),            # 16-bit, from 512 rows
-    (_SPLIT_16, 4096, (2, 2), True, True),
-    (_SPLIT_16, 511, (2, 2, 2), True, False),           # smaller calls lost up to 1.8%
-    (_SPLIT_16, 300, (2, 2), True, False),
-    (_SPLIT_16, 512, (2, 4, 2), True, False),           # a 4-byte output: every cap lost
-    (_SPLIT_16, 512, (2, 2, 4), True, False),           # a 4-byte residual: not measured
-    (_SPLIT_16, 512, (4, 2), True, False),              # fp32 x: not measured
-    (_SPLIT_16, 512, (2, 2), False, False),             # a bias or accumulate: not measured
-    (_cfg(1, 4096, 8, splits=16), 512, (2, 2), True, False),   # other slices or warps: not
-    (_cfg(1, 4096, 4, splits=16), 512, (2, 2), True, False),   # measured
-    (_cfg(1, 8192, 16, splits=8), 512, (2, 2), True, False),
-    (_cfg(1, 8192, 8), 512, (2, 2), True, False),       # not split
+_SPLIT_WIDE, _SPLIT_WIDE_LONG = (_cfg(1, n, w, splits=16)
+                                 for n, w in config.SPLIT_WIDE_OUT_CAPPED_FORMS)
+_CAP, _CAP_WIDE = config.SPLIT_MAX_REGISTERS, config.SPLIT_WIDE_OUT_MAX_REGISTERS
+
+
+@pytest.mark.parametrize("cfg,n_rows,x_dtype,out_itemsize,res_itemsize,plain,want", [
+    (_SPLIT_16, 512, BF16, 2, 2, True, _CAP),           # 16-bit, from 512 rows
+    (_SPLIT_16, 4096, torch.float16, 2, None, True, _CAP),
+    (_SPLIT_16, 511, BF16, 2, 2, True, None),           # smaller calls lost up to 1.8%
+    (_SPLIT_16, 300, BF16, 2, None, True, None),
+    (_SPLIT_16, 512, BF16, 4, 2, True, None),           # a 4-byte output: 48 lost
+    (_SPLIT_16, 512, BF16, 2, 4, True, None),           # a 4-byte residual: not measured
+    (_SPLIT_16, 512, FP32, 2, None, True, None),        # fp32 x: not measured
+    (_SPLIT_16, 512, BF16, 2, None, False, None),       # a bias or accumulate: not measured
+    (_cfg(1, 4096, 8, splits=16), 512, BF16, 2, None, True, None),   # other slices or warps:
+    (_cfg(1, 4096, 4, splits=16), 512, BF16, 2, None, True, None),   # not measured
+    (_cfg(1, 8192, 16, splits=8), 512, BF16, 2, None, True, None),
+    (_cfg(1, 8192, 8), 512, BF16, 2, None, True, None),  # not split
+    # fp16 to a 4-byte output: 34-35 registers uncapped, 32 capped
+    (_SPLIT_WIDE, 64, torch.float16, 4, None, True, _CAP_WIDE),
+    (_SPLIT_WIDE_LONG, 4096, torch.float16, 4, None, True, _CAP_WIDE),
+    (_SPLIT_WIDE, 63, torch.float16, 4, None, True, None),       # not measured under 64 rows
+    (_SPLIT_WIDE, 512, BF16, 4, None, True, None),               # bf16: 32 already, level
+    (_SPLIT_WIDE, 512, torch.float16, 4, None, False, None),     # a bias spills capped
+    (_SPLIT_WIDE, 512, torch.float16, 4, 2, True, None),         # the fused add: not measured
+    (_SPLIT_WIDE, 512, torch.float16, 2, None, True, None),      # a 16-bit output
+    (_cfg(1, 2048, 8, splits=32), 512, torch.float16, 4, None, True, None),  # other slices
 ])
-def test_register_cap_rule(monkeypatch, cfg, n_rows, itemsizes, plain, want):
+def test_register_cap_rule(monkeypatch, cfg, n_rows, x_dtype, out_itemsize, res_itemsize, plain,
+                           want):
     monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
-    assert config.split_registers_capped(cfg, n_rows, *itemsizes, plain=plain) is want
+    assert config.split_register_cap(cfg, n_rows, x_dtype, out_itemsize, res_itemsize,
+                                     plain=plain) == want
 
 
 def test_no_register_cap_with_another_triton_or_backend(monkeypatch):
     """The cap was measured with one Triton's compiler on CUDA; elsewhere nothing is capped."""
     monkeypatch.setattr(config, "SPLIT_CAP_HERE", False)
-    assert not config.split_registers_capped(_SPLIT_16, 4096, 2, 2)
+    assert config.split_register_cap(_SPLIT_16, 4096, BF16, 2) is None
+    assert config.split_register_cap(_SPLIT_WIDE, 4096, torch.float16, 4) is None
     assert config.SPLIT_CAP_TRITON == (3, 6)
     for version, here in (("3.6.0", True), ("3.6.1+git1234", True), ("3.9.0", False),
                           ("4.0", False), ("main", False)):
@@ -562,9 +606,21 @@ def test_the_heuristics_long_16bit_rows_take_the_capped_form(monkeypatch):
     monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
     for n_rows, n_cols in ((512, 262144), (1024, 65536), (1024, 131072)):
         cfg = heuristic_config(n_cols, config.row_bucket(n_rows), 2, True, 2)
-        assert config.split_registers_capped(cfg, n_rows, 2, 2), (n_rows, n_cols, cfg)
+        assert config.split_register_cap(cfg, n_rows, BF16, 2) == _CAP, (n_rows, n_cols, cfg)
     cfg = heuristic_config(65536, 256, 2, True, 2)
-    assert cfg.splits > 1 and not config.split_registers_capped(cfg, 256, 2, 2)
+    assert cfg.splits > 1 and config.split_register_cap(cfg, 256, BF16, 2) is None
+
+
+def test_the_heuristics_fp16_rows_to_fp32_take_the_32_register_form(monkeypatch):
+    """The fp16 -> fp32 cap covers the split rows the heuristic picks for the rows it was
+    measured on (64-4096 x 65536-262144)."""
+    monkeypatch.setattr(config, "INTERPRET", False)
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    for n_rows, n_cols in ((64, 262144), (512, 65536), (2048, 65536), (4096, 65536),
+                           (1024, 131072), (1024, 262144)):
+        cfg = heuristic_config(n_cols, config.row_bucket(n_rows), 2, True, 4)
+        assert config.split_register_cap(cfg, n_rows, torch.float16, 4) == _CAP_WIDE, \
+            (n_rows, n_cols, cfg)
 
 
 def test_heuristic_configs_are_legal(monkeypatch):
