@@ -451,7 +451,8 @@ def split_register_cap(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out
                        ) -> Optional[int]:
     """The registers a thread that a split-row launch compiles with at most (Triton's
     `maxnreg`), or None: uncapped. `residual_itemsize`: the fused add's residual's, None
-    without one; `plain`: a weight, no bias, no accumulate (the forms measured)."""
+    without one; `plain`: a weight, no bias, no accumulate (the forms measured). The capped
+    forms need 16-byte vectors (`split_cap_vectors`); ops.py checks them per call."""
     if not (SPLIT_CAP_HERE and plain and cfg.splits > 1):
         return None
     itemsizes = (x_dtype.itemsize, out_itemsize, residual_itemsize or 0)
@@ -483,6 +484,16 @@ def held_row_vectors(n_cols: int, held) -> bool:
     spill nothing, and the fused add and the unfused norm of its residual, which share the
     rest, decide alike."""
     return not (n_cols % 16 or held.stride(0) % 16)
+
+
+def split_cap_vectors(n_cols: int, *row_strides: int) -> bool:
+    """Whether the signature lets a register-capped split row (`split_register_cap`) load and
+    store 16-byte vectors: the row length and the row strides of the output and the residual
+    are multiples of 16 elements. With the output's, the weight's and the residual's pointers
+    16-byte aligned too (checked per call) they are. Otherwise the capped forms spill (Triton
+    3.6 for sm_90: 56-704 bytes a thread; uncapped, none), so such calls run uncapped. x's own
+    alignment changes nothing there."""
+    return not any(v % 16 for v in (n_cols, *row_strides))
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,

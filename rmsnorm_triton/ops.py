@@ -34,6 +34,7 @@ from .config import (
     preload_weight,
     row_bucket,
     row_mask,
+    split_cap_vectors,
     split_register_cap,
 )
 from .launcher import CachedLauncher
@@ -101,8 +102,9 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     dev = out.device          # x's device, or a peer's that reads x (tensor parallelism)
     dev_index = dev.index if dev.type == "cuda" else -1
     generation = config_generation()     # a plan made from a superseded table is not kept
-    # Whether the config rests on the held tensor's alignment (a held row, or the split row in
-    # its place), and on which; None: it does not (plans.Plan.made_aligned).
+    # Whether the config or the launcher rests on the held tensor's alignment (a held row, the
+    # split row in its place, a register-capped split row), and on which; None: it does not
+    # (plans.Plan.made_aligned).
     made_aligned = None
     normalized = x if res is None else res      # the tensor a held row holds
     if cfg is None:
@@ -134,6 +136,16 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         cap = split_register_cap(cfg, n_rows, x.dtype, out.element_size(),
                                  None if res is None else res.element_size(),
                                  plain=weight is not None and bias is None and not accumulate)
+        if cap is not None:
+            # Capped, only vector loads and stores keep from spilling: the output's, weight's
+            # and residual's pointers 16-byte aligned (a plan's output is new, so aligned; the
+            # plan keeps to this call's alignment of the others, plans.alignment_fits).
+            if split_cap_vectors(n_cols, out.stride(0), *(() if res is None else
+                                                          (res.stride(0),))):
+                made_aligned = not (plans.misaligned(normalized, weight)
+                                    or out.data_ptr() & 15)
+            if not made_aligned:
+                cap = None
         launcher = _split_launcher(cap)
         grid = n_rows * cfg.splits
         flags += (("SPLITS", cfg.splits), ("SPLITS_P2", next_pow2(cfg.splits)))

@@ -94,7 +94,8 @@ def _runnable(plan, x, weight, bias, residual):
     """`plan`, if it may run this call: Triton launches on the current GPU (a plan made for
     another steps aside), the kernels are forward-only (nothing for autograd to record), and
     where the config rests on the held tensor's alignment (a held row, or the split row that
-    an unaligned call takes in its place), this call's alignment is the plan's. So a signature
+    an unaligned call takes in its place) or the launcher does (a register-capped split row),
+    this call's alignment is the plan's. So a signature
     takes one config per alignment, and the fused add and the unfused norm of its residual
     take the same one."""
     if plan is None or plan.dev_index >= 0 and _current_device() != plan.dev_index:

@@ -32,6 +32,7 @@ from .config import (
     load_table,
     row_bucket,
     save_table,
+    split_cap_vectors,
     split_register_cap,
 )
 from .launcher import CachedLauncher
@@ -91,8 +92,10 @@ def _spec(case: Case, cfg: LaunchConfig) -> tuple:
     """Cases that compile to the same kernel (Triton specializes ints == 1 and % 16 == 0; the
     row count also decides a split-row launch's register cap)."""
     rows = 1 if case.rows == 1 else 16 if case.rows % 16 == 0 else 0
+    # The tuner's tensors are new and contiguous: aligned, rows n_cols apart (ops._launch).
     cap = split_register_cap(cfg, case.rows, case.x_dtype, case.out_dtype.itemsize,
-                             case.x_dtype.itemsize if case.fused else None)
+                             case.x_dtype.itemsize if case.fused else None) \
+        if split_cap_vectors(case.n_cols) else None
     return case.n_cols, rows, case.x_dtype, case.out_dtype, case.fused, cfg, cap
 
 

@@ -308,25 +308,47 @@ _CAPPED, _CAPPED_WIDE, _UNCAPPED = ("_launch_split_capped", "_launch_split_cappe
                                     "_launch_split")
 
 
-@pytest.mark.parametrize("M,x_dtype,out_dtype,res_dtype,bias,slice_n,launcher", [
+def _shifted(shape, dtype, device, shift: bool):
+    """rand_x's values in a tensor whose data starts 2 bytes past 16-byte alignment (shift)."""
+    if not shift:
+        return rand_x(shape, dtype, device)
+    n = torch.Size(shape).numel()
+    flat = torch.empty(n + 8, dtype=dtype, device=device)
+    t = flat[1:n + 1].view(shape)
+    t.copy_(rand_x(shape, dtype, device))
+    return t
+
+
+@pytest.mark.parametrize("M,x_dtype,out_dtype,res_dtype,bias,slice_n,launcher,off", [
     # 16-bit rows in 8192 slices on 8 warps, 512 rows
-    (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _CAPPED),
-    (600, BF16, BF16, BF16, False, config.SPLIT_SLICE_N_16BIT, _CAPPED),  # a 16-bit residual
-    (511, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED),  # smaller calls
-    (512, BF16, FP32, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED),  # a 4-byte output
-    (512, BF16, BF16, FP32, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED),  # 4-byte residual
-    (512, BF16, BF16, None, True, config.SPLIT_SLICE_N_16BIT, _UNCAPPED),   # a bias
+    (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _CAPPED, None),
+    (600, BF16, BF16, BF16, False, config.SPLIT_SLICE_N_16BIT, _CAPPED, None),  # residual
+    (511, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, None),  # fewer rows
+    (512, BF16, FP32, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, None),  # fp32 out
+    (512, BF16, BF16, FP32, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, None),  # fp32 res
+    (512, BF16, BF16, None, True, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, None),   # a bias
     # fp16 to fp32 in 4096 slices on 8 warps, from 64 rows
-    (64, FP16, FP32, None, False, config.SPLIT_SLICE_N, _CAPPED_WIDE),
-    (63, FP16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED),       # smaller calls
-    (64, BF16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED),       # bf16: level
-    (64, FP16, FP32, None, True, config.SPLIT_SLICE_N, _UNCAPPED),        # a bias spills
-    (64, FP16, FP32, FP16, False, config.SPLIT_SLICE_N, _UNCAPPED),       # the fused add
+    (64, FP16, FP32, None, False, config.SPLIT_SLICE_N, _CAPPED_WIDE, None),
+    (63, FP16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED, None),       # smaller calls
+    (64, BF16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED, None),       # bf16: level
+    (64, FP16, FP32, None, True, config.SPLIT_SLICE_N, _UNCAPPED, None),        # a bias spills
+    (64, FP16, FP32, FP16, False, config.SPLIT_SLICE_N, _UNCAPPED, None),       # the fused add
+    # Capped, only 16-byte vectors keep from spilling: the weight's, the residual's and (for
+    # the norm) x's pointers aligned, the row length a multiple of 16. x of the fused add is
+    # free.
+    (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, "weight"),
+    (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, "x"),
+    (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, "cols"),
+    (600, BF16, BF16, BF16, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, "residual"),
+    (600, BF16, BF16, BF16, False, config.SPLIT_SLICE_N_16BIT, _CAPPED, "x"),
+    (64, FP16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED, "weight"),
+    (64, FP16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED, "cols"),
 ])
 def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatch, M, x_dtype,
                                                               out_dtype, res_dtype, bias,
-                                                              slice_n, launcher):
-    """The full path and the plan it leaves launch through the same launcher."""
+                                                              slice_n, launcher, off):
+    """The full path and the plan it leaves launch through the same launcher; `off`: which
+    operand is off 16-byte vectors."""
     from rmsnorm_triton import ops
     monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
     launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED, _CAPPED_WIDE)}
@@ -334,19 +356,41 @@ def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatc
         monkeypatch.setattr(ops, name, fake)
     cfg = config.LaunchConfig(1, slice_n, config.SPLIT_WARPS, False, splits=2)
     monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
-    N = 2 * slice_n
-    x, w = rand_x((M, N), x_dtype, device), rand_w(N, x_dtype, device)
+    N = 2 * slice_n - (8 if off == "cols" else 0)
+    x = _shifted((M, N), x_dtype, device, off == "x")
+    w = _shifted((N,), x_dtype, device, off == "weight")
     b = rand_w(N, x_dtype, device) if bias else None
     for _ in range(2):                      # the full path, then the plan
         if res_dtype is None:
             ops.rms_norm(x, w, bias=b, out_dtype=out_dtype)
         else:
-            ops.fused_add_rms_norm(x, rand_x((M, N), res_dtype, device), w, bias=b,
-                                   out_dtype=out_dtype)
+            ops.fused_add_rms_norm(x, _shifted((M, N), res_dtype, device, off == "residual"), w,
+                                   bias=b, out_dtype=out_dtype)
     assert len(plans._plans) == 1
     used = [name for name, fake in launchers.items() if fake.calls]
     assert used == [launcher]
     assert [call[0] for call in launchers[used[0]].calls] == [2 * M] * 2
+
+
+def test_a_capped_plan_keeps_to_its_alignment(device, monkeypatch):
+    """The fused add's residual changes from call to call: an unaligned one does not run the
+    plan an aligned one left (its register-capped launcher would spill), nor the reverse."""
+    from rmsnorm_triton import ops
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED)}
+    for name, fake in launchers.items():
+        monkeypatch.setattr(ops, name, fake)
+    cfg = config.LaunchConfig(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, False,
+                              splits=2)
+    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    M, N = 512, 2 * config.SPLIT_SLICE_N_16BIT
+    x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
+    used = []
+    for shift in (False, True, True, False):
+        before = {name: len(fake.calls) for name, fake in launchers.items()}
+        ops.fused_add_rms_norm(x, _shifted((M, N), BF16, device, shift), w)
+        used += [name for name, fake in launchers.items() if len(fake.calls) > before[name]]
+    assert used == [_CAPPED, _UNCAPPED, _UNCAPPED, _CAPPED]
 
 
 def test_the_capped_launcher_compiles_with_the_cap_and_the_other_without():

@@ -128,6 +128,7 @@ def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype
     capped_launcher = CachedLauncher(shipped.fn, options=shipped.options)
     monkeypatch.setattr(ops, launcher, capped_launcher)
     cap = shipped.options["maxnreg"]
+    compiled_before = {id(k) for k in _capped_kernels(cap)}
     w, x = rand_w(N, dtype, "cuda"), rand_x((M, N), dtype, "cuda")
     r = None if res_dtype is None else rand_x((M, N), res_dtype, "cuda")
     results = []
@@ -143,13 +144,38 @@ def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype
             assert torch.equal(res, (x.float() + r.float()).to(res_dtype))
         results.append(out)
     assert capped_launcher.kernels, "the capped call did not go through the capped launcher"
-    compiled = _capped_kernels(cap)
+    compiled = [k for k in _capped_kernels(cap) if id(k) not in compiled_before]
     assert compiled, "nothing was compiled under the register cap"
     assert all(k.n_regs <= cap and k.n_spills == 0 for k in compiled), \
         [(k.n_regs, k.n_spills) for k in compiled]
     want = rmsnorm_ref(x if r is None else (x.float() + r.float()).to(res_dtype), w)
     assert_close(results[0], want)
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.skipif(not config.SPLIT_CAP_HERE, reason="this Triton compiles nothing capped")
+@pytest.mark.parametrize("dtype,out_dtype,M,off", [
+    (BF16, BF16, 512, "weight"), (BF16, BF16, 512, "out"), (BF16, BF16, 512, "cols"),
+    (torch.float16, FP32, 64, "weight"), (torch.float16, FP32, 64, "out"),
+    (torch.float16, FP32, 64, "cols"),
+])
+def test_calls_off_vectors_compile_nothing_spilling_under_a_cap(dtype, out_dtype, M, off):
+    """Rows the register caps cover, with the weight or the output 2 bytes off 16-byte
+    alignment, or 8 columns short of a multiple of 16: capped, the kernel would spill
+    (config.split_cap_vectors); they run uncapped, and right."""
+    N = 65536 - (8 if off == "cols" else 0)
+    caps = (config.SPLIT_MAX_REGISTERS, config.SPLIT_WIDE_OUT_MAX_REGISTERS)
+    before = {id(k) for cap in caps for k in _capped_kernels(cap)}
+    x = rand_x((M, N), dtype, "cuda")
+    w_buf = rand_w(N + 8, dtype, "cuda")
+    w = w_buf[1:N + 1] if off == "weight" else w_buf[:N]
+    out_buf = torch.full((M * N + 8,), float("nan"), dtype=out_dtype, device="cuda")
+    out = out_buf[1:M * N + 1].view(M, N) if off == "out" else out_buf[:M * N].view(M, N)
+    rt.rms_norm(x, w, out=out, out_dtype=out_dtype)
+    assert_close(out, rmsnorm_ref(x, w))
+    spilling = [(k.n_regs, k.n_spills) for cap in caps for k in _capped_kernels(cap)
+                if id(k) not in before and k.n_spills]
+    assert not spilling, spilling
 
 
 def _kept_slots(stream, splits):
