@@ -452,8 +452,13 @@ def split_register_cap(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out
     """The registers a thread that a split-row launch compiles with at most (Triton's
     `maxnreg`), or None: uncapped. `residual_itemsize`: the fused add's residual's, None
     without one; `plain`: a weight, no bias, no accumulate (the forms measured). The capped
-    forms need 16-byte vectors (`split_cap_vectors`); ops.py checks them per call."""
-    if not (SPLIT_CAP_HERE and plain and cfg.splits > 1):
+    forms need 16-byte vectors (`split_cap_vectors`); ops.py checks them per call.
+
+    Only rows of a power-of-two number of slices are capped, the forms measured (8-32 a row):
+    compiled for sm_90 with Triton 3.6, others spilled 8 bytes a thread under a cap (the fused
+    add at 3-24 slices under 48, fp16 -> fp32 at 48 slices under 32;
+    scripts/audit_registers.py)."""
+    if not (SPLIT_CAP_HERE and plain and cfg.splits > 1 and _is_pow2(cfg.splits)):
         return None
     itemsizes = (x_dtype.itemsize, out_itemsize, residual_itemsize or 0)
     if cfg.block_n == SPLIT_SLICE_N_16BIT and cfg.num_warps == SPLIT_WARPS and \

@@ -56,3 +56,26 @@ def test_the_script_compiles_with_the_package_options():
         assert consts["BLOCK_N"] == slice_n
     wide = {(n, w) for x, y, r, n, w, cap in forms if cap == config.SPLIT_WIDE_OUT_MAX_REGISTERS}
     assert wide == set(config.SPLIT_WIDE_OUT_CAPPED_FORMS)
+
+
+AUDIT = SCRIPT.with_name("audit_registers.py")
+# Tritons whose compiler was checked to spill in none of the heuristic's forms (Triton 3.7 and
+# 3.8 spill 8 bytes a thread in one: 1 x 262144 16-bit -> fp32, 64 slices on 8 warps).
+SPILL_FREE_TRITONS = ((3, 6), (3, 9))
+
+
+@pytest.mark.skipif(not _has_cuda_backend(),
+                    reason="this Triton has no CUDA backend to compile with")
+def test_no_launch_form_the_heuristic_picks_spills_registers():
+    """Every form the launch rules pick (tiles, loops, split rows with their register caps,
+    held rows, the weight fetch order), compiled for sm_90 as an aligned launch, keeps its
+    values in registers: a rule that made a form spill fails here."""
+    import triton
+    from rmsnorm_triton.config import _triton_minor
+    if _triton_minor() not in SPILL_FREE_TRITONS:
+        pytest.skip(f"Triton {triton.__version__}: only {SPILL_FREE_TRITONS} were checked")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(AUDIT), "--spills-only"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert " 0 spill" in run.stdout, run.stdout[-4000:]

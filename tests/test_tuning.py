@@ -580,6 +580,12 @@ _CAP, _CAP_WIDE = config.SPLIT_MAX_REGISTERS, config.SPLIT_WIDE_OUT_MAX_REGISTER
     (_SPLIT_WIDE, 512, torch.float16, 4, 2, True, None),         # the fused add: not measured
     (_SPLIT_WIDE, 512, torch.float16, 2, None, True, None),      # a 16-bit output
     (_cfg(1, 2048, 8, splits=32), 512, torch.float16, 4, None, True, None),  # other slices
+    # slices a row not a power of two: spilled capped in some forms, none measured
+    (_cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=6), 512, BF16, 2, 2, True,
+     None),
+    (_cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=6), 512, BF16, 2, None,
+     True, None),
+    (_cfg(1, 8192, 16, splits=48), 512, torch.float16, 4, None, True, None),
 ])
 def test_register_cap_rule(monkeypatch, cfg, n_rows, x_dtype, out_itemsize, res_itemsize, plain,
                            want):
