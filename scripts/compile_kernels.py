@@ -12,16 +12,19 @@ operand None where its flag leaves it out, as ops.py passes them, the 64K-elemen
 Triton (the kernel file is loaded by path), so it runs in a venv of any Triton version.
 `--quick` takes a subset that still reaches every None form; `--registers` also prints the
 registers and spills of the held-row forms (config.HELD_ROW_TRITONS rests on it) and of the
-register-capped split rows. Prints one
-line per failure and a count; exit status 1 on any failure.
+register-capped split rows. Prints one line per failure and a count; exit status 1 on any
+failure.
 """
 import argparse
 import importlib.util
 import itertools
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -150,11 +153,22 @@ def _reason(error: Exception) -> str:
     return f"{lines[0]} {where} {lines[-1]}"
 
 
-def _resources(kernel) -> str:
-    """cuobjdump's REG and STACK of a compiled kernel (STACK above 0: spilled)."""
+def cuobjdump_path() -> Optional[Path]:
+    """The cuobjdump beside the ptxas Triton uses (Triton's wheels ship one), else one on PATH
+    or in the CUDA toolkit; None where there is none (a ptxas taken from elsewhere)."""
     from triton.backends.nvidia.compiler import get_ptxas
     ptxas = get_ptxas(90)
-    tool = Path(getattr(ptxas, "path", ptxas)).with_name("cuobjdump")
+    beside = Path(getattr(ptxas, "path", ptxas)).with_name("cuobjdump")
+    found = [beside, shutil.which("cuobjdump"),
+             Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "cuobjdump"]
+    return next((Path(p) for p in found if p and Path(p).is_file()), None)
+
+
+def _resources(kernel) -> str:
+    """cuobjdump's REG and STACK of a compiled kernel (STACK above 0: spilled)."""
+    tool = cuobjdump_path()
+    if tool is None:
+        raise SystemExit("no cuobjdump beside Triton's ptxas, on PATH or in CUDA_HOME")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
