@@ -18,7 +18,7 @@ from rmsnorm_triton import ops
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_split_kernel
 from rmsnorm_triton.timing import copy_ceiling_gbps, n_sets, rmsnorm_bytes
 from rmsnorm_triton.validate import check_inputs
-from bench_utils import print_graph_eager
+from bench_utils import compiled_forms, print_graph_eager, swapped
 
 EPS = 1e-6
 # (M, N, x dtype, output dtype, what is off vectors, the launcher an aligned call takes)
@@ -29,7 +29,6 @@ CASES = [
     (512, 262144, torch.float16, torch.float32, "weight", "_launch_split_capped_wide"),
     (512, 262136, torch.float16, torch.float32, "cols", "_launch_split_capped_wide"),
 ]
-SHIPPED = ops._split_launcher
 
 
 def operands(M, N, x_dtype, out_dtype, off):
@@ -44,14 +43,12 @@ def operands(M, N, x_dtype, out_dtype, off):
 
 def call_with(capped_name, x, w, out):
     """A call through the package's launch path; capped_name: force that split launcher."""
+    forced = {"_split_launcher": lambda cap: getattr(ops, capped_name)} if capped_name else {}
+
     def call():
-        if capped_name:
-            ops._split_launcher = lambda cap: getattr(ops, capped_name)
-        try:
+        with swapped(ops, **forced):
             p = check_inputs(x, w, out=out, eps=EPS)
             return ops._launch(p, EPS, 0.0, False, False)
-        finally:
-            ops._split_launcher = SHIPPED
     return call
 
 
@@ -70,12 +67,8 @@ def main():
         print(f"{M} x {N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}, {off} off vectors:",
               flush=True)
         print_graph_eager(calls, rounds, nbytes, ceiling)
-    forms = sorted({(getattr(k.metadata, "maxnreg", None) or 0, k.n_regs, k.n_spills,
-                     k.metadata.num_warps)
-                    for cache in rmsnorm_fwd_split_kernel.device_caches.values()
-                    for k in cache[0].values()})
-    print("compiled split forms (maxnreg, registers, spills, warps):", forms)
-
+    print("compiled split forms (maxnreg, registers, spills, warps):",
+          compiled_forms(rmsnorm_fwd_split_kernel))
 
 if __name__ == "__main__":
     main()

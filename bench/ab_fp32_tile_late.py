@@ -11,54 +11,34 @@ the fp16 form spills neither way (64 registers). Both run through the package's 
 of the copy ceiling, medians of interleaved rounds (L2 scrubbed before each), in a CUDA graph
 and eager.
 """
-import sys
-
 import torch
 
 from rmsnorm_triton import ops
 from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_kernel
-from rmsnorm_triton.timing import copy_ceiling_gbps, n_sets, rmsnorm_bytes
+from rmsnorm_triton.timing import n_sets, rmsnorm_bytes
 from rmsnorm_triton.validate import check_inputs
-from bench_utils import parse_rows, print_graph_eager
+from bench_utils import ab_setup, compiled_forms, print_graph_eager, swapped
 
 ROWS = ("2048x16384:bf16:fp32,4096x16384:bf16:fp32,16384x16384:bf16:fp32,"
         "4096x12288:bf16:fp32,2048x16384:fp16:fp32,16384x16384:fp16:fp32,"
         "4096x16384:bf16:bf16")
 EPS = 1e-6
-SHIPPED = ops.preload_weight
 
 
 def call_with(early, x, w, out_dtype):
     """A call through the package's launch path, the weight fetched early (shipped rule) or
     late (never preloaded)."""
+    late = {} if early else {"preload_weight": lambda *args: False}
+
     def call():
-        if not early:
-            ops.preload_weight = lambda *args: False
-        try:
+        with swapped(ops, **late):
             p = check_inputs(x, w, out_dtype=out_dtype, eps=EPS)
             return ops._launch(p, EPS, 0.0, False, False)
-        finally:
-            ops.preload_weight = SHIPPED
     return call
 
 
-def compiled_forms() -> list:
-    """(registers, spills, warps) of the kernels this process compiled from rmsnorm_fwd_kernel."""
-    found = set()
-    try:
-        for cache in rmsnorm_fwd_kernel.device_caches.values():
-            for k in cache[0].values():
-                found.add((k.n_regs, k.n_spills, k.metadata.num_warps))
-    except (AttributeError, TypeError, IndexError) as e:     # Triton's internals, not an API
-        return [f"unknown ({e})"]
-    return sorted(found, key=str)
-
-
 def main():
-    rows = parse_rows(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else ROWS)
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    ceiling = copy_ceiling_gbps()
-    print(f"copy ceiling {ceiling:.0f} GB/s; % of it, medians of {rounds} interleaved rounds")
+    rows, rounds, ceiling = ab_setup(ROWS)
     for M, N, x_dtype, out_dtype in rows:
         nbytes = rmsnorm_bytes(M, N, x_dtype, x_dtype, out_dtype, None)
         sets = [(0.5 + 2 * torch.randn(M, N, device="cuda", dtype=x_dtype),
@@ -71,9 +51,8 @@ def main():
                  for name, early in (("early", True), ("late", False))}
         print(f"{M} x {N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}:", flush=True)
         print_graph_eager(calls, rounds, nbytes, ceiling)
-    print("compiled forms (registers, spills, warps):")
-    for form in compiled_forms():
-        print("  ", form)
+    print("compiled forms (maxnreg, registers, spills, warps):",
+          compiled_forms(rmsnorm_fwd_kernel))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from rmsnorm_triton.kernels.rmsnorm import (_load_cols, _normalize_store, _row_r
 from rmsnorm_triton.launcher import CachedLauncher
 from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us, n_sets, rmsnorm_bytes
 from rmsnorm_triton.validate import check_inputs
-from bench_utils import interleaved_medians
+from bench_utils import compiled_forms, interleaved_medians
 
 SHAPES = [(16, 65536), (256, 65536), (512, 65536), (2048, 65536), (4096, 65536),
           (128, 131072), (1024, 131072), (64, 262144), (512, 262144)]
@@ -108,18 +108,6 @@ def call_with(launcher, x, w, out_dtype, res):
     return call
 
 
-def registers(jit_fn):
-    """(registers, spills, warps) of each kernel this process compiled from jit_fn."""
-    found = set()
-    try:
-        for cache in jit_fn.device_caches.values():
-            for k in cache[0].values():
-                found.add((k.n_regs, k.n_spills, k.metadata.num_warps))
-    except (AttributeError, TypeError, IndexError) as e:     # Triton's internals, not an API
-        return f"unknown ({e})"
-    return sorted(found)
-
-
 def split_case(M, N, x_dtype, out_dtype, res_dtype):
     """(config, bytes moved, rotating input sets of (x, weight, residual or None)) of a split-row
     case; None, with a line printed, where the row takes no split config."""
@@ -181,8 +169,8 @@ def main():
             except Exception as e:      # one case's failure (a compile error) is printed, not fatal
                 print(f"{M} x {N} {x_dtype} -> {out_dtype} res {res_dtype}: {type(e).__name__}: "
                       f"{str(e)[:300]}", flush=True)
-    print("registers, spills, warps: shipped", registers(rmsnorm_fwd_split_kernel),
-          "hold16", registers(split_hold_kernel))
+    print("maxnreg, registers, spills, warps: shipped", compiled_forms(rmsnorm_fwd_split_kernel),
+          "hold16", compiled_forms(split_hold_kernel))
 
 
 if __name__ == "__main__":

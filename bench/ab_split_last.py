@@ -17,8 +17,6 @@ partials, added in the same order; a difference is printed), every variant to 2e
 bias, x's dtype out; % of the copy ceiling, medians of interleaved rounds (L2 scrubbed before
 each), in a CUDA graph and under the eager timer (L2 flushed per call).
 """
-import sys
-
 import torch
 import triton
 import triton.language as tl
@@ -26,8 +24,8 @@ import triton.language as tl
 import rmsnorm_triton as rt
 from rmsnorm_triton.config import next_pow2, pick_config, row_bucket
 from rmsnorm_triton.kernels.rmsnorm import _load_cols, _load_h, _normalize_store
-from rmsnorm_triton.timing import copy_ceiling_gbps, n_sets, rmsnorm_bytes
-from bench_utils import parse_rows, print_graph_eager
+from rmsnorm_triton.timing import n_sets, rmsnorm_bytes
+from bench_utils import ab_setup, print_graph_eager
 
 SHAPES = "2048x65536,4096x65536,512x65536,256x65536,1024x131072,512x262144,64x262144"
 
@@ -94,10 +92,7 @@ def last_writer(x, w, block_n=None, warps=None, keep_x=False, eps=1e-6):
 
 
 def main():
-    shapes = parse_rows(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else SHAPES)
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    ceiling = copy_ceiling_gbps()
-    print(f"copy ceiling {ceiling:.0f} GB/s; % of it, medians of {rounds} interleaved rounds")
+    shapes, rounds, ceiling = ab_setup(SHAPES)
     for M, N, dtype, _ in shapes:
         cfg = pick_config(N, row_bucket(M), dtype, dtype, False, torch.cuda.current_device())
         nbytes = rmsnorm_bytes(M, N, dtype, dtype, dtype)

@@ -26,20 +26,7 @@ from rmsnorm_triton.kernels.rmsnorm import rmsnorm_fwd_split_kernel
 from rmsnorm_triton.launcher import CachedLauncher
 from rmsnorm_triton.timing import copy_ceiling_gbps, eager_us, graph_us
 from ab_split_hold import CASES, SHAPES, call_with, split_case
-from bench_utils import interleaved_medians
-
-
-def compiled_forms() -> list:
-    """(maxnreg, registers, spills, warps) of every split kernel this process compiled."""
-    found = set()
-    try:
-        for cache in rmsnorm_fwd_split_kernel.device_caches.values():
-            for k in cache[0].values():
-                found.add((getattr(k.metadata, "maxnreg", None) or 0, k.n_regs, k.n_spills,
-                           k.metadata.num_warps))
-    except (AttributeError, TypeError, IndexError) as e:     # Triton's internals, not an API
-        return [f"unknown ({e})"]
-    return sorted(found, key=str)
+from bench_utils import compiled_forms, interleaved_medians
 
 
 def run_case(M, N, x_dtype, out_dtype, res_dtype, launchers, rounds, ceiling) -> bool:
@@ -92,7 +79,7 @@ def main():
                 print(f"{M} x {N} {x_dtype} -> {out_dtype} res {res_dtype}: {type(e).__name__}: "
                       f"{str(e)[:300]}", flush=True)
     print("compiled forms (maxnreg, registers, spills, warps):")
-    for form in compiled_forms():
+    for form in compiled_forms(rmsnorm_fwd_split_kernel):
         print("  ", form)
 
 

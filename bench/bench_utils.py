@@ -4,6 +4,9 @@ They live in the package (rmsnorm_triton/timing.py) because `rmsnorm-triton tune
 `rmsnorm-triton bench` need them in an installed copy too; this module is the scripts' name
 for them.
 """
+import contextlib
+import sys
+
 import torch
 
 from rmsnorm_triton.timing import (copy_ceiling_gbps, eager_us, empty_launch_us, graph_us,
@@ -12,7 +15,7 @@ from rmsnorm_triton.timing import (copy_ceiling_gbps, eager_us, empty_launch_us,
 
 __all__ = ["rmsnorm_bytes", "copy_ceiling_gbps", "eager_us", "graph_us", "host_us",
            "empty_launch_us", "header_lines", "l2_bytes", "n_sets", "interleaved_medians",
-           "DTYPES", "parse_rows", "print_graph_eager"]
+           "DTYPES", "parse_rows", "print_graph_eager", "ab_setup", "swapped", "compiled_forms"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -51,3 +54,41 @@ def print_graph_eager(calls: dict, rounds: int, nbytes: int, ceiling: float) -> 
         print(f"  {timer_name}: " + "  ".join(
             f"{name} {us:.2f} us {nbytes / us / 1e3 / ceiling * 100:.1f}%"
             for name, us in med.items()), flush=True)
+
+
+def ab_setup(default_rows: str):
+    """An A/B script's command line, `[MxN[:x:out],...|""] [rounds]`: (rows, rounds, copy
+    ceiling in GB/s), the header line printed."""
+    rows = parse_rows(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else default_rows)
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    ceiling = copy_ceiling_gbps()
+    print(f"copy ceiling {ceiling:.0f} GB/s; % of it, medians of {rounds} interleaved rounds")
+    return rows, rounds, ceiling
+
+
+@contextlib.contextmanager
+def swapped(module, **attrs):
+    """module's attributes set to attrs for the block, restored after it (an A/B arm that
+    changes one launch decision of the package)."""
+    saved = {name: getattr(module, name) for name in attrs}
+    for name, value in attrs.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def compiled_forms(jit_fn) -> list:
+    """(maxnreg or 0, registers, spills, warps) of every kernel this process compiled from
+    jit_fn (Triton's JIT cache: internals, not an API)."""
+    found = set()
+    try:
+        for cache in jit_fn.device_caches.values():
+            for k in cache[0].values():
+                found.add((getattr(k.metadata, "maxnreg", None) or 0, k.n_regs, k.n_spills,
+                           k.metadata.num_warps))
+    except (AttributeError, TypeError, IndexError) as e:
+        return [f"unknown ({e})"]
+    return sorted(found, key=str)
