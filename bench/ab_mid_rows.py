@@ -92,7 +92,7 @@ def _liger_fused():
     return LigerFusedAddRMSNormFunction
 
 
-def _candidates(M, N, out_dtype, norm_itemsize):
+def _candidates(M, N, out_dtype, norm_itemsize, x_dtype=torch.bfloat16, fused=False):
     # norm_itemsize: x's, or the fused add's residual's, whose unfused norm's config it takes
     heur = heuristic_config(N, row_bucket(M), norm_itemsize, True, out_dtype.itemsize)
     found = {"heuristic": heur}
@@ -103,7 +103,7 @@ def _candidates(M, N, out_dtype, norm_itemsize):
                 if os.environ.get("AB_PRELOAD"):
                     # the weight fetched the other way (config.preload_weight)
                     tile = found[f"tile w{warps}"]
-                    early = preload_weight(tile, M, torch.bfloat16, out_dtype.itemsize, False)
+                    early = preload_weight(tile, M, x_dtype, out_dtype.itemsize, fused)
                     found[f"tile w{warps} " + ("late" if early else "early")] = (tile, not early)
         if next_pow2(N) <= 4096:
             for warps in (4, 8, 16):    # two rows a program, as config.PACK_MIN_ROWS packs them
@@ -186,7 +186,8 @@ def main():
         else:
             want = P._rms_norm_fp32(xs[0], w, EPS, out_dtype).float()
             calls = {"torch.compile": [lambda x=x: compiled(x, w, EPS, out_dtype) for x in xs]}
-        heur, found = _candidates(M, N, out_dtype, (res_dtype if add else x_dtype).itemsize)
+        heur, found = _candidates(M, N, out_dtype, (res_dtype if add else x_dtype).itemsize,
+                                  x_dtype, bool(add))
         only = os.environ.get("AB_ONLY")
         if only:
             found = {k: v for k, v in found.items() if k in only.split(",") or k == "heuristic"}

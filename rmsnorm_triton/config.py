@@ -85,9 +85,9 @@ SPLIT_WIDE_OUT_WARPS = 16
 # On an H100, against uncapped, in a graph and eager: bf16 and fp16 at 1024-4096 x 65536,
 # 512-2048 x 131072 and 512-1024 x 262144 1.009-1.018x, 512 x 65536 0.998-1.011x; the fused
 # add of a bf16 residual 0.997-1.018x; 256-300 x 65536 and 64 x 262144 0.982-0.997x, so smaller
-# calls stay uncapped. A cap of 40 spills (0.60-0.95x); every cap lost on 16-bit x to fp32
-# (other slices and warps; 0.78-0.98x), which stays uncapped (bench/RESULTS.md, "Split rows
-# capped at 48 registers").
+# calls stay uncapped. A cap of 40 spills (0.60-0.95x); caps of 48-56 lost on 16-bit x to fp32
+# (other slices and warps; 0.78-0.98x: they raised bf16's 32 registers to 41-43), which takes
+# the cap below instead, for fp16 only (bench/RESULTS.md, "Split rows capped at 48 registers").
 # Measured with Triton 3.6 on CUDA only. Triton 3.9's compiler spills up to 16 bytes a thread under
 # the same cap (more with a bias or accumulate), and ROCm's launcher takes no `maxnreg`: other
 # Tritons and backends compile uncapped (SPLIT_CAP_HERE).
@@ -103,6 +103,8 @@ SPLIT_CAP_TRITON = (3, 6)
 # ceiling eager, 2048 x 65536 91.0% -> 93.5%, level with bf16 (bench/RESULTS.md, "fp16 split
 # rows to fp32 capped at 32 registers"). bf16, already at 32, measured 0.991-1.005x capped and
 # stays uncapped. With a bias the capped form spills, so it stays uncapped (`plain`).
+# The register rules were read off compiles for compute capability 9 (`register_rules_on`).
+REGISTER_RULES_ARCH = 9
 SPLIT_WIDE_OUT_MAX_REGISTERS = 32
 SPLIT_WIDE_OUT_CAP_MIN_ROWS = 64
 SPLIT_WIDE_OUT_CAPPED_FORMS = ((SPLIT_SLICE_N, SPLIT_WARPS),
@@ -447,24 +449,29 @@ LATE_WEIGHT_HERE = torch.version.hip is None and _triton_minor() == LATE_WEIGHT_
 
 
 def split_register_cap(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,
-                       residual_itemsize: Optional[int] = None, plain: bool = True
-                       ) -> Optional[int]:
+                       residual_dtype: Optional[torch.dtype] = None,
+                       weight_dtype: Optional[torch.dtype] = None, device_index: int = -1,
+                       plain: bool = True) -> Optional[int]:
     """The registers a thread that a split-row launch compiles with at most (Triton's
-    `maxnreg`), or None: uncapped. `residual_itemsize`: the fused add's residual's, None
-    without one; `plain`: a weight, no bias, no accumulate (the forms measured). The capped
+    `maxnreg`), or None: uncapped. `residual_dtype`: the fused add's residual's, None without
+    one; `weight_dtype`: None for x's; `plain`: a weight, no bias, no accumulate. The capped
     forms need 16-byte vectors (`split_cap_vectors`); ops.py checks them per call.
 
-    Only rows of a power-of-two number of slices are capped, the forms measured (8-32 a row):
-    compiled for sm_90 with Triton 3.6, others spilled 8 bytes a thread under a cap (the fused
-    add at 3-24 slices under 48, fp16 -> fp32 at 48 slices under 32;
-    scripts/audit_registers.py)."""
-    if not (SPLIT_CAP_HERE and plain and cfg.splits > 1 and _is_pow2(cfg.splits)):
+    Only the forms measured are capped, since others spilled under a cap (compiled for sm_90
+    with Triton 3.6; scripts/audit_registers.py): a power-of-two number of slices a row (8-32
+    measured; the fused add spilled 8 bytes a thread at 3-24 others under 48, fp16 -> fp32 at
+    48 slices under 32); the weight and the residual in x's dtype (an fp32 weight spilled 8-16
+    bytes, fp16 x with a bf16 residual 8); a GPU of compute capability REGISTER_RULES_ARCH
+    (`register_rules_on`; sm_80-89, sm_100 and sm_120 spilled 8-32 bytes in some capped
+    forms). device_index -1: no GPU to ask (the tuner's compile-ahead on meta tensors)."""
+    if not (SPLIT_CAP_HERE and plain and cfg.splits > 1 and _is_pow2(cfg.splits)
+            and weight_dtype in (None, x_dtype) and residual_dtype in (None, x_dtype)
+            and register_rules_on(device_index)):
         return None
-    itemsizes = (x_dtype.itemsize, out_itemsize, residual_itemsize or 0)
     if cfg.block_n == SPLIT_SLICE_N_16BIT and cfg.num_warps == SPLIT_WARPS and \
-            max(itemsizes) <= 2 and n_rows >= SPLIT_CAP_MIN_ROWS:
+            x_dtype.itemsize <= 2 and out_itemsize <= 2 and n_rows >= SPLIT_CAP_MIN_ROWS:
         return SPLIT_MAX_REGISTERS
-    if x_dtype == torch.float16 and residual_itemsize is None and out_itemsize == 4 and \
+    if x_dtype == torch.float16 and residual_dtype is None and out_itemsize == 4 and \
             (cfg.block_n, cfg.num_warps) in SPLIT_WIDE_OUT_CAPPED_FORMS and \
             n_rows >= SPLIT_WIDE_OUT_CAP_MIN_ROWS:
         return SPLIT_WIDE_OUT_MAX_REGISTERS
@@ -497,12 +504,13 @@ def split_cap_vectors(n_cols: int, *row_strides: int) -> bool:
     are multiples of 16 elements. With the output's, the weight's and the residual's pointers
     16-byte aligned too (checked per call) they are. Otherwise the capped forms spill (Triton
     3.6 for sm_90: 56-704 bytes a thread; uncapped, none), so such calls run uncapped. x's own
-    alignment changes nothing there."""
+    alignment changes nothing there, but a plan is keyed on the alignment of the tensor
+    normalized (plans.misaligned: x for the norm), so a norm of unaligned x runs uncapped too."""
     return not any(v % 16 for v in (n_cols, *row_strides))
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,
-                   fused: bool) -> bool:
+                   fused: bool, device_index: int = -1) -> bool:
     """Whether a single-tile program fetches weight and bias before the row reduction.
 
     Early, their load overlaps x's; late, it costs a second memory latency once the sum is
@@ -518,9 +526,10 @@ def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_ite
     MAX_SINGLE_TILE_N: held 64K-element rows spilled with the weight fetched early (30-36
     registers a thread, 0.71-0.98x of the split row on an H200, "One program a 64K-element
     row"). bf16 x to a 4-byte output in LATE_WEIGHT_TILE fetches late with LATE_WEIGHT_TRITON
-    (it spilled early)."""
+    on a GPU of `register_rules_on` (it spilled early)."""
     if LATE_WEIGHT_HERE and not fused and x_dtype == torch.bfloat16 and out_itemsize == 4 and \
-            cfg.block_m == 1 and (cfg.block_n, cfg.num_warps) == LATE_WEIGHT_TILE:
+            cfg.block_m == 1 and (cfg.block_n, cfg.num_warps) == LATE_WEIGHT_TILE and \
+            register_rules_on(device_index):
         return False
     return cfg.splits == 1 and not cfg.looped and cfg.block_m * cfg.block_n <= MAX_SINGLE_TILE_N \
         and (n_rows <= 256 or cfg.block_n >= 8192
@@ -642,6 +651,16 @@ def sm_count(device_index: int) -> int:
     """Streaming multiprocessors of a GPU; queried once per device, never on the hot path after
     the first call."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def register_rules_on(device_index: int) -> bool:
+    """Whether the register rules (`split_register_cap`, the late weight of LATE_WEIGHT_TILE),
+    read off sm_90 compiles, hold for this device: a GPU of compute capability
+    REGISTER_RULES_ARCH, or none to ask (-1: the CPU, where split rows never run, and the
+    tuner's compile-ahead on meta tensors). Queried once per device."""
+    return device_index < 0 or \
+        torch.cuda.get_device_capability(device_index)[0] == REGISTER_RULES_ARCH
 
 
 @functools.lru_cache(maxsize=None)

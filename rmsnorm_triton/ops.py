@@ -134,7 +134,8 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
              ("WEIGHT_OFFSET", float(weight_offset) + 0.0), ("BLOCK_N", cfg.block_n))
     if cfg.splits > 1:
         cap = split_register_cap(cfg, n_rows, x.dtype, out.element_size(),
-                                 None if res is None else res.element_size(),
+                                 None if res is None else res.dtype,
+                                 None if weight is None else weight.dtype, dev_index,
                                  plain=weight is not None and bias is None and not accumulate)
         if cap is not None:
             # Capped, only vector loads and stores keep from spilling: the output's, weight's
@@ -155,7 +156,8 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         flags += (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped),
                   ("LOOP_N", n_cols if cfg.looped else 0),
                   ("PRELOAD_W", preload_weight(cfg, n_rows, x.dtype, out.element_size(),
-                                               res is not None)), ("ROW_MASK", masked),
+                                               res is not None, dev_index)),
+                  ("ROW_MASK", masked),
                   ("HOLD_X", hold), ("ADD_CHUNK_N", HELD_ADD_CHUNK_N if hold and res is not None
                                      else 0))
     if n_rows > 0:
@@ -186,6 +188,7 @@ _launch_split = _launcher(rmsnorm_fwd_split_kernel)
 _launch_split_capped = _launcher(rmsnorm_fwd_split_kernel, maxnreg=SPLIT_MAX_REGISTERS)
 _launch_split_capped_wide = _launcher(rmsnorm_fwd_split_kernel,
                                       maxnreg=SPLIT_WIDE_OUT_MAX_REGISTERS)
+_launch_fanout = _launcher(rmsnorm_fwd_fanout_kernel)
 
 
 def _split_launcher(cap: Optional[int]) -> CachedLauncher:
@@ -194,7 +197,6 @@ def _split_launcher(cap: Optional[int]) -> CachedLauncher:
     if cap is None:
         return _launch_split
     return _launch_split_capped if cap == SPLIT_MAX_REGISTERS else _launch_split_capped_wide
-_launch_fanout = _launcher(rmsnorm_fwd_fanout_kernel)
 
 
 def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offset=0.0,

@@ -118,8 +118,8 @@ def alignment_fits(plan, held, weight) -> bool:
 
 def misaligned(held, weight) -> bool:
     """Whether the tensor a held row holds (x, or the fused add's residual) or the weight is
-    off 16 bytes (with config.held_row_vectors, which the key pins: whether a held row loads
-    vectors)."""
+    off 16 bytes (with config.held_row_vectors or config.split_cap_vectors, which the key pins:
+    whether a held row or a register-capped split row loads vectors)."""
     return bool((held.data_ptr() | (0 if weight is None else weight.data_ptr())) & 15)
 
 
@@ -187,8 +187,9 @@ class Plan:
         self.extents = tuple(_extent(t) for t in (p.residual, p.x, p.weight, p.bias))
         # The split-row kernel's slots: rows and programs a row (ops._run_kernel).
         self.parts_shape = (p.x.shape[0], splits) if splits > 1 else None
-        # Whether the config was picked for an aligned held tensor (a held row) or an unaligned
-        # one (the split row in its place); None where alignment did not enter (_runnable).
+        # Whether the config or launcher was picked for an aligned held tensor (a held row, a
+        # register-capped split row) or an unaligned one (the split row in a held row's place,
+        # an uncapped one); None where alignment did not enter (_runnable).
         self.made_aligned = made_aligned
 
     def launch(self, x, residual, weight, bias, out) -> bool:

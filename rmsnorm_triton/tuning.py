@@ -94,7 +94,7 @@ def _spec(case: Case, cfg: LaunchConfig) -> tuple:
     rows = 1 if case.rows == 1 else 16 if case.rows % 16 == 0 else 0
     # The tuner's tensors are new and contiguous: aligned, rows n_cols apart (ops._launch).
     cap = split_register_cap(cfg, case.rows, case.x_dtype, case.out_dtype.itemsize,
-                             case.x_dtype.itemsize if case.fused else None) \
+                             case.x_dtype if case.fused else None) \
         if split_cap_vectors(case.n_cols) else None
     return case.n_cols, rows, case.x_dtype, case.out_dtype, case.fused, cfg, cap
 

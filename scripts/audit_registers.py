@@ -7,7 +7,8 @@ Walks the heuristic (`config.heuristic_config`, with the launch decisions ops.py
 fetch order, row mask, held rows, register caps) over row counts 1-16384, hidden sizes 896-262144
 and the dtype pairs of the benchmark, the fused add included. Each distinct form is compiled
 with this environment's Triton as an aligned launch specializes it (pointers 16-byte aligned,
-lengths and strides multiples of 16), with a weight and neither bias nor accumulate. One line a
+lengths and strides multiples of 16), with a weight (x's dtype, or fp32) and neither bias nor
+accumulate. One line a
 form: registers and stack bytes a thread (cuobjdump), the programs an SM that the registers
 allow (65536 a SM, allocated 8 a thread at a time), "SPILL" where the stack is used, and
 "occ a->b@r" where r registers a thread would let b programs an SM run instead of a. Forms
@@ -38,9 +39,12 @@ COLS = (896, 1024, 1536, 2048, 2304, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 1
         18432, 24576, 32768, 49152, 65536, 131072, 262144)
 ROWS = (1, 8, 64, 256, 512, 1024, 2048, 4096, 16384)
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
-# (x, output, residual or None)
-PAIRS = ((BF16, BF16, None), (FP16, FP16, None), (BF16, FP32, None), (FP16, FP32, None),
-         (BF16, BF16, BF16), (BF16, BF16, FP32), (FP32, FP32, None))
+# (x, output, residual or None, weight): the bench's pairs with the weight in x's dtype, and
+# fp32 weights and a residual of another 16-bit dtype, which no register cap takes.
+PAIRS = ((BF16, BF16, None, BF16), (FP16, FP16, None, FP16), (BF16, FP32, None, BF16),
+         (FP16, FP32, None, FP16), (BF16, BF16, BF16, BF16), (BF16, BF16, FP32, BF16),
+         (FP32, FP32, None, FP32), (BF16, BF16, None, FP32), (FP16, FP32, None, FP32),
+         (BF16, BF16, BF16, FP32), (FP16, FP16, BF16, FP16))
 TYPES = {BF16: "*bf16", FP16: "*fp16", FP32: "*fp32"}
 REGISTERS_AN_SM, MAX_WARPS_AN_SM, MAX_PROGRAMS_AN_SM = 65536, 64, 32
 
@@ -50,17 +54,18 @@ def forms() -> dict:
     found = {}
     for n_cols in COLS:
         for n_rows in ROWS:
-            for x, out, res in PAIRS:
+            for x, out, res, weight in PAIRS:
                 norm = res or x
                 cfg = C.heuristic_config(n_cols, C.row_bucket(n_rows), norm.itemsize, True,
                                          out.itemsize)
                 form = dict(x=TYPES[x], y=TYPES[out], r=TYPES[res] if res else None,
+                            w=TYPES[weight],
                             block_n=cfg.block_n, block_m=cfg.block_m, warps=cfg.num_warps,
                             looped=cfg.looped, loop_n=n_cols if cfg.looped else 0,
                             splits=cfg.splits)
                 if cfg.splits > 1:
-                    form["maxnreg"] = C.split_register_cap(cfg, n_rows, x, out.itemsize,
-                                                           res.itemsize if res else None)
+                    form["maxnreg"] = C.split_register_cap(cfg, n_rows, x, out.itemsize, res,
+                                                           weight)
                 else:
                     form.update(preload=C.preload_weight(cfg, n_rows, x, out.itemsize,
                                                          res is not None),
@@ -71,9 +76,9 @@ def forms() -> dict:
 
 
 def compile_form(form: dict, target):
-    """The form compiled as an aligned launch with a weight."""
+    """The form compiled as an aligned launch with a weight of the form's dtype."""
     xt, yt, rt = form["x"], form["y"], form["r"]
-    sig = {"x_ptr": xt, "w_ptr": xt, "y_ptr": yt, "n_cols": "i32", "stride_x_row": "i32",
+    sig = {"x_ptr": xt, "w_ptr": form["w"], "y_ptr": yt, "n_cols": "i32", "stride_x_row": "i32",
            "stride_y_row": "i32", "eps": "fp32"}
     consts = dict(HAS_WEIGHT=True, HAS_BIAS=False, HAS_RESIDUAL=rt is not None,
                   ACCUMULATE=False, CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_N=form["block_n"])

@@ -333,9 +333,10 @@ def _shifted(shape, dtype, device, shift: bool):
     (64, BF16, FP32, None, False, config.SPLIT_SLICE_N, _UNCAPPED, None),       # bf16: level
     (64, FP16, FP32, None, True, config.SPLIT_SLICE_N, _UNCAPPED, None),        # a bias spills
     (64, FP16, FP32, FP16, False, config.SPLIT_SLICE_N, _UNCAPPED, None),       # the fused add
-    # Capped, only 16-byte vectors keep from spilling: the weight's, the residual's and (for
-    # the norm) x's pointers aligned, the row length a multiple of 16. x of the fused add is
-    # free.
+    # Capped, only 16-byte vectors keep from spilling: the weight's and the residual's pointers
+    # aligned, the row length a multiple of 16. x never spills, but plans are keyed on the
+    # alignment of the tensor normalized, x for the norm, so the norm of unaligned x runs
+    # uncapped; x of the fused add is free.
     (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, "weight"),
     (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, "x"),
     (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _UNCAPPED, "cols"),
@@ -370,6 +371,51 @@ def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatc
     used = [name for name, fake in launchers.items() if fake.calls]
     assert used == [launcher]
     assert [call[0] for call in launchers[used[0]].calls] == [2 * M] * 2
+
+
+@pytest.mark.parametrize("case,launcher", [
+    ("aligned", _CAPPED_WIDE),
+    ("out off", _UNCAPPED),             # out=: a capped fp16 -> fp32 store spilled 160 bytes
+    ("out stride off", _UNCAPPED),      # rows of out= 8 elements apart from a multiple of 16
+    ("fp32 weight", _UNCAPPED),         # spilled capped
+])
+def test_calls_with_out_or_another_weight_leave_the_cap(device, monkeypatch, case, launcher):
+    from rmsnorm_triton import ops
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED, _CAPPED_WIDE)}
+    for name, fake in launchers.items():
+        monkeypatch.setattr(ops, name, fake)
+    cfg = config.LaunchConfig(1, config.SPLIT_SLICE_N, config.SPLIT_WARPS, False, splits=2)
+    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    M, N = 64, 2 * config.SPLIT_SLICE_N
+    x = rand_x((M, N), FP16, device)
+    w = rand_w(N, FP32 if case == "fp32 weight" else FP16, device)
+    if case == "out off":
+        out = _shifted((M, N), FP32, device, True)
+    elif case == "out stride off":
+        out = torch.empty((M, N + 8), dtype=FP32, device=device)[:, :N]
+    else:
+        out = torch.empty((M, N), dtype=FP32, device=device)
+    ops.rms_norm(x, w, out=out)
+    used = [name for name, fake in launchers.items() if fake.calls]
+    assert used == [launcher]
+    assert_close(out, rmsnorm_ref(x, w))
+
+
+def test_a_fused_add_with_a_residual_stride_off_16_runs_uncapped(device, monkeypatch):
+    from rmsnorm_triton import ops
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED)}
+    for name, fake in launchers.items():
+        monkeypatch.setattr(ops, name, fake)
+    cfg = config.LaunchConfig(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, False,
+                              splits=2)
+    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    M, N = 512, 2 * config.SPLIT_SLICE_N_16BIT
+    x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
+    residual = rand_x((M, N + 8), BF16, device)[:, :N]
+    ops.fused_add_rms_norm(x, residual, w)
+    assert [name for name, fake in launchers.items() if fake.calls] == [_UNCAPPED]
 
 
 def test_a_capped_plan_keeps_to_its_alignment(device, monkeypatch):

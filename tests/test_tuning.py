@@ -284,6 +284,19 @@ def test_a_capped_and_an_uncapped_split_launch_are_compiled_apart(monkeypatch):
                                                                     False), cfg)
 
 
+def test_compile_ahead_keys_follow_the_32_register_cap_and_the_row_length(monkeypatch):
+    """The tuner's compile-ahead keys tell a capped launch from an uncapped one as ops._launch
+    does: fp16 -> fp32 split rows from 64 rows capped at 32, a row length off 16 uncapped."""
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    cfg = LaunchConfig(1, config.SPLIT_SLICE_N, config.SPLIT_WARPS, False, splits=16)
+    fp16 = torch.float16
+    capped = tune_space.Case(65536, 64, fp16, FP32, False)
+    assert tuning._spec(capped, cfg)[-1] == config.SPLIT_WIDE_OUT_MAX_REGISTERS
+    assert tuning._spec(tune_space.Case(65536, 32, fp16, FP32, False), cfg)[-1] is None
+    assert tuning._spec(tune_space.Case(65528, 64, fp16, FP32, False), cfg)[-1] is None
+    assert tuning._spec(tune_space.Case(65536, 64, fp16, FP32, True), cfg)[-1] is None
+
+
 def test_tune_dry_run_prints_the_plan(capsys):
     assert main(["tune", "--dry-run", "--sizes", "4096,65536", "--rows", "1", "1024",
                  "--pairs", "bf16:bf16", "--fused", "off"]) == 0
@@ -558,40 +571,66 @@ _SPLIT_WIDE, _SPLIT_WIDE_LONG = (_cfg(1, n, w, splits=16)
 _CAP, _CAP_WIDE = config.SPLIT_MAX_REGISTERS, config.SPLIT_WIDE_OUT_MAX_REGISTERS
 
 
-@pytest.mark.parametrize("cfg,n_rows,x_dtype,out_itemsize,res_itemsize,plain,want", [
-    (_SPLIT_16, 512, BF16, 2, 2, True, _CAP),           # 16-bit, from 512 rows
-    (_SPLIT_16, 4096, torch.float16, 2, None, True, _CAP),
-    (_SPLIT_16, 511, BF16, 2, 2, True, None),           # smaller calls lost up to 1.8%
-    (_SPLIT_16, 300, BF16, 2, None, True, None),
-    (_SPLIT_16, 512, BF16, 4, 2, True, None),           # a 4-byte output: 48 lost
-    (_SPLIT_16, 512, BF16, 2, 4, True, None),           # a 4-byte residual: not measured
-    (_SPLIT_16, 512, FP32, 2, None, True, None),        # fp32 x: not measured
-    (_SPLIT_16, 512, BF16, 2, None, False, None),       # a bias or accumulate: not measured
-    (_cfg(1, 4096, 8, splits=16), 512, BF16, 2, None, True, None),   # other slices or warps:
-    (_cfg(1, 4096, 4, splits=16), 512, BF16, 2, None, True, None),   # not measured
-    (_cfg(1, 8192, 16, splits=8), 512, BF16, 2, None, True, None),
-    (_cfg(1, 8192, 8), 512, BF16, 2, None, True, None),  # not split
+FP16 = torch.float16
+
+
+@pytest.mark.parametrize("cfg,n_rows,x_dtype,out_itemsize,res_dtype,w_dtype,plain,want", [
+    (_SPLIT_16, 512, BF16, 2, BF16, BF16, True, _CAP),      # 16-bit, from 512 rows
+    (_SPLIT_16, 4096, FP16, 2, None, None, True, _CAP),     # (None: the weight in x's dtype)
+    (_SPLIT_16, 511, BF16, 2, BF16, BF16, True, None),      # smaller calls lost up to 1.8%
+    (_SPLIT_16, 300, BF16, 2, None, BF16, True, None),
+    (_SPLIT_16, 512, BF16, 4, BF16, BF16, True, None),      # a 4-byte output: 48 lost
+    (_SPLIT_16, 512, BF16, 2, FP32, BF16, True, None),      # a 4-byte residual: not measured
+    (_SPLIT_16, 512, FP32, 2, None, FP32, True, None),      # fp32 x: not measured
+    (_SPLIT_16, 512, BF16, 2, None, BF16, False, None),     # a bias or accumulate: not measured
+    (_SPLIT_16, 512, BF16, 2, None, FP32, True, None),      # an fp32 weight spilled capped
+    (_SPLIT_16, 512, BF16, 2, BF16, FP32, True, None),
+    (_SPLIT_16, 512, FP16, 2, BF16, FP16, True, None),      # a residual of another dtype too
+    (_cfg(1, 4096, 8, splits=16), 512, BF16, 2, None, BF16, True, None),   # other slices or
+    (_cfg(1, 4096, 4, splits=16), 512, BF16, 2, None, BF16, True, None),   # warps: not measured
+    (_cfg(1, 8192, 16, splits=8), 512, BF16, 2, None, BF16, True, None),
+    (_cfg(1, 8192, 8), 512, BF16, 2, None, BF16, True, None),  # not split
     # fp16 to a 4-byte output: 34-35 registers uncapped, 32 capped
-    (_SPLIT_WIDE, 64, torch.float16, 4, None, True, _CAP_WIDE),
-    (_SPLIT_WIDE_LONG, 4096, torch.float16, 4, None, True, _CAP_WIDE),
-    (_SPLIT_WIDE, 63, torch.float16, 4, None, True, None),       # not measured under 64 rows
-    (_SPLIT_WIDE, 512, BF16, 4, None, True, None),               # bf16: 32 already, level
-    (_SPLIT_WIDE, 512, torch.float16, 4, None, False, None),     # a bias spills capped
-    (_SPLIT_WIDE, 512, torch.float16, 4, 2, True, None),         # the fused add: not measured
-    (_SPLIT_WIDE, 512, torch.float16, 2, None, True, None),      # a 16-bit output
-    (_cfg(1, 2048, 8, splits=32), 512, torch.float16, 4, None, True, None),  # other slices
+    (_SPLIT_WIDE, 64, FP16, 4, None, FP16, True, _CAP_WIDE),
+    (_SPLIT_WIDE_LONG, 4096, FP16, 4, None, FP16, True, _CAP_WIDE),
+    (_SPLIT_WIDE, 63, FP16, 4, None, FP16, True, None),       # not measured under 64 rows
+    (_SPLIT_WIDE, 512, BF16, 4, None, BF16, True, None),      # bf16: 32 already, level
+    (_SPLIT_WIDE, 512, FP16, 4, None, FP16, False, None),     # a bias spills capped
+    (_SPLIT_WIDE, 512, FP16, 4, None, FP32, True, None),      # an fp32 weight spills capped
+    (_SPLIT_WIDE, 512, FP16, 4, FP16, FP16, True, None),      # the fused add: not taken
+    (_SPLIT_WIDE, 512, FP16, 2, None, FP16, True, None),      # a 16-bit output
+    (_cfg(1, 2048, 8, splits=32), 512, FP16, 4, None, FP16, True, None),  # other slices
     # slices a row not a power of two: spilled capped in some forms, none measured
-    (_cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=6), 512, BF16, 2, 2, True,
-     None),
+    (_cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=6), 512, BF16, 2, BF16,
+     BF16, True, None),
     (_cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=6), 512, BF16, 2, None,
-     True, None),
-    (_cfg(1, 8192, 16, splits=48), 512, torch.float16, 4, None, True, None),
+     BF16, True, None),
+    (_cfg(1, 8192, 16, splits=48), 512, FP16, 4, None, FP16, True, None),
 ])
-def test_register_cap_rule(monkeypatch, cfg, n_rows, x_dtype, out_itemsize, res_itemsize, plain,
-                           want):
+def test_register_cap_rule(monkeypatch, cfg, n_rows, x_dtype, out_itemsize, res_dtype, w_dtype,
+                           plain, want):
     monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
-    assert config.split_register_cap(cfg, n_rows, x_dtype, out_itemsize, res_itemsize,
+    assert config.split_register_cap(cfg, n_rows, x_dtype, out_itemsize, res_dtype, w_dtype,
                                      plain=plain) == want
+
+
+@pytest.mark.parametrize("major,want", [(9, True), (8, False), (10, False), (12, False)])
+def test_register_rules_only_on_the_architecture_they_were_read_on(monkeypatch, major, want):
+    """Caps and the late weight were read off sm_90 compiles; other GPUs spilled under caps."""
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    monkeypatch.setattr(config, "LATE_WEIGHT_HERE", True)
+    monkeypatch.setattr(config.torch.cuda, "get_device_capability", lambda i: (major, 0))
+    config.register_rules_on.cache_clear()
+    try:
+        assert config.register_rules_on(0) is want
+        assert (config.split_register_cap(_SPLIT_16, 512, BF16, 2, device_index=0)
+                == _CAP) is want
+        assert (config.split_register_cap(_SPLIT_WIDE, 512, FP16, 4, device_index=0)
+                == _CAP_WIDE) is want
+        assert config.preload_weight(_LATE_TILE, 4096, BF16, 4, False, 0) is not want
+        assert config.register_rules_on(-1)         # no GPU to ask: the rules' own forms
+    finally:
+        config.register_rules_on.cache_clear()
 
 
 def test_no_register_cap_with_another_triton_or_backend(monkeypatch):
