@@ -319,6 +319,19 @@ def _shifted(shape, dtype, device, shift: bool):
     return t
 
 
+def _recording_split_launchers(monkeypatch, slice_n: int) -> dict:
+    """Caps on as with Triton 3.6, every call's config 2 slices of slice_n on SPLIT_WARPS, and
+    each split-row launcher replaced by a recorder: launcher name -> recorder."""
+    from rmsnorm_triton import ops
+    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
+    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED, _CAPPED_WIDE)}
+    for name, fake in launchers.items():
+        monkeypatch.setattr(ops, name, fake)
+    cfg = config.LaunchConfig(1, slice_n, config.SPLIT_WARPS, False, splits=2)
+    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    return launchers
+
+
 @pytest.mark.parametrize("M,x_dtype,out_dtype,res_dtype,bias,slice_n,launcher,off", [
     # 16-bit rows in 8192 slices on 8 warps, 512 rows
     (512, BF16, BF16, None, False, config.SPLIT_SLICE_N_16BIT, _CAPPED, None),
@@ -351,12 +364,7 @@ def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatc
     """The full path and the plan it leaves launch through the same launcher; `off`: which
     operand is off 16-byte vectors."""
     from rmsnorm_triton import ops
-    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
-    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED, _CAPPED_WIDE)}
-    for name, fake in launchers.items():
-        monkeypatch.setattr(ops, name, fake)
-    cfg = config.LaunchConfig(1, slice_n, config.SPLIT_WARPS, False, splits=2)
-    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    launchers = _recording_split_launchers(monkeypatch, slice_n)
     N = 2 * slice_n - (8 if off == "cols" else 0)
     x = _shifted((M, N), x_dtype, device, off == "x")
     w = _shifted((N,), x_dtype, device, off == "weight")
@@ -381,12 +389,7 @@ def test_split_rows_take_the_register_capped_launcher_by_rule(device, monkeypatc
 ])
 def test_calls_with_out_or_another_weight_leave_the_cap(device, monkeypatch, case, launcher):
     from rmsnorm_triton import ops
-    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
-    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED, _CAPPED_WIDE)}
-    for name, fake in launchers.items():
-        monkeypatch.setattr(ops, name, fake)
-    cfg = config.LaunchConfig(1, config.SPLIT_SLICE_N, config.SPLIT_WARPS, False, splits=2)
-    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    launchers = _recording_split_launchers(monkeypatch, config.SPLIT_SLICE_N)
     M, N = 64, 2 * config.SPLIT_SLICE_N
     x = rand_x((M, N), FP16, device)
     w = rand_w(N, FP32 if case == "fp32 weight" else FP16, device)
@@ -404,13 +407,7 @@ def test_calls_with_out_or_another_weight_leave_the_cap(device, monkeypatch, cas
 
 def test_a_fused_add_with_a_residual_stride_off_16_runs_uncapped(device, monkeypatch):
     from rmsnorm_triton import ops
-    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
-    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED)}
-    for name, fake in launchers.items():
-        monkeypatch.setattr(ops, name, fake)
-    cfg = config.LaunchConfig(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, False,
-                              splits=2)
-    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    launchers = _recording_split_launchers(monkeypatch, config.SPLIT_SLICE_N_16BIT)
     M, N = 512, 2 * config.SPLIT_SLICE_N_16BIT
     x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
     residual = rand_x((M, N + 8), BF16, device)[:, :N]
@@ -422,13 +419,7 @@ def test_a_capped_plan_keeps_to_its_alignment(device, monkeypatch):
     """The fused add's residual changes from call to call: an unaligned one does not run the
     plan an aligned one left (its register-capped launcher would spill), nor the reverse."""
     from rmsnorm_triton import ops
-    monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
-    launchers = {name: _RecordingLauncher() for name in (_UNCAPPED, _CAPPED)}
-    for name, fake in launchers.items():
-        monkeypatch.setattr(ops, name, fake)
-    cfg = config.LaunchConfig(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, False,
-                              splits=2)
-    monkeypatch.setattr(ops, "pick_config", lambda *a: cfg)
+    launchers = _recording_split_launchers(monkeypatch, config.SPLIT_SLICE_N_16BIT)
     M, N = 512, 2 * config.SPLIT_SLICE_N_16BIT
     x, w = rand_x((M, N), BF16, device), rand_w(N, BF16, device)
     used = []
