@@ -1,4 +1,4 @@
-"""Split rows off 16-byte vectors: uncapped (the rule, `config.split_cap_vectors`) against the
+"""Split rows off 16-byte vectors: uncapped (the rule, `config.row_vectors`) against the
 register-capped launcher the aligned call takes.
 
     python bench/ab_cap_unaligned.py [rounds]

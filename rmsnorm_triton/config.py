@@ -132,7 +132,7 @@ SPLIT_WIDE_OUT_CAPPED_FORMS = ((SPLIT_SLICE_N, SPLIT_WARPS),
 # 16-byte aligned and row strides and lengths it specialized as multiples of 16, and without
 # vectors the held kernel spills (x: 472 bytes a thread with Triton 3.6, the fused add's
 # residual 120, a row length off 16 480; with Triton 3.9 an fp16 weight 48-80, an fp32 one in
-# the fused add 304), so those calls keep the split row (`held_row_vectors`,
+# the fused add 304), so those calls keep the split row (`row_vectors`,
 # `plans.misaligned`; an unaligned output or fused add's x spills nothing). Compiled for sm_90
 # with those specializations, the held forms spill nothing with Triton 3.6, 3.7 and 3.9
 # (55-61 registers) and 32-40 bytes with 3.8 (bf16; `scripts/compile_kernels.py
@@ -455,7 +455,7 @@ def split_register_cap(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out
     """The registers a thread that a split-row launch compiles with at most (Triton's
     `maxnreg`), or None: uncapped. `residual_dtype`: the fused add's residual's, None without
     one; `weight_dtype`: None for x's; `plain`: a weight, no bias, no accumulate. The capped
-    forms need 16-byte vectors (`split_cap_vectors`); ops.py checks them per call.
+    forms need 16-byte vectors (`row_vectors`); ops.py checks them per call.
 
     Only the forms measured are capped, since others spilled under a cap (compiled for sm_90
     with Triton 3.6; scripts/audit_registers.py): a power-of-two number of slices a row (8-32
@@ -487,25 +487,21 @@ def hold_row(cfg: LaunchConfig, itemsize: int) -> bool:
             and cfg.block_m * cfg.block_n > MAX_SINGLE_TILE_N)
 
 
-def held_row_vectors(n_cols: int, held) -> bool:
-    """Whether the row length and row stride of the [rows, n_cols] tensor a held row holds (x,
-    or the fused add's residual) are multiples of 16 elements, what Triton specializes
-    integers on (a multiple of 8 alone, a 16-byte vector, left the held kernel spilling); with
-    its pointer and the weight's 16-byte aligned (plans.misaligned, checked per call) its
-    loads are vectors. The fused add's x and the output may be unaligned: compiled so, they
-    spill nothing, and the fused add and the unfused norm of its residual, which share the
-    rest, decide alike."""
-    return not (n_cols % 16 or held.stride(0) % 16)
+def row_vectors(n_cols: int, *row_strides: int) -> bool:
+    """Whether a launch's signature lets its rows load and store 16-byte vectors: the row length
+    and the given row strides are multiples of 16 elements, what Triton specializes integers on
+    (a multiple of 8 alone, a 16-byte vector, left the held kernel spilling). With the pointers
+    16-byte aligned too (plans.misaligned, checked per call) they are vectors.
 
-
-def split_cap_vectors(n_cols: int, *row_strides: int) -> bool:
-    """Whether the signature lets a register-capped split row (`split_register_cap`) load and
-    store 16-byte vectors: the row length and the row strides of the output and the residual
-    are multiples of 16 elements. With the output's, the weight's and the residual's pointers
-    16-byte aligned too (checked per call) they are. Otherwise the capped forms spill (Triton
-    3.6 for sm_90: 56-704 bytes a thread; uncapped, none), so such calls run uncapped. x's own
-    alignment changes nothing there, but a plan is keyed on the alignment of the tensor
-    normalized (plans.misaligned: x for the norm), so a norm of unaligned x runs uncapped too."""
+    Two launches rest on it, and spill without it:
+    - a held row (`hold_row`): the strides of the tensor it holds (x, or the fused add's
+      residual). The fused add's x and the output may be unaligned: compiled so, they spill
+      nothing, and the fused add and the unfused norm of its residual, which share the rest,
+      decide alike.
+    - a register-capped split row (`split_register_cap`): the strides of the output and the
+      residual (Triton 3.6 for sm_90: 56-704 bytes a thread off vectors; uncapped, none). x's
+      own alignment changes nothing there, but a plan is keyed on the alignment of the tensor
+      normalized (plans.misaligned: x for the norm), so a norm of unaligned x runs uncapped."""
     return not any(v % 16 for v in (n_cols, *row_strides))
 
 
@@ -654,13 +650,17 @@ def sm_count(device_index: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def capability_major(device_index: int) -> int:
+    """A GPU's compute capability, major part; queried once per device."""
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
 def register_rules_on(device_index: int) -> bool:
     """Whether the register rules (`split_register_cap`, the late weight of LATE_WEIGHT_TILE),
     read off sm_90 compiles, hold for this device: a GPU of compute capability
     REGISTER_RULES_ARCH, or none to ask (-1: the CPU, where split rows never run, and the
-    tuner's compile-ahead on meta tensors). Queried once per device."""
-    return device_index < 0 or \
-        torch.cuda.get_device_capability(device_index)[0] == REGISTER_RULES_ARCH
+    tuner's compile-ahead on meta tensors)."""
+    return device_index < 0 or capability_major(device_index) == REGISTER_RULES_ARCH
 
 
 @functools.lru_cache(maxsize=None)
@@ -669,7 +669,7 @@ def held_rows_on(device_index: int) -> bool:
     HELD_ROW_ARCH, with a Triton of HELD_ROW_TRITONS, not interpreted. Queried once per
     device, through pick_config's memo."""
     return (device_index >= 0 and not INTERPRET and HELD_ROW_HERE
-            and torch.cuda.get_device_capability(device_index)[0] == HELD_ROW_ARCH)
+            and capability_major(device_index) == HELD_ROW_ARCH)
 
 
 def runnable_here(cfg: LaunchConfig, device_index: int) -> bool:

@@ -28,13 +28,12 @@ from .config import (
     config_generation,
     device_name,
     hold_row,
-    held_row_vectors,
     next_pow2,
     pick_config,
     preload_weight,
     row_bucket,
     row_mask,
-    split_cap_vectors,
+    row_vectors,
     split_register_cap,
 )
 from .launcher import CachedLauncher
@@ -116,7 +115,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         if plain and hold_row(cfg, normalized.element_size()):
             # The rows' length and stride are the signature's (never held if they are off
             # vectors, whatever the pointer); the pointer's alignment is the call's.
-            if held_row_vectors(n_cols, normalized):
+            if row_vectors(n_cols, normalized.stride(0)):
                 made_aligned = not plans.misaligned(normalized, weight)
             if not made_aligned:
                 cfg = pick_config(n_cols, row_bucket(n_rows), x.dtype, out.dtype,
@@ -141,8 +140,8 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
             # Capped, only vector loads and stores keep from spilling: the output's, weight's
             # and residual's pointers 16-byte aligned (a plan's output is new, so aligned; the
             # plan keeps to this call's alignment of the others, plans.alignment_fits).
-            if split_cap_vectors(n_cols, out.stride(0), *(() if res is None else
-                                                          (res.stride(0),))):
+            strides = (out.stride(0),) if res is None else (out.stride(0), res.stride(0))
+            if row_vectors(n_cols, *strides):
                 made_aligned = not (plans.misaligned(normalized, weight)
                                     or out.data_ptr() & 15)
             if not made_aligned:

@@ -118,8 +118,8 @@ def alignment_fits(plan, held, weight) -> bool:
 
 def misaligned(held, weight) -> bool:
     """Whether the tensor a held row holds (x, or the fused add's residual) or the weight is
-    off 16 bytes (with config.held_row_vectors or config.split_cap_vectors, which the key pins:
-    whether a held row or a register-capped split row loads vectors)."""
+    off 16 bytes (with config.row_vectors, which the key pins: whether a held row or a
+    register-capped split row loads vectors)."""
     return bool((held.data_ptr() | (0 if weight is None else weight.data_ptr())) & 15)
 
 

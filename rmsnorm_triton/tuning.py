@@ -31,8 +31,8 @@ from .config import (
     device_name,
     load_table,
     row_bucket,
+    row_vectors,
     save_table,
-    split_cap_vectors,
     split_register_cap,
 )
 from .launcher import CachedLauncher
@@ -95,7 +95,7 @@ def _spec(case: Case, cfg: LaunchConfig) -> tuple:
     # The tuner's tensors are new and contiguous: aligned, rows n_cols apart (ops._launch).
     cap = split_register_cap(cfg, case.rows, case.x_dtype, case.out_dtype.itemsize,
                              case.x_dtype if case.fused else None) \
-        if split_cap_vectors(case.n_cols) else None
+        if row_vectors(case.n_cols) else None
     return case.n_cols, rows, case.x_dtype, case.out_dtype, case.fused, cfg, cap
 
 

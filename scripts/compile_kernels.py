@@ -83,7 +83,7 @@ def held_row_cases():
     values, one program on 32 warps), fp16 and bf16, the fused add (its chunk 16384,
     config.HELD_ADD_CHUNK_N) or not, with a weight: the widening again and the fused add's first
     pass. Pointers and integers are specialized as a GPU launch of an aligned row specializes
-    them (divisible by 16: config.held_row_vectors, plans.misaligned), so the registers are
+    them (divisible by 16: config.row_vectors, plans.misaligned), so the registers are
     those of the launch. Then the same forms without a weight and with the fp16 clamp,
     compiled only."""
     for x_type, has_r, plain in itertools.product(("*bf16", "*fp16"), (False, True),

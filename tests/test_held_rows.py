@@ -140,18 +140,19 @@ def test_held_rows_follow_the_triton_version(monkeypatch, version, here):
 
 
 def test_held_rows_need_16_byte_vectors(device):
-    """config.held_row_vectors and plans.misaligned: the held tensor's row length and stride
+    """config.row_vectors and plans.misaligned: the held tensor's row length and stride
     multiples of 16 elements, its pointer and the weight's on 16 bytes."""
     buf = rand_x((4, 65536 + 16), BF16, device)
     x, w = buf[:, :65536], rand_w(65536, BF16, device)     # row stride 65552: 16 x 4097
-    assert config.held_row_vectors(65536, x) and not plans.misaligned(x, w)
-    assert config.held_row_vectors(49152, x[:, :49152])
-    assert not config.held_row_vectors(65528, x[:, :65528])         # 8 past a multiple of 16
-    assert config.held_row_vectors(65536, buf[:, 1:65537]) and plans.misaligned(buf[:, 1:], w)
+    assert config.row_vectors(65536, x.stride(0)) and not plans.misaligned(x, w)
+    assert config.row_vectors(49152, x[:, :49152].stride(0))
+    assert not config.row_vectors(65528, x[:, :65528].stride(0))     # 8 past a multiple of 16
+    assert config.row_vectors(65536, buf[:, 1:65537].stride(0)) and \
+        plans.misaligned(buf[:, 1:], w)
     assert plans.misaligned(x, _shifted(w)) and not plans.misaligned(x, None)
     for pad in (4, 8):                                              # strides 65540, 65544
-        assert not config.held_row_vectors(65536, rand_x((4, 65536 + pad), BF16, device)[:, :65536])
-
+        padded = rand_x((4, 65536 + pad), BF16, device)[:, :65536]
+        assert not config.row_vectors(65536, padded.stride(0))
 
 LOOPED = LaunchConfig(1, 8192, 16, True)
 

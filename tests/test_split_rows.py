@@ -161,7 +161,7 @@ def test_register_capped_split_rows_equal_the_uncapped_kernel(monkeypatch, dtype
 def test_calls_off_vectors_compile_nothing_spilling_under_a_cap(dtype, out_dtype, M, off):
     """Rows the register caps cover, with the weight or the output 2 bytes off 16-byte
     alignment, or 8 columns short of a multiple of 16: capped, the kernel would spill
-    (config.split_cap_vectors); they run uncapped, and right."""
+    (config.row_vectors); they run uncapped, and right."""
     N = 65536 - (8 if off == "cols" else 0)
     caps = (config.SPLIT_MAX_REGISTERS, config.SPLIT_WIDE_OUT_MAX_REGISTERS)
     before = {id(k) for cap in caps for k in _capped_kernels(cap)}

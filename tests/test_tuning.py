@@ -620,7 +620,7 @@ def test_register_rules_only_on_the_architecture_they_were_read_on(monkeypatch, 
     monkeypatch.setattr(config, "SPLIT_CAP_HERE", True)
     monkeypatch.setattr(config, "LATE_WEIGHT_HERE", True)
     monkeypatch.setattr(config.torch.cuda, "get_device_capability", lambda i: (major, 0))
-    config.register_rules_on.cache_clear()
+    config.capability_major.cache_clear()
     try:
         assert config.register_rules_on(0) is want
         assert (config.split_register_cap(_SPLIT_16, 512, BF16, 2, device_index=0)
@@ -630,7 +630,7 @@ def test_register_rules_only_on_the_architecture_they_were_read_on(monkeypatch, 
         assert config.preload_weight(_LATE_TILE, 4096, BF16, 4, False, 0) is not want
         assert config.register_rules_on(-1)         # no GPU to ask: the rules' own forms
     finally:
-        config.register_rules_on.cache_clear()
+        config.capability_major.cache_clear()
 
 
 def test_no_register_cap_with_another_triton_or_backend(monkeypatch):
