@@ -276,6 +276,15 @@ PRELOAD_1K_MAX_ROWS = 1024
 # 32 registers; ...").
 LATE_WEIGHT_TILE = (16384, 16)
 LATE_WEIGHT_TRITON = (3, 6)
+# A 4-byte weight in a single tile of this many elements or more (the 32768-wide tile, 32 warps)
+# is fetched after the reduction, by every Triton and GPU: a 1024-thread program may keep 64
+# registers a thread, and the weight fetched first holds 32 more of them across the reduction
+# (sm_90, Triton 3.6-3.9: 32-88 bytes a thread spilled; late, none). On an H100, late against
+# first, at 1-4096 x 24576-32768, the norm of bf16 x and of fp16 x to fp32 and the fused add of
+# a bf16 residual: 1.02-1.40x in a graph and eager (4096 x 32768 bf16 85.7% -> 97.8% of the copy
+# ceiling; the fused add 72.5% -> 98.6%; bench/RESULTS.md, "An fp32 weight in 32768-wide tiles
+# fetched late").
+LATE_4BYTE_WEIGHT_TILE_N = 32768
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
 # A single-tile row of 4-byte x (the fused add's fp32 residual, or an fp32 norm) in a
@@ -506,8 +515,9 @@ def row_vectors(n_cols: int, *row_strides: int) -> bool:
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,
-                   fused: bool, device_index: int = -1) -> bool:
-    """Whether a single-tile program fetches weight and bias before the row reduction.
+                   fused: bool, device_index: int = -1, weight_itemsize: int = 0) -> bool:
+    """Whether a single-tile program fetches weight and bias before the row reduction
+    (`weight_itemsize`: the weight's, 0 for x's or none).
 
     Early, their load overlaps x's; late, it costs a second memory latency once the sum is
     known, which shows when they are not in L2. bench/ab_preload.py on an H100: early wins at
@@ -522,7 +532,10 @@ def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_ite
     MAX_SINGLE_TILE_N: held 64K-element rows spilled with the weight fetched early (30-36
     registers a thread, 0.71-0.98x of the split row on an H200, "One program a 64K-element
     row"). bf16 x to a 4-byte output in LATE_WEIGHT_TILE fetches late with LATE_WEIGHT_TRITON
-    on a GPU of `register_rules_on` (it spilled early)."""
+    on a GPU of `register_rules_on` (it spilled early), and a 4-byte weight in a tile of
+    LATE_4BYTE_WEIGHT_TILE_N elements or more always does (it spilled early)."""
+    if weight_itemsize == 4 and cfg.block_m * cfg.block_n >= LATE_4BYTE_WEIGHT_TILE_N:
+        return False
     if LATE_WEIGHT_HERE and not fused and x_dtype == torch.bfloat16 and out_itemsize == 4 and \
             cfg.block_m == 1 and (cfg.block_n, cfg.num_warps) == LATE_WEIGHT_TILE and \
             register_rules_on(device_index):

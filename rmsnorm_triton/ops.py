@@ -155,7 +155,8 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
         flags += (("BLOCK_M", cfg.block_m), ("LOOPED", cfg.looped),
                   ("LOOP_N", n_cols if cfg.looped else 0),
                   ("PRELOAD_W", preload_weight(cfg, n_rows, x.dtype, out.element_size(),
-                                               res is not None, dev_index)),
+                                               res is not None, dev_index,
+                                               0 if weight is None else weight.element_size())),
                   ("ROW_MASK", masked),
                   ("HOLD_X", hold), ("ADD_CHUNK_N", HELD_ADD_CHUNK_N if hold and res is not None
                                      else 0))

@@ -14,7 +14,8 @@ allow (65536 a SM, allocated 8 a thread at a time), "SPILL" where the stack is u
 "occ a->b@r" where r registers a thread would let b programs an SM run instead of a. Forms
 found so: fp16 split rows to fp32 at 34-35 registers (config.SPLIT_WIDE_OUT_MAX_REGISTERS) and
 the bf16 16384-wide tile to fp32 spilling with the weight fetched first (config.LATE_WEIGHT_TILE),
-both with Triton 3.6. The rules it reads are those of this Triton (config.SPLIT_CAP_HERE and
+both with Triton 3.6, and an fp32 weight spilling in 32768-wide tiles fetched first with every
+Triton (config.LATE_4BYTE_WEIGHT_TILE_N). The rules it reads are those of this Triton (config.SPLIT_CAP_HERE and
 the like), so run it in the environment whose forms you want.
 """
 import argparse
@@ -68,7 +69,8 @@ def forms() -> dict:
                                                            weight)
                 else:
                     form.update(preload=C.preload_weight(cfg, n_rows, x, out.itemsize,
-                                                         res is not None),
+                                                         res is not None,
+                                                         weight_itemsize=weight.itemsize),
                                 row_mask=C.row_mask(cfg), hold=C.hold_row(cfg, norm.itemsize))
                 found.setdefault(json.dumps(form, sort_keys=True), []).append(
                     f"{n_rows}x{n_cols}")

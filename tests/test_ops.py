@@ -356,6 +356,25 @@ def test_weight_fetch_order_does_not_change_results(device, monkeypatch, preload
     plans.clear()
 
 
+@pytest.mark.parametrize("w_dtype,want", [(FP32, 4), (BF16, 2), (None, 0)])
+def test_the_weight_fetch_rule_is_told_the_weights_size(device, monkeypatch, w_dtype, want):
+    """A 4-byte weight in the widest tiles is fetched late (config.preload_weight): the launch
+    passes the weight's element size, 0 without a weight, and the result holds."""
+    from rmsnorm_triton import ops, plans
+    M, N = 3, 1000
+    x = rand_x((M, N), BF16, device)
+    w = None if w_dtype is None else rand_w(N, w_dtype, device)
+    seen, rule = [], ops.preload_weight
+    monkeypatch.setattr(ops, "preload_weight", lambda *args: seen.append(args[6]) or rule(*args))
+    plans.clear()
+    buf, out = poisoned(M, N, BF16, device)
+    rt.rms_norm(x, w, out=out)
+    assert seen == [want]
+    assert_guard_intact(buf, N)
+    assert_close(out, rmsnorm_ref(x, w))
+    plans.clear()
+
+
 def test_fx_symbolic_trace_names_the_argument():
     """Tracing hands rms_norm a Proxy: the error says what x must be, as for any non-tensor."""
     import torch.fx
