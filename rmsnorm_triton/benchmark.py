@@ -49,22 +49,32 @@ class Variant:
     x: torch.dtype
     out: torch.dtype
     res: Optional[torch.dtype] = None      # set: fused residual add
+    w: Optional[torch.dtype] = None        # the weight's, if not x's
 
     @property
     def op(self) -> str:
         return "rms_norm" if self.res is None else "fused_add"
 
     @property
+    def weight(self) -> torch.dtype:
+        return self.w or self.x
+
+    @property
     def dtypes(self) -> str:
         s = f"{SHORT[self.x]}->{SHORT[self.out]}"
-        return s if self.res is None else f"{s} res {SHORT[self.res]}"
+        s = s if self.res is None else f"{s} res {SHORT[self.res]}"
+        return s if self.w is None else f"{s} w {SHORT[self.w]}"
 
 
 VARIANTS = {
     "bf16": Variant(BF16, BF16), "fp16": Variant(FP16, FP16),
     "bf16-fp32": Variant(BF16, FP32), "fp16-fp32": Variant(FP16, FP32),
     "add-bf16": Variant(BF16, BF16, BF16), "add-fp32": Variant(BF16, BF16, FP32),
+    # An fp32 weight with 16-bit activations (norms kept in fp32, as some checkpoints and
+    # mixed-precision setups have them): run when named, not part of --full.
+    "bf16-w32": Variant(BF16, BF16, w=FP32), "add-bf16-w32": Variant(BF16, BF16, BF16, FP32),
 }
+FULL_VARIANTS = ("bf16", "fp16", "bf16-fp32", "fp16-fp32", "add-bf16", "add-fp32")
 # The shapes the targets name: bandwidth, mid-size and decode.
 KEY_SHAPES = [(4096, 4096), (16384, 8192), (4096, 32768), (2048, 65536), (512, 262144),
               (1024, 4096), (1024, 8192), (1, 8192), (8, 4096), (64, 8192)]
@@ -98,7 +108,7 @@ class Row:
 
 
 def plan(args) -> list[tuple[str, tuple[int, int]]]:
-    names = args.variants or (list(VARIANTS) if args.full else None)
+    names = args.variants or (list(FULL_VARIANTS) if args.full else None)
     if args.shapes:
         shapes = args.shapes
     elif args.full:
@@ -107,8 +117,8 @@ def plan(args) -> list[tuple[str, tuple[int, int]]]:
         return [c for c in QUICK if names is None or c[0] in names]
     cases = [(v, s) for v in (names or ["bf16"]) for s in shapes]
     return [(v, (m, n)) for v, (m, n) in cases
-            if rmsnorm_bytes(m, n, VARIANTS[v].x, None, VARIANTS[v].out, VARIANTS[v].res)
-            <= MAX_TRAFFIC]
+            if rmsnorm_bytes(m, n, VARIANTS[v].x, VARIANTS[v].weight, VARIANTS[v].out,
+                             VARIANTS[v].res) <= MAX_TRAFFIC]
 
 
 def _rel_err(got, want) -> float:
@@ -120,12 +130,12 @@ class Case:
 
     def __init__(self, v: Variant, M: int, N: int, device="cuda"):
         self.v, self.M, self.N = v, M, N
-        self.nbytes = rmsnorm_bytes(M, N, v.x, v.x, v.out, v.res)
+        self.nbytes = rmsnorm_bytes(M, N, v.x, v.weight, v.out, v.res)
         k = n_sets(self.nbytes) if device == "cuda" else 1
 
         def rand(shape, dtype):
             return (0.5 + 2 * torch.randn(shape, device=device)).to(dtype)
-        self.w = (1 + 0.1 * torch.randn(N, device=device)).to(v.x)
+        self.w = (1 + 0.1 * torch.randn(N, device=device)).to(v.weight)
         self.xs = [rand((M, N), v.x) for _ in range(k)]
         self.rs0 = [rand((M, N), v.res) for _ in range(k)] if v.res else []
         self.rs = [r.clone() for r in self.rs0]

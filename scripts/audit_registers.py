@@ -15,8 +15,8 @@ allow (65536 a SM, allocated 8 a thread at a time), "SPILL" where the stack is u
 found so: fp16 split rows to fp32 at 34-35 registers (config.SPLIT_WIDE_OUT_MAX_REGISTERS) and
 the bf16 16384-wide tile to fp32 spilling with the weight fetched first (config.LATE_WEIGHT_TILE),
 both with Triton 3.6, and an fp32 weight spilling in 32768-wide tiles fetched first with every
-Triton (config.LATE_4BYTE_WEIGHT_TILE_N). The rules it reads are those of this Triton (config.SPLIT_CAP_HERE and
-the like), so run it in the environment whose forms you want.
+Triton (config.LATE_4BYTE_WEIGHT_TILE_N). The rules it reads are those of this Triton
+(config.SPLIT_CAP_HERE and the like), so run it in the environment whose forms you want.
 """
 import argparse
 import importlib.util

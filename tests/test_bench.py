@@ -30,6 +30,10 @@ def test_plans():
                <= B.MAX_TRAFFIC for v, (m, n) in full)
     assert (16384, 262144) not in {s for _, s in full}
     assert B.plan(_args(shapes=[(8, 4096)], variants=["add-fp32"])) == [("add-fp32", (8, 4096))]
+    # fp32 weights run when named; the full grid keeps the weight in x's dtype
+    assert {v for v, _ in full} == set(B.FULL_VARIANTS)
+    assert all(B.VARIANTS[v].w is None for v in B.FULL_VARIANTS)
+    assert B.plan(_args(shapes=[(1, 32768)], variants=["bf16-w32"])) == [("bf16-w32", (1, 32768))]
 
 
 def test_bytes_model():
@@ -49,7 +53,7 @@ def stub_timers(monkeypatch):
 
 
 @pytest.mark.skipif(not ops.INTERPRET, reason="runs the providers on CPU tensors")
-@pytest.mark.parametrize("vname", ["bf16-fp32", "add-fp32"])
+@pytest.mark.parametrize("vname", ["bf16-fp32", "add-fp32", "bf16-w32", "add-bf16-w32"])
 def test_measure_checks_and_ratios(stub_timers, vname):
     v = B.VARIANTS[vname]
     case = B.Case(v, 8, 256, device="cpu")
