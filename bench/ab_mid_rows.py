@@ -17,7 +17,7 @@ AB_ONLY="loop2048 w16,tile w16" (names as printed) times only those configs, the
 pick and torch.compile. Split-row configs are listed for rows past 32K columns and, in calls of
 up to 64 rows, for any row of two slices or more. AB_PRELOAD=1 adds each tile with the weight
 fetched the other way ("tile w8 late": after the reduction, where config.preload_weight
-fetches it first).
+fetches it first). AB_WEIGHT=fp32 gives every row an fp32 weight (default: x's dtype).
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same
@@ -43,6 +43,7 @@ from bench_utils import interleaved_medians
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 EPS = 1e-6
 DECODE_SPLIT_MAX_ROWS = 64
+WEIGHT_DTYPE = {"fp32": FP32}.get(os.environ.get("AB_WEIGHT", ""))
 SHAPES = ([(m, n, BF16, out) for m in (512, 1024) for n in (4096, 5120, 7168, 8192)
            for out in (FP32, BF16)]
           + [(1024, 5120, FP16, FP32), (1024, 4096, FP16, FP32), (512, 4096, FP16, FP32),
@@ -103,7 +104,8 @@ def _candidates(M, N, out_dtype, norm_itemsize, x_dtype=torch.bfloat16, fused=Fa
                 if os.environ.get("AB_PRELOAD"):
                     # the weight fetched the other way (config.preload_weight)
                     tile = found[f"tile w{warps}"]
-                    early = preload_weight(tile, M, x_dtype, out_dtype.itemsize, fused)
+                    early = preload_weight(tile, M, x_dtype, out_dtype.itemsize, fused, -1,
+                                           (WEIGHT_DTYPE or x_dtype).itemsize)
                     found[f"tile w{warps} " + ("late" if early else "early")] = (tile, not early)
         if next_pow2(N) <= 4096:
             for warps in (4, 8, 16):    # two rows a program, as config.PACK_MIN_ROWS packs them
@@ -172,7 +174,7 @@ def main():
               for _ in range(n_sets(read if cold else moved))]
         # Each set's residual is updated in place by every call; values drift, times do not.
         rs = [torch.randn(M, N, device="cuda").to(res_dtype) if add else None for _ in xs]
-        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(x_dtype)
+        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(WEIGHT_DTYPE or x_dtype)
         if add:
             r0 = rs[0].clone()
             want = P._fused_add_fp32(xs[0], r0, w, EPS, out_dtype).float()
@@ -199,6 +201,7 @@ def main():
         times = interleaved_medians(calls, timer, rounds)
         print(f"{M}x{N} {str(x_dtype)[6:]}->{str(out_dtype)[6:]}"
               + (f" fused add, {str(res_dtype)[6:]} residual" if add else "")
+              + (f", weight {str(w.dtype)[6:]}" if WEIGHT_DTYPE else "")
               + f" heuristic={heur}"
               + (f" (medians of {rounds} interleaved rounds)" if rounds > 1 else "")
               + f", {timer.__name__}, {len(xs)} sets{' (cold)' if cold else ''}")

@@ -255,6 +255,15 @@ SPARSE_TILE_FILL = (9, 16)
 SPARSE_WIDE_WARPS = 32
 SPARSE_WIDE_CHUNK = (8192, 4096)        # (16-bit output, 4-byte output)
 SPARSE_WIDE_MIN_ROWS = (2048, 512)
+# 16-bit rows that fill more of the 32K tile, up to SPARSE_WIDE_FILL of it (18433-24576
+# columns), loop the same way past decode-sized calls: the tile holds 8-14K empty columns a
+# program on 32 warps. Eager on an H100, SPARSE_WIDE_CHUNK on 32 warps against the tile, with a
+# bf16 weight and with an fp32 one: to 16 bits 1.035-1.166x at 512-16384 x 20480-24576 (4096 x
+# 24576 92.7% -> 97% of the copy ceiling, level with torch.compile); to fp32 1.04-1.21x at 512 x
+# 24576, 1024 x 20480 and 4096 x 24576 (other rows follow, not timed); the fused add of a bf16
+# residual, which must follow, 0.991-0.996x. Fuller rows keep the tile (4096 x 28672: 1.02x,
+# one run) (bench/RESULTS.md, "Rows of 18433-24576 columns loop").
+SPARSE_WIDE_FILL = (3, 4)
 # One 16-bit row of 513-1024 elements a program (a 1024 tile), to a 4-byte output, in calls of
 # up to WIDE_OUT_1K_MAX_ROWS rows: 8 warps, half the stores a thread. Measured at 64-1024 x
 # 768-1024 to fp32: 1.00-1.04x in a graph, 1.01-1.03x eager against 4; 2048 x 896: 0.89x /
@@ -360,8 +369,10 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
             LOOP_1K_ROW_BYTES[0] < row_bytes <= LOOP_1K_ROW_BYTES[1]
     sparse = block_n >= SPARSE_TILE_MIN_N and n_rows > DECODE_MAX_ROWS and \
         n_cols * SPARSE_TILE_FILL[1] <= block_n * SPARSE_TILE_FILL[0]
-    if x_itemsize == 2 and sparse and block_n > SPARSE_TILE_MIN_N and \
-            n_rows >= SPARSE_WIDE_MIN_ROWS[out_itemsize >= 4]:
+    fuller = not sparse and n_rows > DECODE_MAX_ROWS and \
+        n_cols * SPARSE_WIDE_FILL[1] <= block_n * SPARSE_WIDE_FILL[0]
+    if x_itemsize == 2 and block_n > SPARSE_TILE_MIN_N and (
+            (sparse and n_rows >= SPARSE_WIDE_MIN_ROWS[out_itemsize >= 4]) or fuller):
         return LaunchConfig(block_m=1, block_n=SPARSE_WIDE_CHUNK[out_itemsize >= 4],
                             num_warps=SPARSE_WIDE_WARPS, looped=True)
     if x_itemsize == 2 and ((block_n <= LOOP_MID_MAX_N and (loop or loop_1k)) or sparse):

@@ -439,8 +439,16 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((18432, 512, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
     ((18432, 4096, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
     ((18432, 256, 2, True, 4), _cfg(1, 32768, 32)),
+    # Rows filling up to 3/4 of the 32K tile loop the same way past decode-sized calls; fuller
+    # rows and decode-sized calls keep it.
+    ((18433, 4096, 2), _cfg(1, 8192, 32, looped=True)),
+    ((24576, 512, 2), _cfg(1, 8192, 32, looped=True)),
+    ((24576, 16384, 2), _cfg(1, 8192, 32, looped=True)),
+    ((24576, 512, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
+    ((24577, 4096, 2), _cfg(1, 32768, 32)),
+    ((24576, 256, 2), _cfg(1, 32768, 32)),
+    ((24576, 256, 2, True, 4), _cfg(1, 32768, 32)),
     ((9217, 4096, 2), _cfg(1, 16384, 16)),
-    ((18433, 4096, 2), _cfg(1, 32768, 32)),
     ((18432, 256, 2), _cfg(1, 32768, 32)),
     ((9216, 4096, 4, True, 4), _cfg(1, 16384, 16)),
     # A 4-byte normalized tensor (the fused add's fp32 residual) at 32K: split on a GPU up to
