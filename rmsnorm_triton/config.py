@@ -258,11 +258,12 @@ SPARSE_WIDE_MIN_ROWS = (2048, 512)
 # 16-bit rows that fill more of the 32K tile, up to SPARSE_WIDE_FILL of it (18433-24576
 # columns), loop the same way past decode-sized calls: the tile holds 8-14K empty columns a
 # program on 32 warps. Eager on an H100, SPARSE_WIDE_CHUNK on 32 warps against the tile, with a
-# bf16 weight and with an fp32 one: to 16 bits 1.035-1.166x at 512-16384 x 20480-24576 (4096 x
-# 24576 92.7% -> 97% of the copy ceiling, level with torch.compile); to fp32 1.04-1.21x at 512 x
-# 24576, 1024 x 20480 and 4096 x 24576 (other rows follow, not timed); the fused add of a bf16
-# residual, which must follow, 0.991-0.996x. Fuller rows keep the tile (4096 x 28672: 1.02x,
-# one run) (bench/RESULTS.md, "Rows of 18433-24576 columns loop").
+# bf16 weight (and an fp32 one at 1024-16384 x 24576, 1.056-1.084x): to 16 bits 1.035-1.166x
+# at 512-16384 x 20480-24576 (4096 x 24576 92.7% -> 97% of the copy ceiling, level with
+# torch.compile); to fp32 1.04-1.21x at 512 x 24576, 1024 x 20480 and 4096 x 24576 (other rows
+# follow, not timed); the fused add of a bf16 residual, which must follow, 0.991-0.996x.
+# Fuller rows keep the tile (4096 x 28672: 1.02x, one run) (bench/RESULTS.md, "Rows of
+# 18433-24576 columns loop").
 SPARSE_WIDE_FILL = (3, 4)
 # One 16-bit row of 513-1024 elements a program (a 1024 tile), to a 4-byte output, in calls of
 # up to WIDE_OUT_1K_MAX_ROWS rows: 8 warps, half the stores a thread. Measured at 64-1024 x
@@ -285,15 +286,18 @@ PRELOAD_1K_MAX_ROWS = 1024
 # 32 registers; ...").
 LATE_WEIGHT_TILE = (16384, 16)
 LATE_WEIGHT_TRITON = (3, 6)
-# A 4-byte weight in a single tile of this many elements or more (the 32768-wide tile, 32 warps)
-# is fetched after the reduction, by every Triton and GPU: a 1024-thread program may keep 64
-# registers a thread, and the weight fetched first holds 32 more of them across the reduction
-# (sm_90, Triton 3.6-3.9: 32-88 bytes a thread spilled; late, none). On an H100, late against
-# first, at 1-4096 x 24576-32768, the norm of bf16 x and of fp16 x to fp32 and the fused add of
-# a bf16 residual: 1.02-1.40x in a graph and eager (4096 x 32768 bf16 85.7% -> 97.8% of the copy
-# ceiling; the fused add 72.5% -> 98.6%; bench/RESULTS.md, "An fp32 weight in 32768-wide tiles
-# fetched late").
-LATE_4BYTE_WEIGHT_TILE_N = 32768
+# A weight and bias of LATE_PARAMS_MIN_BYTES a column or more together (an fp32 weight; a
+# 16-bit weight with a bias) in tiles LATE_PARAMS_TILE_N wide are fetched after the reduction,
+# by every Triton and GPU: a 1024-thread program may keep 64 registers a thread, and fetched
+# first they hold 32 or more of them across the reduction (sm_90, Triton 3.6-3.9: an fp32
+# weight 32-88 bytes a thread spilled, a bf16 weight and bias 64-72, a bf16 weight and an fp32
+# bias 144-184; late, none; a 16-bit weight alone spills nothing and keeps the early fetch). On an
+# H100, late against first with an fp32 weight, at 1-4096 x 24576-32768, the norm of bf16 x and
+# of fp16 x to fp32 and the fused add of a bf16 residual: 1.02-1.40x in a graph and eager (4096
+# x 32768 bf16 85.7% -> 97.8% of the copy ceiling; the fused add 72.5% -> 98.6%); the bias forms
+# follow, not timed (bench/RESULTS.md, "An fp32 weight in 32768-wide tiles fetched late").
+LATE_PARAMS_TILE_N = 32768
+LATE_PARAMS_MIN_BYTES = 4
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
 # A single-tile row of 4-byte x (the fused add's fp32 residual, or an fp32 norm) in a
@@ -526,9 +530,9 @@ def row_vectors(n_cols: int, *row_strides: int) -> bool:
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,
-                   fused: bool, device_index: int = -1, weight_itemsize: int = 0) -> bool:
+                   fused: bool, device_index: int = -1, param_bytes: int = 0) -> bool:
     """Whether a single-tile program fetches weight and bias before the row reduction
-    (`weight_itemsize`: the weight's, 0 for x's or none).
+    (`param_bytes`: the element sizes of the weight and the bias added, 0 for neither).
 
     Early, their load overlaps x's; late, it costs a second memory latency once the sum is
     known, which shows when they are not in L2. bench/ab_preload.py on an H100: early wins at
@@ -543,9 +547,9 @@ def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_ite
     MAX_SINGLE_TILE_N: held 64K-element rows spilled with the weight fetched early (30-36
     registers a thread, 0.71-0.98x of the split row on an H200, "One program a 64K-element
     row"). bf16 x to a 4-byte output in LATE_WEIGHT_TILE fetches late with LATE_WEIGHT_TRITON
-    on a GPU of `register_rules_on` (it spilled early), and a 4-byte weight in a tile of
-    LATE_4BYTE_WEIGHT_TILE_N elements or more always does (it spilled early)."""
-    if weight_itemsize == 4 and cfg.block_m * cfg.block_n >= LATE_4BYTE_WEIGHT_TILE_N:
+    on a GPU of `register_rules_on` (it spilled early), and so do weight and bias of
+    LATE_PARAMS_MIN_BYTES a column in a LATE_PARAMS_TILE_N-wide tile (they spilled early)."""
+    if param_bytes >= LATE_PARAMS_MIN_BYTES and cfg.block_n >= LATE_PARAMS_TILE_N:
         return False
     if LATE_WEIGHT_HERE and not fused and x_dtype == torch.bfloat16 and out_itemsize == 4 and \
             cfg.block_m == 1 and (cfg.block_n, cfg.num_warps) == LATE_WEIGHT_TILE and \

@@ -156,7 +156,7 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
                   ("LOOP_N", n_cols if cfg.looped else 0),
                   ("PRELOAD_W", preload_weight(cfg, n_rows, x.dtype, out.element_size(),
                                                res is not None, dev_index,
-                                               0 if weight is None else weight.element_size())),
+                                               _param_bytes(weight, bias))),
                   ("ROW_MASK", masked),
                   ("HOLD_X", hold), ("ADD_CHUNK_N", HELD_ADD_CHUNK_N if hold and res is not None
                                      else 0))
@@ -176,6 +176,11 @@ def _launch(p: Prepared, eps, weight_offset, accumulate, clamp_fp16_input,
     if p.out_user is not None:
         return p.out_user.copy_(out.view(p.shape))
     return out if out.shape == p.shape else out.view(p.shape)
+
+
+def _param_bytes(weight, bias) -> int:
+    """Bytes a column of the weight and the bias, which a tile fetches together."""
+    return sum(t.element_size() for t in (weight, bias) if t is not None)
 
 
 def _launcher(kernel, **options) -> CachedLauncher:

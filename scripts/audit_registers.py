@@ -7,15 +7,15 @@ Walks the heuristic (`config.heuristic_config`, with the launch decisions ops.py
 fetch order, row mask, held rows, register caps) over row counts 1-16384, hidden sizes 896-262144
 and the dtype pairs of the benchmark, the fused add included. Each distinct form is compiled
 with this environment's Triton as an aligned launch specializes it (pointers 16-byte aligned,
-lengths and strides multiples of 16), with a weight (x's dtype, or fp32) and neither bias nor
-accumulate. One line a
-form: registers and stack bytes a thread (cuobjdump), the programs an SM that the registers
-allow (65536 a SM, allocated 8 a thread at a time), "SPILL" where the stack is used, and
+lengths and strides multiples of 16), with a weight (x's dtype, or fp32), without or with a
+bias (x's dtype, or fp32), and no accumulate. One line a form: registers and stack bytes a
+thread (cuobjdump), the programs an SM that the registers allow (65536 a SM, allocated 8 a
+thread at a time), "SPILL" where the stack is used, and
 "occ a->b@r" where r registers a thread would let b programs an SM run instead of a. Forms
 found so: fp16 split rows to fp32 at 34-35 registers (config.SPLIT_WIDE_OUT_MAX_REGISTERS) and
 the bf16 16384-wide tile to fp32 spilling with the weight fetched first (config.LATE_WEIGHT_TILE),
 both with Triton 3.6, and an fp32 weight spilling in 32768-wide tiles fetched first with every
-Triton (config.LATE_4BYTE_WEIGHT_TILE_N). The rules it reads are those of this Triton
+Triton (config.LATE_PARAMS_TILE_N). The rules it reads are those of this Triton
 (config.SPLIT_CAP_HERE and the like), so run it in the environment whose forms you want.
 """
 import argparse
@@ -46,6 +46,8 @@ PAIRS = ((BF16, BF16, None, BF16), (FP16, FP16, None, FP16), (BF16, FP32, None, 
          (FP16, FP32, None, FP16), (BF16, BF16, BF16, BF16), (BF16, BF16, FP32, BF16),
          (FP32, FP32, None, FP32), (BF16, BF16, None, FP32), (FP16, FP32, None, FP32),
          (BF16, BF16, BF16, FP32), (FP16, FP16, BF16, FP16))
+# (x, output, weight, bias): a bias of x's dtype or fp32 beside a weight of x's dtype.
+BIAS_PAIRS = ((BF16, BF16, BF16, BF16), (BF16, BF16, BF16, FP32), (FP16, FP32, FP16, FP16))
 TYPES = {BF16: "*bf16", FP16: "*fp16", FP32: "*fp32"}
 REGISTERS_AN_SM, MAX_WARPS_AN_SM, MAX_PROGRAMS_AN_SM = 65536, 64, 32
 
@@ -53,36 +55,41 @@ REGISTERS_AN_SM, MAX_WARPS_AN_SM, MAX_PROGRAMS_AN_SM = 65536, 64, 32
 def forms() -> dict:
     """Each distinct launch form (a JSON key) -> the rows x cols that take it."""
     found = {}
+    cases = ([(*pair, None) for pair in PAIRS]
+             + [(x, out, None, w, b) for x, out, w, b in BIAS_PAIRS])
     for n_cols in COLS:
         for n_rows in ROWS:
-            for x, out, res, weight in PAIRS:
+            for x, out, res, weight, bias in cases:
                 norm = res or x
+                plain = bias is None
                 cfg = C.heuristic_config(n_cols, C.row_bucket(n_rows), norm.itemsize, True,
-                                         out.itemsize)
+                                         out.itemsize, plain)
                 form = dict(x=TYPES[x], y=TYPES[out], r=TYPES[res] if res else None,
-                            w=TYPES[weight],
+                            w=TYPES[weight], b=TYPES[bias] if bias else None,
                             block_n=cfg.block_n, block_m=cfg.block_m, warps=cfg.num_warps,
                             looped=cfg.looped, loop_n=n_cols if cfg.looped else 0,
                             splits=cfg.splits)
                 if cfg.splits > 1:
                     form["maxnreg"] = C.split_register_cap(cfg, n_rows, x, out.itemsize, res,
-                                                           weight)
+                                                           weight, plain=plain)
                 else:
+                    param_bytes = weight.itemsize + (bias.itemsize if bias else 0)
                     form.update(preload=C.preload_weight(cfg, n_rows, x, out.itemsize,
                                                          res is not None,
-                                                         weight_itemsize=weight.itemsize),
-                                row_mask=C.row_mask(cfg), hold=C.hold_row(cfg, norm.itemsize))
+                                                         param_bytes=param_bytes),
+                                row_mask=C.row_mask(cfg),
+                                hold=plain and C.hold_row(cfg, norm.itemsize))
                 found.setdefault(json.dumps(form, sort_keys=True), []).append(
                     f"{n_rows}x{n_cols}")
     return found
 
 
 def compile_form(form: dict, target):
-    """The form compiled as an aligned launch with a weight of the form's dtype."""
-    xt, yt, rt = form["x"], form["y"], form["r"]
+    """The form compiled as an aligned launch with a weight (and a bias) of the form's dtype."""
+    xt, yt, rt, bt = form["x"], form["y"], form["r"], form.get("b")
     sig = {"x_ptr": xt, "w_ptr": form["w"], "y_ptr": yt, "n_cols": "i32", "stride_x_row": "i32",
            "stride_y_row": "i32", "eps": "fp32"}
-    consts = dict(HAS_WEIGHT=True, HAS_BIAS=False, HAS_RESIDUAL=rt is not None,
+    consts = dict(HAS_WEIGHT=True, HAS_BIAS=bt is not None, HAS_RESIDUAL=rt is not None,
                   ACCUMULATE=False, CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_N=form["block_n"])
     if form["splits"] > 1:
         fn = ck._kernels().rmsnorm_fwd_split_kernel
@@ -98,7 +105,7 @@ def compile_form(form: dict, target):
             sig["n_rows"] = "i32"
         else:
             consts["n_rows"] = None
-    ck._operands(sig, consts, [("r_ptr", rt, rt is not None), ("b_ptr", xt, False),
+    ck._operands(sig, consts, [("r_ptr", rt, rt is not None), ("b_ptr", bt, bt is not None),
                                ("stride_r_row", "i32", rt is not None)])
     for name in consts:
         sig[name] = "constexpr"

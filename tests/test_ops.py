@@ -356,22 +356,31 @@ def test_weight_fetch_order_does_not_change_results(device, monkeypatch, preload
     plans.clear()
 
 
-@pytest.mark.parametrize("w_dtype,want", [(FP32, 4), (BF16, 2), (None, 0)])
-def test_the_weight_fetch_rule_is_told_the_weights_size(device, monkeypatch, w_dtype, want):
-    """A 4-byte weight in the widest tiles is fetched late (config.preload_weight): the launch
-    passes the weight's element size, 0 without a weight, and the result holds."""
+@pytest.mark.parametrize("w_dtype,b_dtype,early", [
+    (FP32, None, False),        # an fp32 weight spilled fetched first in the 32K tile
+    (BF16, BF16, False),        # so did a 16-bit weight with a bias
+    (None, FP32, False),        # and an fp32 bias alone
+    (BF16, None, True),         # a 16-bit weight alone did not: first, as at other widths
+    (None, None, True),
+])
+def test_wide_tiles_fetch_weight_and_bias_late_past_4_bytes_a_column(device, monkeypatch,
+                                                                     w_dtype, b_dtype, early):
+    """config.preload_weight is told the weight's and the bias's bytes a column: in the 32768
+    tile (a decode-sized call of 24577 columns) 4 or more are fetched after the reduction, as
+    the launch's flags show; the result holds either way."""
     from rmsnorm_triton import ops, plans
-    M, N = 3, 1000
+    M, N = 2, 24577
     x = rand_x((M, N), BF16, device)
     w = None if w_dtype is None else rand_w(N, w_dtype, device)
-    seen, rule = [], ops.preload_weight
-    monkeypatch.setattr(ops, "preload_weight", lambda *args: seen.append(args[6]) or rule(*args))
+    b = None if b_dtype is None else rand_w(N, b_dtype, device)
+    launched, run = [], ops._run_kernel
+    monkeypatch.setattr(ops, "_run_kernel", lambda *a: launched.append(dict(a[6])) or run(*a))
     plans.clear()
     buf, out = poisoned(M, N, BF16, device)
-    rt.rms_norm(x, w, out=out)
-    assert seen == [want]
+    rt.rms_norm(x, w, bias=b, out=out)
+    assert [(f["BLOCK_N"], f["PRELOAD_W"]) for f in launched] == [(32768, early)]
     assert_guard_intact(buf, N)
-    assert_close(out, rmsnorm_ref(x, w))
+    assert_close(out, rmsnorm_ref(x, w, bias=b))
     plans.clear()
 
 

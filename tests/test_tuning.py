@@ -575,17 +575,19 @@ def test_the_heuristics_bf16_tiles_to_fp32_fetch_late(monkeypatch):
                                             (4096, 24577), (4096, 32768)])
 @pytest.mark.parametrize("x_dtype,out_itemsize,fused", [
     (BF16, 2, False), (torch.float16, 4, False), (BF16, 2, True)])
-def test_a_4byte_weight_in_the_widest_tiles_is_fetched_late(monkeypatch, n_rows, n_cols,
-                                                             x_dtype, out_itemsize, fused):
+def test_wide_params_in_the_widest_tiles_are_fetched_late(monkeypatch, n_rows, n_cols,
+                                                         x_dtype, out_itemsize, fused):
     """The heuristic's single tile for 16385-32768 columns (32 warps, 64 registers a thread)
-    spilled with an fp32 weight fetched first, on every Triton; a 16-bit weight keeps the rule
-    it was measured with, and narrower tiles fetch an fp32 weight first as before."""
+    spilled with 4 or more bytes a column of weight and bias fetched first, on every Triton; a
+    16-bit weight alone keeps the early fetch, and so do narrower tiles, packed ones too."""
     monkeypatch.setattr(config, "INTERPRET", False)
     cfg = heuristic_config(n_cols, config.row_bucket(n_rows), 2, True, out_itemsize)
-    assert (cfg.block_n, cfg.looped, cfg.splits) == (config.LATE_4BYTE_WEIGHT_TILE_N, False, 1)
-    assert not config.preload_weight(cfg, n_rows, x_dtype, out_itemsize, fused, 0, 4)
-    assert config.preload_weight(cfg, n_rows, x_dtype, out_itemsize, fused, 0, 2)
-    assert config.preload_weight(_cfg(1, 16384, 32), n_rows, x_dtype, out_itemsize, fused, 0, 4)
+    assert (cfg.block_n, cfg.looped, cfg.splits) == (config.LATE_PARAMS_TILE_N, False, 1)
+    for param_bytes, early in ((4, False), (6, False), (8, False), (2, True), (0, True)):
+        assert config.preload_weight(cfg, n_rows, x_dtype, out_itemsize, fused, 0,
+                                     param_bytes) is early, param_bytes
+    for narrower in (_cfg(1, 16384, 32), _cfg(2, 16384, 32), _cfg(4, 8192, 32)):
+        assert config.preload_weight(narrower, n_rows, x_dtype, out_itemsize, fused, 0, 8)
 
 
 _SPLIT_16 = _cfg(1, config.SPLIT_SLICE_N_16BIT, config.SPLIT_WARPS, splits=8)
