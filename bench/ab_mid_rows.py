@@ -17,7 +17,8 @@ AB_ONLY="loop2048 w16,tile w16" (names as printed) times only those configs, the
 pick and torch.compile. Split-row configs are listed for rows past 32K columns and, in calls of
 up to 64 rows, for any row of two slices or more. AB_PRELOAD=1 adds each tile with the weight
 fetched the other way ("tile w8 late": after the reduction, where config.preload_weight
-fetches it first). AB_WEIGHT=fp32 gives every row an fp32 weight (default: x's dtype).
+fetches it first). AB_WEIGHT=fp32 (or bf16, fp16) gives every row a weight of that dtype
+(default: x's dtype).
 
 Each config runs through the forward's own launcher (`ops._launch` with the config given),
 inputs and outputs rotating as in the bench's graph rows, torch.compile timed in the same
@@ -38,12 +39,12 @@ from rmsnorm_triton.config import (
 )
 from rmsnorm_triton.timing import eager_us, graph_us, n_sets
 from rmsnorm_triton.validate import check_inputs
-from bench_utils import interleaved_medians
+from bench_utils import DTYPES, interleaved_medians
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 EPS = 1e-6
 DECODE_SPLIT_MAX_ROWS = 64
-WEIGHT_DTYPE = {"fp32": FP32}.get(os.environ.get("AB_WEIGHT", ""))
+WEIGHT_DTYPE = DTYPES.get(os.environ.get("AB_WEIGHT", ""))
 SHAPES = ([(m, n, BF16, out) for m in (512, 1024) for n in (4096, 5120, 7168, 8192)
            for out in (FP32, BF16)]
           + [(1024, 5120, FP16, FP32), (1024, 4096, FP16, FP32), (512, 4096, FP16, FP32),
