@@ -188,6 +188,24 @@ LOOP_MID_ROWS = (512, 1024)
 LOOP_MID_MAX_N = 16384
 LOOP_4BYTE_OUT_MAX_N = 8192
 LOOP_CHUNK_BYTES = 16384
+# From LARGE_LOOP_MIN_ROWS rows, rows of LARGE_LOOP_N columns of 16-bit x to a 16-bit output
+# loop too, in 4096-element chunks on 8 warps: the second read comes from L2, and the registers
+# that held the row let more programs share an SM. Eager (3 interleaved rounds, L2 flushed
+# before each call), against the tile on 8 warps:
+# - H200: 2048-16384 x 4096 1.002-1.039x, 2048-16384 x 5120 1.029-1.075x, 4096-16384 x 7168
+#   1.018-1.020x, 2048-16384 x 8192 1.025-1.036x (fp16 1.033x), with an fp32 weight 1.004x at
+#   8192 and 1.159x at 5120; the fused add of a bf16 residual, which follows, 1.001-1.032x
+#   (0.993x with an fp32 weight at 4096 x 8192);
+# - H100: 4096 x 7168 1.023x, 16384 x 7168-8192 1.004-1.010x, the fused add at 16384 x 4096
+#   1.004x.
+# Shorter rows keep their tiles: 2304 columns lost (0.961x at 16384 rows), 3072 was mixed
+# (0.987-1.011x), 2048-wide tiles lost (0.966-0.979x). 16384-wide tiles gain 1.02-1.03x on an
+# H200 in 8192 chunks on 16 warps but were not timed on an H100, so they keep theirs too
+# (bench/RESULTS.md, "Large calls on an H200").
+LARGE_LOOP_MIN_ROWS = 2048
+LARGE_LOOP_N = (4096, 8192)             # columns, inclusive
+LARGE_LOOP_CHUNK = 4096
+LARGE_LOOP_WARPS = 8
 # 16-bit x to a 4-byte output, tiles of 4096 (rows of 2049-4095 elements) in the 512-row
 # bucket: one row a program on 16 warps, 2.2-2.6% faster than the elements-a-thread rule below
 # at 512 x 3072 (one process, before the L2 scrub; the 4096-column rows it was taken for now
@@ -255,16 +273,20 @@ SPARSE_TILE_FILL = (9, 16)
 SPARSE_WIDE_WARPS = 32
 SPARSE_WIDE_CHUNK = (8192, 4096)        # (16-bit output, 4-byte output)
 SPARSE_WIDE_MIN_ROWS = (2048, 512)
-# 16-bit rows that fill more of the 32K tile, up to SPARSE_WIDE_FILL of it (18433-24576
-# columns), loop the same way past decode-sized calls: the tile holds 8-14K empty columns a
-# program on 32 warps. Eager on an H100, SPARSE_WIDE_CHUNK on 32 warps against the tile, with a
-# bf16 weight (and an fp32 one at 1024-16384 x 24576, 1.056-1.084x): to 16 bits 1.035-1.166x
-# at 512-16384 x 20480-24576 (4096 x 24576 92.7% -> 97% of the copy ceiling, level with
-# torch.compile); to fp32 1.04-1.21x at 512 x 24576, 1024 x 20480 and 4096 x 24576 (other rows
-# follow, not timed); the fused add of a bf16 residual, which must follow, 0.991-0.996x.
-# Fuller rows keep the tile (4096 x 28672: 1.02x, one run) (bench/RESULTS.md, "Rows of
-# 18433-24576 columns loop").
-SPARSE_WIDE_FILL = (3, 4)
+# Every other 16-bit row of a 32K tile (18433-32768 columns) loops the same way past
+# decode-sized calls: a 1024-thread program holding a row takes a whole SM's registers, so its
+# loads stop while it reduces, and rows that leave the tile partly empty waste registers on
+# top. Eager, SPARSE_WIDE_CHUNK on 32 warps against the tile:
+# - H100, with a bf16 weight (and an fp32 one at 1024-16384 x 24576, 1.056-1.084x): to 16 bits
+#   1.035-1.166x at 512-16384 x 20480-24576 (4096 x 24576 92.7% -> 97% of the copy ceiling),
+#   4096 x 28672 1.02x; to fp32 1.04-1.21x at 512 x 24576, 1024 x 20480 and 4096 x 24576;
+# - H200, full tiles: to 16 bits 1.07-1.14x at 512-16384 x 32768 (4096 x 32768 bf16 85.8% ->
+#   96.6%), 4096 x 28672 1.18x, in a graph 1.10-1.13x at 512-1024 rows; to fp32 1.11x at
+#   1024-4096 x 32768;
+# - the fused add of a bf16 residual, which must follow: 0.991-0.996x at 24576 (H100),
+#   1.012-1.015x at 512-16384 x 32768 (H200).
+# 32768 columns were not timed on an H100 (bench/RESULTS.md, "Rows of 18433-24576 columns
+# loop", "Large calls on an H200").
 # One 16-bit row of 513-1024 elements a program (a 1024 tile), to a 4-byte output, in calls of
 # up to WIDE_OUT_1K_MAX_ROWS rows: 8 warps, half the stores a thread. Measured at 64-1024 x
 # 768-1024 to fp32: 1.00-1.04x in a graph, 1.01-1.03x eager against 4; 2048 x 896: 0.89x /
@@ -373,12 +395,14 @@ def heuristic_config(n_cols: int, n_rows: int, x_itemsize: int, on_gpu: bool = T
             LOOP_1K_ROW_BYTES[0] < row_bytes <= LOOP_1K_ROW_BYTES[1]
     sparse = block_n >= SPARSE_TILE_MIN_N and n_rows > DECODE_MAX_ROWS and \
         n_cols * SPARSE_TILE_FILL[1] <= block_n * SPARSE_TILE_FILL[0]
-    fuller = not sparse and n_rows > DECODE_MAX_ROWS and \
-        n_cols * SPARSE_WIDE_FILL[1] <= block_n * SPARSE_WIDE_FILL[0]
-    if x_itemsize == 2 and block_n > SPARSE_TILE_MIN_N and (
-            (sparse and n_rows >= SPARSE_WIDE_MIN_ROWS[out_itemsize >= 4]) or fuller):
+    if x_itemsize == 2 and block_n > SPARSE_TILE_MIN_N and n_rows > DECODE_MAX_ROWS and (
+            not sparse or n_rows >= SPARSE_WIDE_MIN_ROWS[out_itemsize >= 4]):
         return LaunchConfig(block_m=1, block_n=SPARSE_WIDE_CHUNK[out_itemsize >= 4],
                             num_warps=SPARSE_WIDE_WARPS, looped=True)
+    if x_itemsize == 2 and out_itemsize == 2 and n_rows >= LARGE_LOOP_MIN_ROWS and \
+            LARGE_LOOP_N[0] <= n_cols <= LARGE_LOOP_N[1]:
+        return LaunchConfig(block_m=1, block_n=LARGE_LOOP_CHUNK, num_warps=LARGE_LOOP_WARPS,
+                            looped=True)
     if x_itemsize == 2 and ((block_n <= LOOP_MID_MAX_N and (loop or loop_1k)) or sparse):
         # A whole wide row a program holds registers that several looping programs share, and
         # the second read comes from L2 (evict_last on the first).

@@ -391,21 +391,32 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((3072, 1024, 2, True, 4), _cfg(1, 4096, 8)),
     ((4096, 512, 2), _cfg(1, 4096, 8)),
     ((4096, 256, 2, True, 4), _cfg(1, 4096, 8)),
-    ((8192, 4096, 2), _cfg(1, 8192, 8)),
+    ((8192, 256, 2), _cfg(1, 8192, 16)),
     ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),     # fp32 x: 8 elements a thread anyway
     # 16-bit out in the 1024-row bucket past 16 KB a row, up to 24 KB: 4096-element chunks
-    # on 8 warps; 512 rows, 2048 rows, 4096 and 6145+ columns keep one tile (6145+ on 4 warps,
-    # below).
+    # on 8 warps; 512 rows, 4096 and 6145+ columns keep one tile (6145+ on 4 warps, below).
     ((5120, 1024, 2), _cfg(1, 4096, 8, looped=True)),
     ((6144, 1024, 2), _cfg(1, 4096, 8, looped=True)),
     ((4097, 1024, 2), _cfg(1, 4096, 8, looped=True)),
     ((5120, 512, 2), _cfg(1, 8192, 8)),
-    ((5120, 2048, 2), _cfg(1, 8192, 8)),
     ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
     ((16384, 512, 4, True, 4), _cfg(1, 16384, 16)),     # fp32 x: not measured, tiles kept
     # 32 elements a thread from 8K: 5120 and 8192 take 8 warps, 4096 keeps 8.
-    ((5120, 4096, 2), _cfg(1, 8192, 8)),
+    ((5120, 512, 2), _cfg(1, 8192, 8)),
     ((4096, 1024, 2), _cfg(1, 4096, 8)),
+    # From 2048 rows, 16-bit rows of 4096-8192 to a 16-bit output loop in 4096-element chunks
+    # on 8 warps; shorter and longer rows, 4-byte outputs and 4-byte x keep their tiles.
+    ((5120, 2048, 2), _cfg(1, 4096, 8, looped=True)),
+    ((5120, 4096, 2), _cfg(1, 4096, 8, looped=True)),
+    ((8192, 16384, 2), _cfg(1, 4096, 8, looped=True)),
+    ((4096, 65536, 2), _cfg(1, 4096, 8, looped=True)),
+    ((4095, 4096, 2), _cfg(1, 4096, 8)),
+    ((3072, 16384, 2), _cfg(1, 4096, 8)),
+    ((4096, 2048, 2), _cfg(1, 4096, 8, looped=True)),
+    ((2048, 4096, 2), _cfg(2, 2048, 4)),
+    ((12288, 4096, 2), _cfg(1, 16384, 16)),
+    ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),
+    ((8192, 4096, 4), _cfg(1, 8192, 16)),
     # Rows of 512-2048: packed several a program only from 4096 rows; 256 and shorter always.
     ((2048, 8, 2), _cfg(1, 2048, 4)),
     ((2048, 16384, 2), _cfg(2, 2048, 4)),
@@ -439,24 +450,27 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((18432, 512, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
     ((18432, 4096, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
     ((18432, 256, 2, True, 4), _cfg(1, 32768, 32)),
-    # Rows filling up to 3/4 of the 32K tile loop the same way past decode-sized calls; fuller
-    # rows and decode-sized calls keep it.
+    # Other rows of the 32K tile loop the same way past decode-sized calls; decode-sized calls
+    # keep it.
     ((18433, 4096, 2), _cfg(1, 8192, 32, looped=True)),
     ((24576, 512, 2), _cfg(1, 8192, 32, looped=True)),
     ((24576, 16384, 2), _cfg(1, 8192, 32, looped=True)),
     ((24576, 512, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
-    ((24577, 4096, 2), _cfg(1, 32768, 32)),
+    ((24577, 4096, 2), _cfg(1, 8192, 32, looped=True)),
+    ((32768, 512, 2), _cfg(1, 8192, 32, looped=True)),
+    ((32768, 16384, 2, True, 4), _cfg(1, 4096, 32, looped=True)),
+    ((32768, 256, 2), _cfg(1, 32768, 32)),
     ((24576, 256, 2), _cfg(1, 32768, 32)),
     ((24576, 256, 2, True, 4), _cfg(1, 32768, 32)),
     ((9217, 4096, 2), _cfg(1, 16384, 16)),
     ((18432, 256, 2), _cfg(1, 32768, 32)),
     ((9216, 4096, 4, True, 4), _cfg(1, 16384, 16)),
     # A 4-byte normalized tensor (the fused add's fp32 residual) at 32K: split on a GPU up to
-    # 512 rows, else looped in 16K chunks; 16-bit keeps its 32K tile.
+    # 512 rows, else looped in 16K chunks; 16-bit loops in 8K chunks on 32 warps.
     ((32768, 512, 4, True, 2), _cfg(1, 4096, 4, splits=8)),
     ((32768, 512, 4, False, 2), _cfg(1, 16384, 16, looped=True)),
     ((32768, 4096, 4, True, 2), _cfg(1, 16384, 16, looped=True)),
-    ((32768, 4096, 2), _cfg(1, 32768, 32)),
+    ((32768, 4096, 2), _cfg(1, 8192, 32, looped=True)),
     # Long rows: up to 512K elements a call as many slices as allowed, none under 2048, on 8
     # warps; more: 16-bit to 16-bit 8192-element slices on 8 warps, else 4096-8192 slices on 8
     # warps to a 4-byte output and 4 to a 16-bit one.
@@ -505,12 +519,12 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((16384, 1, 4), _cfg(1, 16384, 32)),
     ((4096, 512, 4), _cfg(1, 4096, 16)),
     # 16-bit rows of 6145-8192 to 16 bits in the 1024-row bucket: the 8192 tile on 4 warps;
-    # 512 and 2048 rows, shorter rows (which loop) and fp32 outputs keep their configs.
+    # 512 rows, shorter rows (which loop) and fp32 outputs keep their configs; 2048 rows loop.
     ((7168, 1024, 2), _cfg(1, 8192, 4)),
     ((6145, 1024, 2), _cfg(1, 8192, 4)),
     ((8192, 1024, 2), _cfg(1, 8192, 4)),
     ((8192, 512, 2), _cfg(1, 8192, 8)),
-    ((8192, 2048, 2), _cfg(1, 8192, 8)),
+    ((8192, 2048, 2), _cfg(1, 4096, 8, looped=True)),
     ((8192, 1024, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
     # 16-bit rows of 1025-2048 to a 4-byte output in the 512- and 1024-row buckets: 8 warps;
     # 2048 rows, decode-sized calls and 16-bit outputs keep 4.
@@ -572,7 +586,7 @@ def test_the_heuristics_bf16_tiles_to_fp32_fetch_late(monkeypatch):
 
 
 @pytest.mark.parametrize("n_rows,n_cols", [(1, 18433), (64, 24576), (256, 24576), (1, 32768),
-                                            (4096, 24577), (4096, 32768)])
+                                            (200, 24577), (256, 32768)])
 @pytest.mark.parametrize("x_dtype,out_itemsize,fused", [
     (BF16, 2, False), (torch.float16, 4, False), (BF16, 2, True)])
 def test_wide_params_in_the_widest_tiles_are_fetched_late(monkeypatch, n_rows, n_cols,
@@ -713,14 +727,14 @@ def test_pick_config_uses_the_residual_dtype(cache):
     """The fused add takes the config of the norm of its residual (an fp32 residual at 32K
     loops), tuned entry included: the plain norm's entry of the residual's dtype, so a bf16
     entry is not applied to an fp32 residual; a residual of unknown dtype is taken to be x's."""
-    args = (32768, 4096, BF16, BF16, True, -1)
-    assert pick_config(*args, FP32) == pick_config(32768, 4096, FP32, BF16, False, -1)
+    args = (32768, 256, BF16, BF16, True, -1)
+    assert pick_config(*args, FP32) == pick_config(32768, 256, FP32, BF16, False, -1)
     assert pick_config(*args, FP32).looped
     assert not pick_config(*args, BF16).looped and pick_config(*args) == pick_config(*args, BF16)
     tuned = LaunchConfig(1, 32768, 16, False)
-    save_table(cache_path("cpu"), "cpu", {table_key(32768, 4096, BF16, BF16, False): tuned})
+    save_table(cache_path("cpu"), "cpu", {table_key(32768, 256, BF16, BF16, False): tuned})
     assert pick_config(*args, BF16) == tuned and pick_config(*args) == tuned
-    assert pick_config(*args, FP32) == heuristic_config(32768, 4096, 4, False, 2)
+    assert pick_config(*args, FP32) == heuristic_config(32768, 256, 4, False, 2)
 
 
 def test_fused_add_takes_the_config_of_the_norm_of_its_residual(cache):
@@ -780,12 +794,17 @@ _GPU_ONLY = pytest.mark.skipif(not ON_GPU, reason="hundreds of rows of 9K-18K ta
     ((2, 4000), FP32, BF16, None),              # ... an fp32 x: 8 warps
     pytest.param((600, 7000), BF16, BF16, BF16, marks=_GPU_ONLY),      # 8K tile, 1K rows: 4 warps
     pytest.param((1000, 8192), torch.float16, torch.float16, None, marks=_GPU_ONLY),
+    pytest.param((2048, 5000), BF16, BF16, None, marks=_GPU_ONLY),     # 4K chunks on 8 warps
+    pytest.param((3000, 8192), torch.float16, torch.float16, torch.float16, marks=_GPU_ONLY),
+    pytest.param((300, 30000), BF16, BF16, None, marks=_GPU_ONLY),     # a full 32K tile loops
+    pytest.param((600, 32768), BF16, FP32, BF16, marks=_GPU_ONLY),     # ... to fp32 in 4K chunks
 ], ids=["loop-16k-fp32-out", "add-fp32-residual-32k", "loop-sparse-16k", "loop-sparse-32k-fp32",
         "add-loop-sparse-32k", "add-loop-sparse-32k-wide", "add-loop-sparse-32k-wide-fp32",
         "unpacked-896", "unpacked-896-fp32", "add-unpacked-1000-fp32", "add-unpacked-512",
         "decode-loop-6k-fp32", "add-decode-loop-8k-fp32",
         "add-fp32-residual-decode", "fp32-x-decode", "add-tile-8k-1k-rows-4-warps",
-        "tile-8k-1k-rows-4-warps"])
+        "tile-8k-1k-rows-4-warps", "loop-large-5k", "add-loop-large-8k", "loop-full-32k",
+        "add-loop-full-32k-fp32"])
 def test_new_heuristic_paths_match_fp64(device, shape, x_dtype, out_dtype, res_dtype):
     x, w = rand_x(shape, x_dtype, device), rand_w(shape[1], x_dtype, device)
     out = torch.full(shape, float("nan"), dtype=out_dtype, device=device)
