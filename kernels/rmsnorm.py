@@ -394,6 +394,7 @@ def rmsnorm_fwd_fanout_kernel(
     LOOPED: tl.constexpr,
     LOOP_N: tl.constexpr,         # as in rmsnorm_fwd_kernel
     COPIES: tl.constexpr,         # outputs used: y0 .. y{COPIES - 1}, with w and b alike
+    PRELOAD_W: tl.constexpr,      # single tile: every copy's weight/bias before the reduction
 ):
     # The math of rmsnorm_fwd_kernel's single-tile and looped paths, line for line: with the
     # same launch config, copy i equals rms_norm(x, w_i, bias=b_i) bit for bit.
@@ -424,28 +425,37 @@ def rmsnorm_fwd_fanout_kernel(
     else:
         col_mask = cols < n_cols
         mask = row_mask & col_mask
-        # Every copy's weight in flight beside x: a peer's weight is an NVLink round trip away.
-        w0 = _copy_cols(0, COPIES, w0_ptr, cols, col_mask, HAS_WEIGHT)
-        b0 = _copy_cols(0, COPIES, b0_ptr, cols, col_mask, HAS_BIAS)
-        w1 = _copy_cols(1, COPIES, w1_ptr, cols, col_mask, HAS_WEIGHT)
-        b1 = _copy_cols(1, COPIES, b1_ptr, cols, col_mask, HAS_BIAS)
-        w2 = _copy_cols(2, COPIES, w2_ptr, cols, col_mask, HAS_WEIGHT)
-        b2 = _copy_cols(2, COPIES, b2_ptr, cols, col_mask, HAS_BIAS)
-        w3 = _copy_cols(3, COPIES, w3_ptr, cols, col_mask, HAS_WEIGHT)
-        b3 = _copy_cols(3, COPIES, b3_ptr, cols, col_mask, HAS_BIAS)
-        w4 = _copy_cols(4, COPIES, w4_ptr, cols, col_mask, HAS_WEIGHT)
-        b4 = _copy_cols(4, COPIES, b4_ptr, cols, col_mask, HAS_BIAS)
-        w5 = _copy_cols(5, COPIES, w5_ptr, cols, col_mask, HAS_WEIGHT)
-        b5 = _copy_cols(5, COPIES, b5_ptr, cols, col_mask, HAS_BIAS)
-        w6 = _copy_cols(6, COPIES, w6_ptr, cols, col_mask, HAS_WEIGHT)
-        b6 = _copy_cols(6, COPIES, b6_ptr, cols, col_mask, HAS_BIAS)
-        w7 = _copy_cols(7, COPIES, w7_ptr, cols, col_mask, HAS_WEIGHT)
-        b7 = _copy_cols(7, COPIES, b7_ptr, cols, col_mask, HAS_BIAS)
+        if PRELOAD_W:
+            # Every copy's weight in flight beside x: a peer's weight is an NVLink round trip
+            # away. Where all of them would not fit in registers beside the row, each copy's
+            # is fetched once the sum is known (config.fanout_params_late).
+            w0 = _copy_cols(0, COPIES, w0_ptr, cols, col_mask, HAS_WEIGHT)
+            b0 = _copy_cols(0, COPIES, b0_ptr, cols, col_mask, HAS_BIAS)
+            w1 = _copy_cols(1, COPIES, w1_ptr, cols, col_mask, HAS_WEIGHT)
+            b1 = _copy_cols(1, COPIES, b1_ptr, cols, col_mask, HAS_BIAS)
+            w2 = _copy_cols(2, COPIES, w2_ptr, cols, col_mask, HAS_WEIGHT)
+            b2 = _copy_cols(2, COPIES, b2_ptr, cols, col_mask, HAS_BIAS)
+            w3 = _copy_cols(3, COPIES, w3_ptr, cols, col_mask, HAS_WEIGHT)
+            b3 = _copy_cols(3, COPIES, b3_ptr, cols, col_mask, HAS_BIAS)
+            w4 = _copy_cols(4, COPIES, w4_ptr, cols, col_mask, HAS_WEIGHT)
+            b4 = _copy_cols(4, COPIES, b4_ptr, cols, col_mask, HAS_BIAS)
+            w5 = _copy_cols(5, COPIES, w5_ptr, cols, col_mask, HAS_WEIGHT)
+            b5 = _copy_cols(5, COPIES, b5_ptr, cols, col_mask, HAS_BIAS)
+            w6 = _copy_cols(6, COPIES, w6_ptr, cols, col_mask, HAS_WEIGHT)
+            b6 = _copy_cols(6, COPIES, b6_ptr, cols, col_mask, HAS_BIAS)
+            w7 = _copy_cols(7, COPIES, w7_ptr, cols, col_mask, HAS_WEIGHT)
+            b7 = _copy_cols(7, COPIES, b7_ptr, cols, col_mask, HAS_BIAS)
         h = _load_h(x_rows, x_rows, cols, mask, False, False, CLAMP_FP16, "")
         rstd = tl.rsqrt(tl.sum(h * h, axis=1) * inv_n + eps)[:, None]
         for i in tl.static_range(COPIES):
+            if PRELOAD_W:
+                w = _nth(i, w0, w1, w2, w3, w4, w5, w6, w7)
+                b = _nth(i, b0, b1, b2, b3, b4, b5, b6, b7)
+            else:
+                w = _nth_cols(i, w0_ptr, w1_ptr, w2_ptr, w3_ptr, w4_ptr, w5_ptr, w6_ptr, w7_ptr,
+                              cols, col_mask, HAS_WEIGHT)
+                b = _nth_cols(i, b0_ptr, b1_ptr, b2_ptr, b3_ptr, b4_ptr, b5_ptr, b6_ptr, b7_ptr,
+                              cols, col_mask, HAS_BIAS)
             _normalize_store(_nth(i, y0_ptr, y1_ptr, y2_ptr, y3_ptr, y4_ptr, y5_ptr, y6_ptr,
                                   y7_ptr) + y_offs,
-                             _nth(i, w0, w1, w2, w3, w4, w5, w6, w7),
-                             _nth(i, b0, b1, b2, b3, b4, b5, b6, b7),
-                             cols, mask, h, rstd, HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)
+                             w, b, cols, mask, h, rstd, HAS_WEIGHT, HAS_BIAS, False, WEIGHT_OFFSET)

@@ -21,7 +21,8 @@ from .atomic import write_text_atomic
 
 # Thresholds below were read off bench/sweep_configs.py on an H100 (bench/RESULTS.md).
 # A row of up to this many elements is held in registers by one program and read once
-# (97.8% of the copy ceiling at 4096 x 32768; one program per 65536-row: 68%, spilling).
+# (97.8% of the copy ceiling at 4096 x 32768 on an H100, before such calls looped,
+# SPARSE_WIDE_*; one program per 65536-row: 68%, spilling).
 MAX_SINGLE_TILE_N = 32768
 # Past it, on a GPU, the row is split over programs of one slice each (the split-row kernel):
 # 4096-element slices on 4 warps were fastest up to 131072 (90.7% at 2048 x 65536, against 68%
@@ -177,9 +178,9 @@ LOOP_CHUNK_N_WIDE = 16384
 # L2 flush / in a graph, 1024 x 5120 1.12x / 1.05x, 6144 1.14x / 1.08x, 600 x 5120 1.11x /
 # 1.02x, fp16 alike (16 warps did worse). The fused add of a 16-bit residual follows, as it must
 # to equal the norm: 1024 x 5120 1.03x / 1.03x. 7168-8192 columns would give the norm 1.10x
-# / 1.05-1.09x but the fused add 0.96x / 0.98x, so the tile keeps them; 512 rows, 2048 rows
-# (1-4%) and 12288-16384 columns keep their configs (bench/RESULTS.md, "The 1024-row bucket
-# loops").
+# / 1.05-1.09x but the fused add 0.96x / 0.98x, so the tile keeps them; 512 rows and
+# 12288-16384 columns keep their configs; 2048 rows (1-4% then) now loop, LARGE_LOOP_*
+# (bench/RESULTS.md, "The 1024-row bucket loops").
 LOOP_MID_ROW_BYTES = 40960
 LOOP_MID_ROW_BYTES_4BYTE_OUT = 24576
 LOOP_1K_ROW_BYTES = (16384, 24576)      # (exclusive, inclusive): bytes moved a row
@@ -188,16 +189,17 @@ LOOP_MID_ROWS = (512, 1024)
 LOOP_MID_MAX_N = 16384
 LOOP_4BYTE_OUT_MAX_N = 8192
 LOOP_CHUNK_BYTES = 16384
-# From LARGE_LOOP_MIN_ROWS rows, rows of LARGE_LOOP_N columns of 16-bit x to a 16-bit output
-# loop too, in 4096-element chunks on 8 warps: the second read comes from L2, and the registers
-# that held the row let more programs share an SM. Eager (3 interleaved rounds, L2 flushed
-# before each call), against the tile on 8 warps:
+# From the LARGE_LOOP_MIN_ROWS-row bucket (from 1025 rows), rows of LARGE_LOOP_N columns of
+# 16-bit x to a 16-bit output loop too, in 4096-element chunks on 8 warps: the second read
+# comes from L2, and the registers that held the row let more programs share an SM. Eager (3
+# interleaved rounds, L2 flushed before each call), against the tile on 8 warps:
 # - H200: 2048-16384 x 4096 1.002-1.039x, 2048-16384 x 5120 1.029-1.075x, 4096-16384 x 7168
 #   1.018-1.020x, 2048-16384 x 8192 1.025-1.036x (fp16 1.033x), with an fp32 weight 1.004x at
 #   8192 and 1.159x at 5120; the fused add of a bf16 residual, which follows, 1.001-1.032x
 #   (0.993x with an fp32 weight at 4096 x 8192);
 # - H100: 4096 x 7168 1.023x, 16384 x 7168-8192 1.004-1.010x, the fused add at 16384 x 4096
 #   1.004x.
+# 1025-2047 rows were not timed and follow.
 # Shorter rows keep their tiles: 2304 columns lost (0.961x at 16384 rows), 3072 was mixed
 # (0.987-1.011x), 2048-wide tiles lost (0.966-0.979x). 16384-wide tiles gain 1.02-1.03x on an
 # H200 in 8192 chunks on 16 warps but were not timed on an H100, so they keep theirs too
@@ -224,8 +226,8 @@ LARGE_LOOP_WARPS = 8
 # elements-a-thread rule gives. On an H100, each A/B one process of 3 rounds, graph / eager:
 # 1024 x 7168 bf16 1.053x / 1.038x, 1024 x 8192 fp16 1.021x / 1.015x, the fused add of a bf16
 # residual at 1024 x 7168-8192 1.009-1.019x / 1.007x; 600 rows 1.07-1.09x in a graph. The
-# 512-row bucket was mixed (0.980-1.022x, 512 x 7168 0.994x / 0.980x); at 2048-4096 rows
-# 1.002-1.018x, at 16384 level: those keep 8
+# 512-row bucket was mixed (0.980-1.022x, 512 x 7168 0.994x / 0.980x) and keeps 8; at
+# 2048-4096 rows 1.002-1.018x, at 16384 level: those loop now (LARGE_LOOP_*)
 # (bench/RESULTS.md, "8192-wide tiles of the 1024-row bucket on 4 warps").
 # Those three rules: one 16-bit row a program, (4-byte output, tile, smallest and largest row
 # bucket) -> warps, in place of the elements-a-thread rule (heuristic_config).
@@ -281,12 +283,14 @@ SPARSE_WIDE_MIN_ROWS = (2048, 512)
 #   1.035-1.166x at 512-16384 x 20480-24576 (4096 x 24576 92.7% -> 97% of the copy ceiling),
 #   4096 x 28672 1.02x; to fp32 1.04-1.21x at 512 x 24576, 1024 x 20480 and 4096 x 24576;
 # - H200, full tiles: to 16 bits 1.07-1.14x at 512-16384 x 32768 (4096 x 32768 bf16 85.8% ->
-#   96.6%), 4096 x 28672 1.18x, in a graph 1.10-1.13x at 512-1024 rows; to fp32 1.11x at
+#   96.4%), 4096 x 28672 1.18x, in a graph 1.10-1.13x at 512-1024 rows; to fp32 1.11x at
 #   1024-4096 x 32768;
 # - the fused add of a bf16 residual, which must follow: 0.991-0.996x at 24576 (H100),
 #   1.012-1.015x at 512-16384 x 32768 (H200).
-# 32768 columns were not timed on an H100 (bench/RESULTS.md, "Rows of 18433-24576 columns
-# loop", "Large calls on an H200").
+# 24577-32768 columns were taken on every GPU untimed on an H100, where the tile had reached
+# 97.4% at 4096 x 32768 and the nearest A/B (28672) favoured the loop; nor was the loop timed
+# against the late-fetched tile with an fp32 weight (bench/RESULTS.md, "Rows of 18433-24576
+# columns loop", "Large calls on an H200").
 # One 16-bit row of 513-1024 elements a program (a 1024 tile), to a 4-byte output, in calls of
 # up to WIDE_OUT_1K_MAX_ROWS rows: 8 warps, half the stores a thread. Measured at 64-1024 x
 # 768-1024 to fp32: 1.00-1.04x in a graph, 1.01-1.03x eager against 4; 2048 x 896: 0.89x /
@@ -317,9 +321,19 @@ LATE_WEIGHT_TRITON = (3, 6)
 # H100, late against first with an fp32 weight, at 1-4096 x 24576-32768, the norm of bf16 x and
 # of fp16 x to fp32 and the fused add of a bf16 residual: 1.02-1.40x in a graph and eager (4096
 # x 32768 bf16 85.7% -> 97.8% of the copy ceiling; the fused add 72.5% -> 98.6%); the bias forms
-# follow, not timed (bench/RESULTS.md, "An fp32 weight in 32768-wide tiles fetched late").
+# follow, not timed (bench/RESULTS.md, "An fp32 weight in 32768-wide tiles fetched late"). Past
+# decode-sized calls 16-bit rows of that tile now loop (SPARSE_WIDE_*), so the rule holds for
+# calls of up to 256 rows and for tuned tables' tiles.
 LATE_PARAMS_TILE_N = 32768
 LATE_PARAMS_MIN_BYTES = 4
+# The tensor-parallel fanout kernel holds every copy's weight and bias: in the same tile, with
+# LATE_PARAMS_MIN_BYTES a column or more over all copies, fetched first they spill 56-1712 bytes a
+# thread (sm_90, 1-8 copies, Triton 3.6-3.9), late 0-152 (scripts/fanout_registers.py). It fetches
+# them late only in calls of up to FANOUT_LATE_MAX_ROWS rows: on 2 x H200, 32768 columns bf16 with
+# two bf16 weights, in a graph, late against first 1.16x at 1 row (9.44 against 10.95 us) but
+# 0.95x at 64 (31.2 against 29.6), a peer's weight being an NVLink round trip away once the sum is
+# known; rows between were not timed (bench/RESULTS.md, "The fanout's weights fetched late").
+FANOUT_LATE_MAX_ROWS = 1
 # Row buckets up to this are decode-sized: their launch config favours latency.
 DECODE_MAX_ROWS = 256
 # A single-tile row of 4-byte x (the fused add's fp32 residual, or an fp32 norm) in a
@@ -553,6 +567,19 @@ def row_vectors(n_cols: int, *row_strides: int) -> bool:
     return not any(v % 16 for v in (n_cols, *row_strides))
 
 
+def params_fetched_late(cfg: LaunchConfig, param_bytes: int) -> bool:
+    """Whether a single tile holding weights and biases of `param_bytes` a column fetches them
+    after the row reduction, as LATE_PARAMS_* say: fetched first they would not fit in
+    registers beside the row."""
+    return param_bytes >= LATE_PARAMS_MIN_BYTES and cfg.block_n >= LATE_PARAMS_TILE_N
+
+
+def fanout_params_late(cfg: LaunchConfig, n_rows: int, param_bytes: int) -> bool:
+    """The fanout kernel's single tile: `param_bytes` a column over every copy's weight and
+    bias; late only up to FANOUT_LATE_MAX_ROWS rows."""
+    return n_rows <= FANOUT_LATE_MAX_ROWS and params_fetched_late(cfg, param_bytes)
+
+
 def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,
                    fused: bool, device_index: int = -1, param_bytes: int = 0) -> bool:
     """Whether a single-tile program fetches weight and bias before the row reduction
@@ -573,7 +600,7 @@ def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_ite
     row"). bf16 x to a 4-byte output in LATE_WEIGHT_TILE fetches late with LATE_WEIGHT_TRITON
     on a GPU of `register_rules_on` (it spilled early), and so do weight and bias of
     LATE_PARAMS_MIN_BYTES a column in a LATE_PARAMS_TILE_N-wide tile (they spilled early)."""
-    if param_bytes >= LATE_PARAMS_MIN_BYTES and cfg.block_n >= LATE_PARAMS_TILE_N:
+    if params_fetched_late(cfg, param_bytes):
         return False
     if LATE_WEIGHT_HERE and not fused and x_dtype == torch.bfloat16 and out_itemsize == 4 and \
             cfg.block_m == 1 and (cfg.block_n, cfg.num_warps) == LATE_WEIGHT_TILE and \

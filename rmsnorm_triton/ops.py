@@ -27,6 +27,7 @@ from .config import (
     LaunchConfig,
     config_generation,
     device_name,
+    fanout_params_late,
     hold_row,
     next_pow2,
     pick_config,
@@ -259,7 +260,9 @@ def fanout_plan(x, devices, weights, biases, eps, *, out_dtype=None, weight_offs
              ("CLAMP_FP16", bool(clamp_fp16_input) and x.dtype == torch.float16),
              ("WEIGHT_OFFSET", float(weight_offset) + 0.0),     # as _launch: -0.0 is 0.0
              ("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("LOOPED", cfg.looped),
-             ("LOOP_N", n_cols if cfg.looped else 0), ("COPIES", len(devices)))
+             ("LOOP_N", n_cols if cfg.looped else 0), ("COPIES", len(devices)),
+             ("PRELOAD_W", not fanout_params_late(
+                 cfg, n_rows, sum(_param_bytes(w, b) for w, b in zip(weights, biases)))))
     scalars = (n_rows, n_cols, x2d.stride(0), n_cols, float(eps))
     return plans.FanoutPlan(x, devices, out_dtype, _launch_fanout, -(-n_rows // cfg.block_m),
                             scalars, flags, cfg.num_warps, MAX_FANOUT, has_w, has_b)

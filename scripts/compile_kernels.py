@@ -128,13 +128,16 @@ def capped_split_cases():
 
 
 def fanout_cases(quick):
-    for has_w, has_b, looped, copies in itertools.product(
-            [True, False], [True, False], [True, False], [2] if quick else [1, 2, 8]):
+    for has_w, has_b, looped, copies, preload in itertools.product(
+            [True, False], [True, False], [True, False], [2] if quick else [1, 2, 8],
+            [True, False]):
+        if looped and not preload:      # the looped path has no such choice
+            continue
         sig = {"x_ptr": "*bf16", "n_rows": "i32", "n_cols": "i32", "stride_x_row": "i32",
                "stride_y_row": "i32", "eps": "fp32"}
         consts = dict(HAS_WEIGHT=has_w, HAS_BIAS=has_b, CLAMP_FP16=False, WEIGHT_OFFSET=1.0,
                       BLOCK_M=1, BLOCK_N=256, LOOPED=looped, LOOP_N=1000 if looped else 0,
-                      COPIES=copies)
+                      COPIES=copies, PRELOAD_W=preload)
         # Looped copies to fp32: decode rows to a wider output loop and keep the fanout.
         y_type = "*fp32" if looped else "*bf16"
         _operands(sig, consts, [(f"{k}{i}_ptr", y_type if k == "y" else "*bf16",

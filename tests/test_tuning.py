@@ -391,7 +391,6 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((3072, 1024, 2, True, 4), _cfg(1, 4096, 8)),
     ((4096, 512, 2), _cfg(1, 4096, 8)),
     ((4096, 256, 2, True, 4), _cfg(1, 4096, 8)),
-    ((8192, 256, 2), _cfg(1, 8192, 16)),
     ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),     # fp32 x: 8 elements a thread anyway
     # 16-bit out in the 1024-row bucket past 16 KB a row, up to 24 KB: 4096-element chunks
     # on 8 warps; 512 rows, 4096 and 6145+ columns keep one tile (6145+ on 4 warps, below).
@@ -401,11 +400,11 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((5120, 512, 2), _cfg(1, 8192, 8)),
     ((8192, 512, 2), _cfg(1, 8192, 8)),                 # 32 KB a row: one tile
     ((16384, 512, 4, True, 4), _cfg(1, 16384, 16)),     # fp32 x: not measured, tiles kept
-    # 32 elements a thread from 8K: 5120 and 8192 take 8 warps, 4096 keeps 8.
-    ((5120, 512, 2), _cfg(1, 8192, 8)),
+    # 32 elements a thread from 8K: 5120 and 8192 take 8 warps (512-row bucket), 4096 keeps 8.
     ((4096, 1024, 2), _cfg(1, 4096, 8)),
-    # From 2048 rows, 16-bit rows of 4096-8192 to a 16-bit output loop in 4096-element chunks
-    # on 8 warps; shorter and longer rows, 4-byte outputs and 4-byte x keep their tiles.
+    # From the 2048-row bucket (1025 rows), 16-bit rows of 4096-8192 to a 16-bit output loop
+    # in 4096-element chunks on 8 warps; shorter and longer rows and 4-byte x keep their
+    # tiles, 4-byte outputs their own loop (2048-element chunks on 16 warps).
     ((5120, 2048, 2), _cfg(1, 4096, 8, looped=True)),
     ((5120, 4096, 2), _cfg(1, 4096, 8, looped=True)),
     ((8192, 16384, 2), _cfg(1, 4096, 8, looped=True)),
@@ -415,7 +414,7 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((4096, 2048, 2), _cfg(1, 4096, 8, looped=True)),
     ((2048, 4096, 2), _cfg(2, 2048, 4)),
     ((12288, 4096, 2), _cfg(1, 16384, 16)),
-    ((8192, 4096, 4, True, 4), _cfg(1, 8192, 16)),
+    ((5120, 4096, 2, True, 4), _cfg(1, 2048, 16, looped=True)),
     ((8192, 4096, 4), _cfg(1, 8192, 16)),
     # Rows of 512-2048: packed several a program only from 4096 rows; 256 and shorter always.
     ((2048, 8, 2), _cfg(1, 2048, 4)),
@@ -435,8 +434,8 @@ def _cfg(m, n, w, looped=False, splits=1):
     ((512, 4096, 2), _cfg(8, 512, 4)),
     ((256, 64, 2), _cfg(32, 256, 4)),
     ((128, 1024, 2), _cfg(64, 128, 4)),
-    # A 16-bit row filling at most 9/16 of a 16K or 32K tile loops from 512 rows; fuller rows,
-    # decode-sized calls and 4-byte x keep the tile.
+    # A 16-bit row filling at most 9/16 of a 16K or 32K tile loops from 512 rows; fuller rows
+    # of a 16K tile, decode-sized calls and 4-byte x keep the tile.
     ((18432, 512, 2), _cfg(1, 4096, 16, looped=True)),
     ((18432, 1024, 2), _cfg(1, 4096, 16, looped=True)),
     ((9216, 4096, 2), _cfg(1, 4096, 16, looped=True)),
