@@ -576,8 +576,9 @@ def params_fetched_late(cfg: LaunchConfig, param_bytes: int) -> bool:
 
 def fanout_params_late(cfg: LaunchConfig, n_rows: int, param_bytes: int) -> bool:
     """The fanout kernel's single tile: `param_bytes` a column over every copy's weight and
-    bias; late only up to FANOUT_LATE_MAX_ROWS rows."""
-    return n_rows <= FANOUT_LATE_MAX_ROWS and params_fetched_late(cfg, param_bytes)
+    bias; late only up to FANOUT_LATE_MAX_ROWS rows (its looped path has no such choice)."""
+    return not cfg.looped and n_rows <= FANOUT_LATE_MAX_ROWS and \
+        params_fetched_late(cfg, param_bytes)
 
 
 def preload_weight(cfg: LaunchConfig, n_rows: int, x_dtype: torch.dtype, out_itemsize: int,

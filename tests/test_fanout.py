@@ -85,24 +85,26 @@ def test_looped_config_copies_equal_rms_norm(x_dtype, out_dtype, copies, has_w, 
         torch.testing.assert_close(y, rt.rms_norm(x, w, EPS, bias=b, **kw), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("rows,copies,w_dtype,b_dtype,early", [
-    (1, 1, BF16, None, True),       # 2 bytes a column: beside the row
-    (1, 1, FP32, None, False),      # 4: each copy's weight once the sum is known
-    (1, 1, BF16, BF16, False),
-    (1, 2, BF16, None, False),      # every copy's weight counts
-    (1, 3, FP32, FP32, False),
-    (2, 2, BF16, None, True),       # more rows: first, whatever the bytes
-], ids=["bf16", "fp32", "bf16-bias", "2-bf16", "3-fp32-bias", "2-rows"])
-def test_wide_tiles_fetch_the_copies_params_late_past_4_bytes_a_column(rows, copies, w_dtype,
-                                                                       b_dtype, early):
+@pytest.mark.parametrize("rows,cols,copies,w_dtype,b_dtype,early", [
+    (1, 24577, 1, BF16, None, True),        # 2 bytes a column: beside the row
+    (1, 24577, 1, FP32, None, False),       # 4: each copy's weight once the sum is known
+    (1, 24577, 1, BF16, BF16, False),
+    (1, 24577, 2, BF16, None, False),       # every copy's weight counts
+    (1, 24577, 3, FP32, FP32, False),
+    (1, 24577, 2, None, BF16, False),       # biases alone count too
+    (2, 24577, 2, BF16, None, True),        # more rows: first, whatever the bytes
+    (1, 9000, 3, FP32, FP32, True),         # a 16384 tile: first
+], ids=["bf16", "fp32", "bf16-bias", "2-bf16", "3-fp32-bias", "2-biases", "2-rows", "16k-tile"])
+def test_wide_tiles_fetch_the_copies_params_late_from_4_bytes_a_column(rows, cols, copies,
+                                                                       w_dtype, b_dtype, early):
     """In a 32768-wide tile (a decode-sized call of 24577 columns) of one row all copies'
     weights and biases of 4 bytes a column or more are fetched after the reduction (fetched
     first they spilled: config.fanout_params_late); every copy still equals its own rms_norm."""
-    shape = (rows, 24577)
-    assert _config(shape, BF16, BF16).block_n == 32768
+    shape = (rows, cols)
+    assert _config(shape, BF16, BF16).block_n == (32768 if cols > 16384 else 16384)
     torch.manual_seed(copies)
     x = rand_x(shape, BF16, DEV)
-    ws = [rand_w(shape[1], w_dtype, DEV) for _ in range(copies)]
+    ws = [None if w_dtype is None else rand_w(shape[1], w_dtype, DEV) for _ in range(copies)]
     bs = [None if b_dtype is None else rand_w(shape[1], b_dtype, DEV) for _ in range(copies)]
     plan = fanout_plan(x, [DEV] * copies, ws, bs, EPS)
     assert dict(plan.constexprs)["PRELOAD_W"] is early
