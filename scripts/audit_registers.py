@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 from rmsnorm_triton import config as C
 
@@ -92,12 +91,12 @@ def compile_form(form: dict, target):
     consts = dict(HAS_WEIGHT=True, HAS_BIAS=bt is not None, HAS_RESIDUAL=rt is not None,
                   ACCUMULATE=False, CLAMP_FP16=False, WEIGHT_OFFSET=0.0, BLOCK_N=form["block_n"])
     if form["splits"] > 1:
-        fn = ck._kernels().rmsnorm_fwd_split_kernel
+        name = "rmsnorm_fwd_split_kernel"
         sig["part_ptr"] = "*i64"
         consts.update(SPLITS=form["splits"], SPLITS_P2=triton.next_power_of_2(form["splits"]),
                       n_rows=None)
     else:
-        fn = ck._kernels().rmsnorm_fwd_kernel
+        name = "rmsnorm_fwd_kernel"
         consts.update(BLOCK_M=form["block_m"], LOOPED=form["looped"], LOOP_N=form["loop_n"],
                       PRELOAD_W=form["preload"], ROW_MASK=form["row_mask"], HOLD_X=form["hold"],
                       ADD_CHUNK_N=C.HELD_ADD_CHUNK_N if form["hold"] and rt else 0)
@@ -107,14 +106,10 @@ def compile_form(form: dict, target):
             consts["n_rows"] = None
     ck._operands(sig, consts, [("r_ptr", rt, rt is not None), ("b_ptr", bt, bt is not None),
                                ("stride_r_row", "i32", rt is not None)])
-    for name in consts:
-        sig[name] = "constexpr"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(fn.arg_names)
-             if sig.get(arg, "constexpr") not in ("constexpr", "fp32") and arg != "n_rows"}
-    options = {"num_warps": form["warps"], **ck.PACKAGE_OPTIONS}
+    options = {"num_warps": form["warps"], ck.ALIGNED: True}
     if form.get("maxnreg"):
         options["maxnreg"] = form["maxnreg"]
-    return triton.compile(ASTSource(fn, sig, consts, attrs), target=target, options=options)
+    return ck.compile_case(ck._kernels(), target, name, sig, consts, options)
 
 
 def programs_an_sm(registers: int, warps: int) -> int:

@@ -181,6 +181,22 @@ def _resources(kernel) -> str:
     return " ".join(usage) or f"no usage line ({out.stderr.strip()[:100]})"
 
 
+def compile_case(module, target, name, sig, consts, options):
+    """Kernel `name` of `module` compiled for `target` with the package's options: `consts`
+    marked constexpr in `sig` (changed in place), 4 warps unless `options` say otherwise, the
+    pointers and integers specialized as 16-byte aligned where `options` hold ALIGNED."""
+    for const in consts:
+        sig[const] = "constexpr"
+    options = dict(options)
+    aligned = options.pop(ALIGNED, False)
+    fn = getattr(module, name)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(fn.arg_names)
+             if aligned and sig.get(arg, "constexpr") not in ("constexpr", "fp32")
+             and arg != "n_rows"}
+    return triton.compile(ASTSource(fn, sig, consts, attrs), target=target,
+                          options={"num_warps": 4, **PACKAGE_OPTIONS, **options})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10")
@@ -194,25 +210,18 @@ def main(argv=None) -> int:
              *fanout_cases(args.quick)]
     failed = 0
     for name, sig, consts, options in cases:
-        for const in consts:
-            sig[const] = "constexpr"
-        options = dict(options)
-        aligned = options.pop(ALIGNED, False)
-        fn = getattr(module, name)
-        attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(fn.arg_names)
-                 if aligned and sig.get(arg, "constexpr") not in ("constexpr", "fp32")
-                 and arg != "n_rows"}
+        aligned = options.get(ALIGNED, False)
+        shown = {k: v for k, v in options.items() if k != ALIGNED}
         try:
-            kernel = triton.compile(ASTSource(fn, sig, consts, attrs), target=target,
-                                    options={"num_warps": 4, **PACKAGE_OPTIONS, **options})
+            kernel = compile_case(module, target, name, sig, consts, options)
             if aligned and args.registers:
                 flags = {k: v for k, v in consts.items() if k in ("HAS_RESIDUAL", "BLOCK_N")}
-                print(f"{name} {sig['x_ptr']} -> {sig['y_ptr']} {flags} {options}: "
+                print(f"{name} {sig['x_ptr']} -> {sig['y_ptr']} {flags} {shown}: "
                       f"{_resources(kernel)}")
         except Exception as e:          # any compiler error is a finding; keep going
             failed += 1
             flags = {k: v for k, v in consts.items() if k.isupper()}
-            print(f"FAILED {name} {flags} {options}: {_reason(e)}")
+            print(f"FAILED {name} {flags} {shown}: {_reason(e)}")
     print(f"triton {triton.__version__}, sm_{args.arch}: {len(cases) - failed} compiled, "
           f"{failed} failed")
     return 1 if failed else 0

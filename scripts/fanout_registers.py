@@ -14,13 +14,12 @@ from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compile_kernels as ck  # noqa: E402
 
 
-def compile_tile(target, x_type, copies, w_type, b_type, preload):
+def compile_tile(module, target, x_type, copies, w_type, b_type, preload):
     sig = {"x_ptr": x_type, "n_rows": "i32", "n_cols": "i32", "stride_x_row": "i32",
            "stride_y_row": "i32", "eps": "fp32"}
     consts = dict(HAS_WEIGHT=True, HAS_BIAS=b_type is not None, CLAMP_FP16=False,
@@ -29,27 +28,22 @@ def compile_tile(target, x_type, copies, w_type, b_type, preload):
     types = {"y": x_type, "w": w_type, "b": b_type}
     ck._operands(sig, consts, [(f"{k}{i}_ptr", types[k], i < copies and types[k] is not None)
                                for k in ("y", "w", "b") for i in range(8)])
-    fn = ck._kernels().rmsnorm_fwd_fanout_kernel
-    for name in consts:
-        sig[name] = "constexpr"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(fn.arg_names)
-             if sig.get(arg, "constexpr") not in ("constexpr", "fp32") and arg != "n_rows"}
-    return triton.compile(ASTSource(fn, sig, consts, attrs), target=target,
-                          options={"num_warps": 32, **ck.PACKAGE_OPTIONS})
+    return ck.compile_case(module, target, "rmsnorm_fwd_fanout_kernel", sig, consts,
+                           {"num_warps": 32, ck.ALIGNED: True})
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10")
     args = parser.parse_args(argv)
-    target = GPUTarget("cuda", args.arch, 32)
+    module, target = ck._kernels(), GPUTarget("cuda", args.arch, 32)
     print(f"triton {triton.__version__}, sm_{args.arch}, fanout tile 32768 on 32 warps")
     for copies, w_type, b_type, x_type in itertools.product(
             [1, 2, 4, 8], ["*bf16", "*fp32"], [None, "*bf16"], ["*bf16", "*fp16"]):
         if b_type and w_type == "*fp32":
             continue
-        cells = [f"{'first' if preload else 'late'} "
-                 f"{ck._resources(compile_tile(target, x_type, copies, w_type, b_type, preload))}"
+        cells = [f"{'first' if preload else 'late'} " + ck._resources(
+                     compile_tile(module, target, x_type, copies, w_type, b_type, preload))
                  for preload in (True, False)]
         print(f"x {x_type[1:]:4s} copies {copies} w {w_type[1:]:4s} b {(b_type or ' -')[1:]:4s}: "
               + " | ".join(cells), flush=True)
